@@ -1,0 +1,5 @@
+"""`python -m competition` runs the CLI."""
+
+from competition.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""YAML configuration: load, apply command-line overrides, validate with clear errors.
+
+Every config file has a pydantic schema with `extra="forbid"`, so a typo is an error rather
+than a silently ignored key. Errors name the file, the dotted key and what was expected.
+Overrides are `dotted.key=value` strings; the value is parsed as YAML (so `5`, `true`,
+`[a, b]` and `null` mean what they look like).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from competition.errors import ConfigError
+from competition.fingerprint import of_json
+
+CONFIG_DIR = Path("configs")
+COMPETITION_CONFIG = CONFIG_DIR / "competition.yaml"
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SimulateConfig(Strict):
+    """Size and seed of the simulated competition (defaults: the real competition's sizes)."""
+
+    n_train: int = Field(1604, ge=20)
+    n_test: int = Field(8424, ge=10)
+    seed: int = 2017
+    machine_generated_fraction: float = Field(0.6, ge=0.0, lt=1.0)
+    public_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+
+
+class FoldsConfig(Strict):
+    """K folds x R repeats, stratified by label, optionally grouped by exact angle."""
+
+    k: int = Field(5, ge=2)
+    repeats: int = Field(1, ge=1)
+    seed: int = 42
+    group_by_angle: bool = False
+
+
+class CompetitionConfig(Strict):
+    """Where the competition's files live, and the settings of the data steps."""
+
+    slug: str = "statoil-iceberg-classifier-challenge"
+    experiment: str = "baseline"
+    data_dir: Path = Path("data")
+    runs_dir: Path = Path("runs")
+    submissions_dir: Path = Path("submissions")
+    simulate: SimulateConfig = SimulateConfig()
+    folds: FoldsConfig = FoldsConfig()
+
+    @property
+    def train_json(self) -> Path:
+        return self.data_dir / "train.json"
+
+    @property
+    def test_json(self) -> Path:
+        return self.data_dir / "test.json"
+
+    @property
+    def sample_submission(self) -> Path:
+        return self.data_dir / "sample_submission.csv"
+
+    @property
+    def solution_csv(self) -> Path:
+        """Hidden answers of simulated data; never read by training or stacking."""
+        return self.data_dir / "hidden" / "solution.csv"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.data_dir / "folds.csv"
+
+    @property
+    def folds_json(self) -> Path:
+        return self.data_dir / "folds.json"
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """Turn `a.b=1` strings into (["a", "b"], 1) pairs, rejecting malformed ones."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. folds.k=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each dotted override set (creating sections as needed)."""
+    out = copy.deepcopy(data)
+    for keys, value in parse_overrides(overrides):
+        node = out
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(keys)}: '{key}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a ConfigError that names the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate(schema: type[S], data: dict[str, Any], source: str, overridden: Sequence[str] = ()) -> S:
+    """Validate `data` against `schema`; errors name `source`, the dotted key and the expectation."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            origin = " (from a command-line override)" if any(o.partition("=")[0].strip() == key for o in overridden) else ""
+            got = "" if err["type"] == "missing" else f", got {err.get('input')!r}"
+            expected = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}: key '{key}'{origin}: {expected}{got}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load(path: Path | str, schema: type[S], overrides: Sequence[str] = ()) -> S:
+    """Load one YAML config file, apply overrides, validate."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    return validate(schema, data, str(path), overrides)
+
+
+def load_competition(overrides: Sequence[str] = (), path: Path | str = COMPETITION_CONFIG) -> CompetitionConfig:
+    """The competition config every step starts from."""
+    return load(path, CompetitionConfig, overrides)
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A stable hash of a validated config, recorded in every artefact it produced."""
+    return of_json(cfg.model_dump(mode="json"))

@@ -1,0 +1,1 @@
+"""The competition's data: reading, validating, caching, and channel building."""
