@@ -32,10 +32,10 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides
 @app.command()
 def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Split the training data into K folds x R repeats (stratified); write data/folds.{csv,json}."""
+    cfg = load_competition(overrides or [], config)
     from competition.data.loader import load_train
     from competition.folds import write_folds
 
-    cfg = load_competition(overrides or [], config)
     folds_ = write_folds(load_train(cfg), cfg)
     console.print(f"[green]wrote[/] {cfg.folds_csv} ({folds_.describe()})")
 

@@ -1,0 +1,76 @@
+"""Config loading: overrides, and errors that name the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from competition.config import apply_overrides, config_hash, load_competition
+from competition.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "competition.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_loads_with_real_competition_sizes():
+    cfg = load_competition(path=REPO / "configs" / "competition.yaml")
+    assert (cfg.simulate.n_train, cfg.simulate.n_test) == (1604, 8424)
+    assert cfg.folds.k == 5
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    data = apply_overrides({"folds": {"k": 5}}, ["folds.k=10", "folds.group_by_angle=true", "new.list=[1, 2]", "name=x"])
+    assert data == {"folds": {"k": 10, "group_by_angle": True}, "new": {"list": [1, 2]}, "name": "x"}
+
+
+def test_override_changes_the_validated_config_and_its_hash(tmp_path):
+    path = write(tmp_path, "folds:\n  k: 5\n")
+    base = load_competition(path=path)
+    changed = load_competition(["folds.repeats=3"], path=path)
+    assert changed.folds.repeats == 3
+    assert config_hash(changed) != config_hash(base)
+    assert config_hash(load_competition(path=path)) == config_hash(base)
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("folds:\n  k: five\n", [], r"competition.yaml: key 'folds.k': .*integer.*got 'five'"),
+        ("folds:\n  k: 1\n", [], r"key 'folds.k': .*greater than or equal to 2"),
+        ("fodls:\n  k: 5\n", [], r"key 'fodls': unknown key"),
+        ("folds: [1, 2]\n", [], r"key 'folds': .*"),
+        ("folds:\n  k: 5\n", ["folds.k=zero"], r"key 'folds.k' \(from a command-line override\)"),
+        ("folds:\n  k: [\n", [], r"competition.yaml: not valid YAML \(line \d+\)"),
+        ("- a\n- b\n", [], r"expected a mapping .* got list"),
+        ("folds:\n  k: 5\n", ["folds.k"], r"override 'folds.k': expected KEY=VALUE"),
+        ("folds:\n  k: 5\n", ["folds.k.x=1"], r"'k' is a value, not a section"),
+    ],
+    ids=["type", "range", "unknown-key", "section-type", "override-value", "yaml-syntax", "not-mapping", "override-form", "override-into-value"],
+)
+def test_errors_name_file_key_and_expectation(tmp_path, text, overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_competition(overrides, path=write(tmp_path, text))
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_competition(path=tmp_path / "nope.yaml")
+
+
+def test_cli_reports_a_bad_override_without_traceback(tmp_path):
+    path = write(tmp_path, f"data_dir: {tmp_path / 'data'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "competition", "folds", "-c", str(path), "folds.k=one"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "key 'folds.k' (from a command-line override)" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
