@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test simulate data folds clean help
+.PHONY: setup test simulate data folds clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -35,6 +35,38 @@ data: setup ## download the real competition data with the official Kaggle clien
 
 folds: setup ## split the training data into folds: data/folds.{csv,json}
 	$(CLI) folds $(ARGS)
+
+train: setup ## train MODEL on every fold and seed: runs/<experiment>/MODEL/ (make train MODEL=name [PROFILE=cpu|gpu] ARGS="epochs=3")
+	@test -n "$(MODEL)" || { echo "make train: MODEL is required, e.g. make train MODEL=tf_efficientnet_lite0 (models: configs/models/*.yaml)" >&2; exit 2; }
+	$(CLI) train $(MODEL) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
+stack: setup ## blend + stack the experiment's runs by nested CV: runs/<experiment>/stack/, submissions/*.csv (ARGS="stack.stacker.n_trials=50")
+	$(CLI) stack $(ARGS)
+
+validate: setup ## check a submission file: make validate FILE=submissions/x.csv
+	@test -n "$(FILE)" || { echo "make validate: FILE is required, e.g. make validate FILE=submissions/x.csv" >&2; exit 2; }
+	$(CLI) validate "$(FILE)" $(ARGS)
+
+bench: setup ## trainer throughput vs a bare loop, prefix-cache speedup: docs/benchmarks.md (a few minutes)
+	$(CLI) bench $(ARGS)
+
+submit: setup ## submit the newest submission (FILE=... for another; TARGET=kaggle|offline to force); record in runs/ledger.sqlite
+	$(CLI) submit $(if $(FILE),--file $(FILE)) $(if $(TARGET),kaggle.submit_target=$(TARGET)) $(ARGS)
+
+lb: setup ## sync Kaggle scores into the ledger; CV vs public vs private table, placements, runs/lb_cv_vs_lb.png
+	$(CLI) lb $(ARGS)
+
+kernel: setup ## build the Kaggle kernel and its dataset: runs/kaggle/{kernel,dataset}/
+	$(CLI) kernel $(ARGS)
+
+kernel-push: kernel ## create or version the harness dataset and push the kernel (official client)
+	$(CLI) kernel-push $(ARGS)
+
+kernel-status: setup ## status of the kernel's latest run on Kaggle
+	$(CLI) kernel-status $(ARGS)
+
+kernel-output: setup ## download the kernel's output into runs/kaggle/output/
+	$(CLI) kernel-output $(ARGS)
 
 clean: ## remove outputs (data/, runs/), keep .venv and submissions/
 	rm -rf data runs

@@ -30,6 +30,28 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides
 
 
 @app.command()
+def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
+    """Download the real competition with the Kaggle client into data/ (needs Kaggle credentials)."""
+    cfg = load_competition(overrides or [], config)
+    from competition.data.download import download, summary
+
+    for path in download(cfg):
+        console.print(f"[green]wrote[/] {path}")
+    console.print(summary(cfg))
+
+
+@app.command()
+def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
+    """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
+    cfg = load_competition(overrides or [], config)
+    from competition.simulate import write_simulated
+
+    write_simulated(cfg)
+    for path in (cfg.train_json, cfg.test_json, cfg.sample_submission, cfg.solution_csv):
+        console.print(f"[green]wrote[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
 def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Split the training data into K folds x R repeats (stratified); write data/folds.{csv,json}."""
     cfg = load_competition(overrides or [], config)
@@ -38,6 +60,156 @@ def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -
 
     folds_ = write_folds(load_train(cfg), cfg)
     console.print(f"[green]wrote[/] {cfg.folds_csv} ({folds_.describe()})")
+
+
+@app.command()
+def stack(
+    overrides: Overrides = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    stack_config: Annotated[Path, typer.Option("--stack-config", help="Stacking config (YAML); override its keys as stack.KEY=VALUE.")] = Path("configs/stack.yaml"),
+) -> None:
+    """Blend and stack the experiment's runs by nested CV; write runs/<exp>/stack/ and the best submission."""
+    from competition.stacking.pipeline import run_stack
+    from competition.stacking.settings import load_stack_config
+
+    scfg, rest = load_stack_config(overrides or [], stack_config)
+    run_stack(load_competition(rest, config), scfg)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Submission CSV to check.")],
+    overrides: Overrides = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+) -> None:
+    """Check a submission: exact header, every sample-submission id once, finite probabilities in [0, 1]."""
+    from competition.submission import validate_submission
+
+    cfg = load_competition(overrides or [], config)
+    rows = validate_submission(file, cfg.sample_submission)
+    console.print(f"[green]valid[/] {file}: {rows} rows, every test id of {cfg.sample_submission} once")
+
+
+KaggleOpt = Annotated[Path, typer.Option("--kaggle-config", help="Kaggle round-trip config (YAML); override its keys as kaggle.KEY=VALUE.")]
+KAGGLE_YAML = Path("configs/kaggle.yaml")
+
+
+@app.command()
+def submit(
+    overrides: Overrides = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Submission CSV (default: the newest in submissions/).")] = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    kaggle_config: KaggleOpt = KAGGLE_YAML,
+) -> None:
+    """Submit to Kaggle (or score offline on simulated data: kaggle.submit_target=auto|kaggle|offline); record in runs/ledger.sqlite."""
+    from competition.kaggle.settings import load_settings
+    from competition.kaggle.submit import submit as submit_file
+
+    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    entry = submit_file(cfg, cfg.slug, file, kcfg.submit_target)
+    scores = f"public {entry.public_score:.5f}, private {entry.private_score:.5f}" if entry.status == "complete" else "scores follow with `make lb`"
+    console.print(f"[green]{entry.score_source}[/] {entry.file}: {entry.message} -> {scores} (ledger #{entry.id})")
+
+
+@app.command()
+def lb(
+    overrides: Overrides = None,
+    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", help="A full leaderboard CSV to place scores on.")] = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    kaggle_config: KaggleOpt = KAGGLE_YAML,
+) -> None:
+    """Sync Kaggle scores into the ledger; table of CV vs public vs private with placements; runs/lb_cv_vs_lb.png."""
+    from competition.kaggle.leaderboard import lb_table
+    from competition.kaggle.leaderboard import leaderboard as make_report
+    from competition.kaggle.settings import load_settings
+
+    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    report = make_report(cfg, cfg.slug, leaderboard)
+    console.print(report.sync_note)
+    console.print(lb_table(report))
+    for board, (r, n) in report.correlations.items():
+        console.print(f"corr(CV, {board}) = {'n/a' if r is None else f'{r:.3f}'} over {n} submissions")
+    console.print(f"[green]wrote[/] {report.plot}")
+
+
+@app.command()
+def kernel(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, kaggle_config: KaggleOpt = KAGGLE_YAML) -> None:
+    """Build runs/kaggle/dataset/ (wheels, configs, weights) and runs/kaggle/kernel/ (metadata + script)."""
+    from competition.kaggle.kernel import build
+    from competition.kaggle.settings import load_settings
+
+    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    for folder in build(cfg, kcfg):
+        console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+
+
+@app.command("kernel-push")
+def kernel_push(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, kaggle_config: KaggleOpt = KAGGLE_YAML) -> None:
+    """Create or version the harness dataset (-r zip) and push the kernel with the official client."""
+    from competition.kaggle.kernel import push
+    from competition.kaggle.settings import load_settings
+
+    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    console.print(push(cfg, kcfg).strip())
+
+
+@app.command("kernel-status")
+def kernel_status(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, kaggle_config: KaggleOpt = KAGGLE_YAML) -> None:
+    """Show the status of the kernel's latest run."""
+    from competition.kaggle.kernel import status
+    from competition.kaggle.settings import load_settings
+
+    console.print(status(load_settings(overrides or [], config, kaggle_config)[1]))
+
+
+@app.command("kernel-output")
+def kernel_output(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, kaggle_config: KaggleOpt = KAGGLE_YAML) -> None:
+    """Download the kernel's output (submission.csv, log) into runs/kaggle/output/."""
+    from competition.kaggle.kernel import output
+    from competition.kaggle.settings import load_settings
+
+    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    folder = output(cfg, kcfg)
+    console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Trainer profile: cpu | gpu (configs/profiles/); default: the hardware's.")]
+TrainOverrides = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="KEY=VALUE overrides, routed by the key's first part: competition keys (experiment=...), "
+        "profile keys (epochs=3, policy=head, seeds=3, augment.zoom=0.2), else the model's config (optimizer.lr=1e-4).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Model name (configs/models/<name>.yaml) or a timm architecture.")],
+    overrides: TrainOverrides = None,
+    profile: ProfileOpt = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete this model's earlier run (units included) first.")] = False,
+    config: ConfigOpt = COMPETITION_CONFIG,
+) -> None:
+    """Train MODEL on every fold and seed; write runs/<experiment>/<model>/{oof.csv,test.csv,meta.json} (resumes)."""
+    cfg = load_competition([], config)
+    from competition.training.trainer import train_model
+
+    train_model(cfg, model, profile, overrides or [], fresh=fresh)
+
+
+@app.command()
+def bench(
+    models: Annotated[Optional[list[str]], typer.Argument(help="Models to measure (default: every registered model).", show_default=False)] = None,
+    n: Annotated[int, typer.Option(help="Images per measurement.")] = 256,
+    repeats: Annotated[int, typer.Option(help="Repeats per figure (the median is reported).")] = 3,
+    output: Annotated[Path, typer.Option(help="Markdown file whose trainer section is (re)written.")] = Path("docs/benchmarks.md"),
+) -> None:
+    """Measure harness vs bare-loop throughput and prefix-cache speedups; write them into docs/benchmarks.md."""
+    from competition.training.bench import run_bench
+
+    run_bench(models or None, n=n, repeats=repeats, output=output)
 
 
 def main() -> None:

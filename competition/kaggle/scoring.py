@@ -1,0 +1,98 @@
+"""Kaggle's scorer, run offline: a submission against a hidden solution file.
+
+The solution file has Kaggle's layout, `id,is_iceberg,Usage` with Usage Public, Private or
+Ignored (machine-generated test images are Ignored). The score is log loss with Kaggle's
+clipping of probabilities to [1e-15, 1 - 1e-15], computed separately on the Public and the
+Private rows, as the two leaderboards do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.errors import DataError
+
+KAGGLE_EPS = 1e-15
+USAGES = ("Public", "Private", "Ignored")
+
+
+@dataclass(frozen=True)
+class Score:
+    """Public and private log loss of one submission, and how many rows each used."""
+
+    public: float
+    private: float
+    n_public: int
+    n_private: int
+
+
+def kaggle_log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Binary log loss with Kaggle's clipping (so a confident 0 or 1 costs 34.5, not infinity)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), KAGGLE_EPS, 1.0 - KAGGLE_EPS)
+    y = np.asarray(y, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Read a CSV whose header must hold `columns`; ids stay strings."""
+    try:
+        frame = pd.read_csv(path, dtype={"id": str})
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: {what} is not a readable CSV ({exc.__class__.__name__})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: {what} lacks column(s) {', '.join(missing)}; header is {','.join(map(str, frame.columns))}")
+    return frame
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    """A submission as Kaggle checks it: `id,is_iceberg`, unique ids, probabilities in [0, 1]."""
+    sub = _read_csv(path, ("id", "is_iceberg"), "submission")
+    dup = sub["id"][sub["id"].duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: id {dup.iloc[0]!r} appears more than once")
+    values = pd.to_numeric(sub["is_iceberg"], errors="coerce")
+    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: row {row + 2} (id {sub['id'].iloc[row]!r}), field 'is_iceberg': {sub['is_iceberg'].iloc[row]!r} is not a probability in [0, 1]")
+    return sub.assign(is_iceberg=values.astype(np.float64))
+
+
+def read_solution(path: Path) -> pd.DataFrame:
+    """The hidden answers with their leaderboard usage."""
+    sol = _read_csv(path, ("id", "is_iceberg", "Usage"), "solution file")
+    unknown = sorted(set(sol["Usage"]) - set(USAGES))
+    if unknown:
+        raise DataError(f"{path}: field 'Usage' has value(s) {unknown}; expected one of {', '.join(USAGES)}")
+    return sol
+
+
+def score_submission(submission: Path, solution: Path) -> Score:
+    """Score like Kaggle: every solution id must be predicted; Ignored rows do not count."""
+    sub = read_submission(submission).set_index("id")
+    sol = read_solution(solution).set_index("id")
+    missing = sol.index.difference(sub.index)
+    if len(missing):
+        raise DataError(f"{submission}: {len(missing)} test id(s) missing, e.g. {missing[0]!r}")
+    extra = sub.index.difference(sol.index)
+    if len(extra):
+        raise DataError(f"{submission}: {len(extra)} id(s) not in the test set, e.g. {extra[0]!r}")
+    joined = sol.join(sub.rename(columns={"is_iceberg": "prediction"}))
+    parts = {usage: joined[joined["Usage"] == usage] for usage in ("Public", "Private")}
+    for usage, rows in parts.items():
+        if rows.empty:
+            raise DataError(f"{solution}: no {usage} rows to score")
+    public, private = parts["Public"], parts["Private"]
+    return Score(
+        public=kaggle_log_loss(public["is_iceberg"], public["prediction"]),
+        private=kaggle_log_loss(private["is_iceberg"], private["prediction"]),
+        n_public=len(public),
+        n_private=len(private),
+    )
