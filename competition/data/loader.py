@@ -1,0 +1,352 @@
+"""Read the competition's train.json / test.json (or the .7z files Kaggle ships) into a Dataset.
+
+Every record is validated; the first bad one stops the read with a DataError naming the record
+(index and id) and the field, so nothing downstream, the cache included, ever sees a bad file.
+
+Speed and memory: a streaming scanner cuts the file into records and orjson parses one record
+at a time, so memory stays near the size of the arrays (the real test.json is 1.5 GB of text
+whose Python objects would need about 10 GB) and no Python loop touches single pixels. A file
+the scanner does not recognise is handed whole to orjson, which either parses it or says where
+it is broken.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import orjson
+
+from competition import fingerprint
+from competition.config import CompetitionConfig
+from competition.console import progress
+from competition.data.cache import DatasetCache
+from competition.data.dataset import BANDS, IMAGE_SIZE, Dataset
+from competition.errors import DataError, MissingArtefactError, record_error
+
+Split = Literal["train", "test"]
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
+ANGLE = "inc_angle"
+LABEL = "is_iceberg"
+_CHUNK = 1 << 24
+_WHITESPACE = b" \t\n\r"
+_PROGRESS_FROM_BYTES = 1 << 25  # only files this big are slow enough to deserve a progress bar
+_MIB = 1 << 20
+
+
+class _Irregular(Exception):
+    """The scanner met a layout it does not handle; `record` is where (None: before any record)."""
+
+    def __init__(self, record: int | None) -> None:
+        super().__init__(record)
+        self.record = record
+
+
+def read_dataset(path: Path, split: Split) -> Dataset:
+    """Read and validate a competition JSON file, or a .7z archive holding one (uncached)."""
+    path = Path(path)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if not path.is_file():
+        raise MissingArtefactError(f"{path} not found")
+    if path.suffix == ".7z":
+        with tempfile.TemporaryDirectory(prefix="competition-7z-") as tmp:
+            member = _json_member(path, Path(tmp))
+            return _read_json(member, split, f"{path}:{member.name}")
+    return _read_json(path, split, str(path))
+
+
+def load_train(cfg: CompetitionConfig) -> Dataset:
+    """The training set of `cfg.data_dir`, from the binary cache when the file is unchanged."""
+    return _load(cfg, cfg.train_json, "train")
+
+
+def load_test(cfg: CompetitionConfig) -> Dataset:
+    """The test set of `cfg.data_dir`, from the binary cache when the file is unchanged."""
+    return _load(cfg, cfg.test_json, "test")
+
+
+def _load(cfg: CompetitionConfig, path: Path, split: Split) -> Dataset:
+    """Use `path`, or the `.7z` Kaggle ships beside it, through the cache (see cache.py)."""
+    source = next((p for p in (path, path.with_name(path.name + ".7z")) if p.is_file()), None)
+    if source is None:
+        raise MissingArtefactError(
+            f"{path} not found: run `make simulate` for the simulated competition, "
+            "or `make data` to download the real one from Kaggle"
+        )
+    return DatasetCache(cfg.cache_dir).load_or_read(source, split, read_dataset)
+
+
+def extract_7z(archive: Path, dest: Path) -> list[Path]:
+    """Extract every file of a .7z archive into `dest`; a damaged archive is a DataError."""
+    import py7zr
+
+    try:
+        with py7zr.SevenZipFile(archive, mode="r") as z:
+            names = [info.filename for info in z.list() if not info.is_directory]
+            z.extractall(path=dest)
+    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: not a readable 7z archive ({exc.__class__.__name__}: {exc}); download it again") from None
+    return [dest / name for name in names]
+
+
+def _json_member(archive: Path, dest: Path) -> Path:
+    """Extract the archive and return its one JSON file."""
+    members = [p for p in extract_7z(archive, dest) if p.suffix == ".json"]
+    if len(members) != 1:
+        raise DataError(f"{archive}: expected exactly one .json file in the archive, found {len(members)}")
+    return members[0]
+
+
+def _read_json(path: Path, split: Split, source: str) -> Dataset:
+    """Parse and validate one JSON file; `source` is the name errors use."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if not fh.read(_CHUNK).strip(_WHITESPACE):
+            raise DataError(f"{source}: the file is empty (expected a JSON list of records): download or simulate it again")
+    builder = _Builder(source, split)
+    try:
+        with open(path, "rb") as fh, _Progress(path.name, size) as bar:
+            for index, raw in enumerate(_Scanner(fh, source).records()):
+                builder.add(index, _parse_record(raw, index))
+                bar.update(fh.tell())
+    except _Irregular as irregular:
+        builder = _Builder(source, split)
+        records = _parse_whole(path, source, irregular.record)
+        if not isinstance(records, list):
+            raise DataError(f"{source}: expected a JSON list of records at the top level, got {_kind(records)}") from None
+        for index, record in enumerate(records):
+            builder.add(index, record)
+    return builder.build(fingerprint.of_file(path))
+
+
+def _parse_record(raw: bytes, index: int) -> Any:
+    """One record's JSON; Python's parser is the fallback for the NaN/Infinity orjson refuses."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _Irregular(index) from None
+
+
+def _parse_whole(path: Path, source: str, near_record: int | None) -> Any:
+    """Parse the whole file at once (unusual layouts); syntax errors say where."""
+    data = path.read_bytes()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        where = f" in record {near_record}" if near_record is not None else ""
+        if exc.msg.startswith("unexpected end of data") or exc.pos >= len(data.rstrip(_WHITESPACE)):
+            raise DataError(f"{source}: the file is truncated (the JSON ends early{where}): download or simulate it again") from None
+        raise DataError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}{where}): {exc.msg}") from None
+
+
+class _Scanner:
+    """Cut a top-level JSON list of flat objects into the bytes of each object.
+
+    A record ends at its first '}' (records hold no nested objects). If a '}' sits inside a
+    string, the cut record does not parse, and the caller falls back to a whole-file parse;
+    a cut that does parse is exactly the record.
+    """
+
+    def __init__(self, fh: IO[bytes], source: str) -> None:
+        self.fh, self.source = fh, source
+        self.buf, self.pos, self.eof = b"", 0, False
+
+    def records(self) -> Iterator[bytes]:
+        if self._next() != b"[":
+            raise _Irregular(None)
+        char, index = self._next(), 0
+        while char != b"]":
+            if char == b"":
+                self._truncated(index)
+            if char != b"{":
+                raise _Irregular(index)
+            yield self._record(index)
+            char = self._next()
+            if char == b",":
+                char, index = self._next(), index + 1
+                if char == b"]":
+                    raise _Irregular(index)
+            elif char not in (b"]", b""):
+                raise _Irregular(index)
+        if self._next() != b"":
+            raise _Irregular(None)
+
+    def _record(self, index: int) -> bytes:
+        start, searched = self.pos - 1, self.pos
+        while (end := self.buf.find(b"}", searched)) < 0:
+            searched = len(self.buf) - start
+            start = self._more(keep_from=start)
+            if start < 0:
+                self._truncated(index)
+            searched += start
+        self.pos = end + 1
+        return self.buf[start : end + 1]
+
+    def _next(self) -> bytes:
+        """The next non-whitespace byte, or b"" at the end of the file."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _WHITESPACE:
+                self.pos += 1
+            if self.pos < len(self.buf):
+                self.pos += 1
+                return self.buf[self.pos - 1 : self.pos]
+            if self._more(keep_from=self.pos) < 0:
+                return b""
+
+    def _more(self, keep_from: int) -> int:
+        """Read another chunk, dropping bytes before `keep_from`; return its new offset (-1 at EOF)."""
+        chunk = b"" if self.eof else self.fh.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return -1
+        self.buf = self.buf[keep_from:] + chunk
+        self.pos -= keep_from
+        return 0
+
+    def _truncated(self, index: int) -> None:
+        raise DataError(f"{self.source}: the file is truncated (it ends inside record {index}): download or simulate it again")
+
+
+class _Builder:
+    """Validate records one by one and collect their arrays."""
+
+    def __init__(self, source: str, split: Split) -> None:
+        self.source, self.split = source, split
+        self.ids: list[str] = []
+        self.first_index: dict[str, int] = {}
+        self.images: list[np.ndarray] = []
+        self.angles: list[float] = []
+        self.decimals: list[int] = []
+        self.labels: list[int] = []
+
+    def add(self, index: int, record: Any) -> None:
+        if not isinstance(record, dict):
+            raise record_error(self.source, index, None, "(record)", f"expected an object with id, band_1, band_2, inc_angle, got {_kind(record)}")
+        rid = self._id(index, record)
+        image = np.empty((IMAGE_SIZE, IMAGE_SIZE, len(BANDS)), dtype=np.float32)
+        for channel, field in enumerate(BANDS):
+            image[..., channel] = self._band(index, rid, field, self._field(index, rid, record, field))
+        angle, decimals = self._angle(index, rid, self._field(index, rid, record, ANGLE))
+        if self.split == "train":
+            self.labels.append(self._label(index, rid, self._field(index, rid, record, LABEL)))
+        self.ids.append(rid)
+        self.images.append(image)
+        self.angles.append(angle)
+        self.decimals.append(decimals)
+
+    def build(self, source_fingerprint: str) -> Dataset:
+        if not self.ids:
+            raise DataError(f"{self.source}: the file holds no records (an empty list)")
+        return Dataset(
+            ids=np.array(self.ids, dtype=str),
+            images=np.stack(self.images),
+            angle=np.array(self.angles, dtype=np.float64),
+            angle_decimals=np.array(self.decimals, dtype=np.int8),
+            labels=np.array(self.labels, dtype=np.int8) if self.split == "train" else None,
+            fingerprint=source_fingerprint,
+        )
+
+    def _error(self, index: int, rid: object, field: str, problem: str) -> DataError:
+        return record_error(self.source, index, rid, field, problem)
+
+    def _field(self, index: int, rid: str, record: dict[str, Any], field: str) -> Any:
+        if field not in record:
+            raise self._error(index, rid, field, "missing")
+        return record[field]
+
+    def _id(self, index: int, record: dict[str, Any]) -> str:
+        if "id" not in record:
+            raise self._error(index, None, "id", "missing")
+        rid = record["id"]
+        if not isinstance(rid, str) or not rid.strip():
+            raise self._error(index, None, "id", f"expected a non-empty string, got {rid!r}")
+        if rid in self.first_index:
+            raise self._error(index, rid, "id", f"duplicate id: record {self.first_index[rid]} has the same id")
+        self.first_index[rid] = index
+        return rid
+
+    def _band(self, index: int, rid: str, field: str, values: Any) -> np.ndarray:
+        if not isinstance(values, list):
+            raise self._error(index, rid, field, f"expected a list of {PIXELS} numbers (75 x 75 dB values), got {_kind(values)}")
+        if len(values) != PIXELS:
+            raise self._error(index, rid, field, f"expected {PIXELS} values (75 x 75), got {len(values)}")
+        if not set(map(type, values)) <= {float, int}:
+            k = next(k for k, v in enumerate(values) if type(v) not in (float, int))
+            raise self._error(index, rid, field, f"value {k} is {_kind(values[k])} ({values[k]!r}), expected a number")
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+            band = np.array(values, dtype=np.float32)
+        finite = np.isfinite(band)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            raise self._error(index, rid, field, f"value {k} is {values[k]!r}, expected a finite number (within float32 range)")
+        return band.reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+    def _angle(self, index: int, rid: str, value: Any) -> tuple[float, int]:
+        if value == "na":
+            return math.nan, 0
+        if type(value) not in (float, int) or not 0.0 < value < 90.0:
+            raise self._error(index, rid, ANGLE, f'expected a number of degrees between 0 and 90 or "na", got {value!r}')
+        return float(value), angle_decimals(value)
+
+    def _label(self, index: int, rid: str, value: Any) -> int:
+        if type(value) is not int or value not in (0, 1):
+            raise self._error(index, rid, LABEL, f"expected 0 (ship) or 1 (iceberg), got {value!r}")
+        return value
+
+
+def angle_decimals(value: float | int) -> int:
+    """Decimals of an angle as written in the JSON (at most 127).
+
+    orjson hands over a float, not the text; its repr is the shortest string that reads back as
+    the same float, which is the text as written (less trailing zeros) for up to 15 significant
+    digits, and still long for the 16-17 digit angles of machine-generated test rows.
+    """
+    if isinstance(value, int):
+        return 0
+    exponent = Decimal(repr(value)).normalize().as_tuple().exponent
+    assert isinstance(exponent, int), value
+    return min(127, max(0, -exponent))
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+class _Progress:
+    """A byte-count progress bar, shown only for files large enough to take seconds."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.bar = progress() if size >= _PROGRESS_FROM_BYTES else None
+        self.name, self.size = name, size
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task(f"reading {self.name} (MiB)", total=self.size // _MIB)
+        return self
+
+    def update(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=position // _MIB)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,28 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def make_records() -> Callable[..., list[dict[str, Any]]]:
+    """Valid competition records as the JSON holds them (random dB bands, one "na" angle in train)."""
+
+    def make(n: int = 6, split: str = "train", seed: int = 0) -> list[dict[str, Any]]:
+        rng = np.random.default_rng(seed)
+        records = []
+        for i in range(n):
+            bands = np.round(rng.normal(-20.0, 5.0, size=(2, 75 * 75)), 6)
+            record: dict[str, Any] = {"id": f"{split[:2]}{i:06x}", "band_1": bands[0].tolist(), "band_2": bands[1].tolist()}
+            record["inc_angle"] = "na" if split == "train" and i == 1 else round(float(rng.uniform(30, 45)), 4)
+            if split == "train":
+                record["is_iceberg"] = i % 2
+            records.append(record)
+        return records
+
+    return make
