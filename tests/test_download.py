@@ -15,9 +15,10 @@ import pytest
 
 from competition.config import CompetitionConfig
 from competition.console import console
-from competition.data.download import FILES, client_failure, credentials_source, download, run_client, summary, unpack
+from competition.data.download import FILES, client_failure, download, run_client, summary, unpack
 from competition.data.loader import read_dataset
 from competition.errors import DataError, UserError
+from competition.kaggle.credentials import find_credentials, has_credentials
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_VARS = ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME")
@@ -36,7 +37,7 @@ def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_without_credentials_it_says_how_to_get_them(tmp_path: Path, empty_home: Path) -> None:
     cfg = CompetitionConfig(data_dir=tmp_path / "data")
-    assert credentials_source() is None
+    assert not has_credentials()
     with pytest.raises(UserError) as err:
         download(cfg)
     message = str(err.value)
@@ -73,15 +74,17 @@ def test_credentials_are_found_but_never_shown(tmp_path: Path, empty_home: Path,
         (tmp_path / "cfg" / "kaggle.json").write_text(json.dumps({"username": "someone", "key": secret}))
     else:
         (empty_home / ".kaggle").mkdir()
-        name = "kaggle.json" if source == "kaggle.json" else "access_token"
-        (empty_home / ".kaggle" / name).write_text(secret)
-    found = credentials_source()
-    assert found is not None and secret not in found
+        if source == "kaggle.json":
+            (empty_home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "someone", "key": secret}))
+        else:
+            (empty_home / ".kaggle" / "access_token").write_text(secret)
+    found = find_credentials()
+    assert secret not in repr(found)
 
 
 def test_username_without_key_is_not_credentials(empty_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
-    assert credentials_source() is None
+    assert not has_credentials()
 
 
 @pytest.mark.parametrize(

@@ -27,24 +27,11 @@ from competition.config import CompetitionConfig
 from competition.console import console, table
 from competition.data.loader import extract_7z, load_test, load_train
 from competition.errors import DataError, UserError
+from competition.kaggle.client import kaggle_command
+from competition.kaggle.credentials import has_credentials, redact
 
 FILES = ("train.json", "test.json", "sample_submission.csv")
 _TAIL_BYTES = 4000
-
-
-def credentials_source() -> str | None:
-    """Where the Kaggle client will find credentials (a description, not the secret), or None."""
-    env = os.environ
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME and KAGGLE_KEY"
-    home = Path.home()
-    config_dirs = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    config_dirs += [home / ".kaggle", Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"]
-    files = [d / "kaggle.json" for d in config_dirs]
-    files += [home / ".kaggle" / name for name in ("access_token", "access_token.txt", "credentials.json")]
-    return next((str(f) for f in files if f.is_file()), None)
 
 
 def no_credentials_message(cfg: CompetitionConfig) -> str:
@@ -61,7 +48,7 @@ def no_credentials_message(cfg: CompetitionConfig) -> str:
 
 def download(cfg: CompetitionConfig) -> list[Path]:
     """Download with the official client and install the files into `cfg.data_dir`."""
-    if credentials_source() is None:
+    if not has_credentials():
         raise UserError(no_credentials_message(cfg))
     staging = cfg.data_dir / "download"
     staging.mkdir(parents=True, exist_ok=True)
@@ -75,7 +62,7 @@ def download(cfg: CompetitionConfig) -> list[Path]:
 
 def run_client(args: list[str], cfg: CompetitionConfig) -> None:
     """Run `kaggle ARGS`, showing its output; a failure becomes a UserError with its last lines."""
-    command = [_kaggle_executable(), *args]
+    command = [*kaggle_command(), *args]
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as exc:
@@ -94,7 +81,7 @@ def run_client(args: list[str], cfg: CompetitionConfig) -> None:
 
 def client_failure(output: str, returncode: int, cfg: CompetitionConfig) -> str:
     """A clear message for a failed client run: the likely cause, what to do, its last lines."""
-    output = _redact(output)
+    output = redact(output)
     last = " | ".join(line.strip() for line in output.replace("\r", "\n").splitlines() if line.strip())[-600:]
     if re.search(r"\b403\b|Forbidden|must accept|rules", output):
         cause = f"Kaggle refused the download: accept the competition rules at https://www.kaggle.com/c/{cfg.slug}/rules with the account of your token"
@@ -155,21 +142,3 @@ def _unzip(archive: Path, dest: Path) -> None:
             z.extractall(dest)
     except (zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{archive}: not a readable zip ({exc}); delete it and run `make data` again") from None
-
-
-def _kaggle_executable() -> str:
-    """The client installed beside this Python (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).parent / "kaggle"
-    found = str(beside) if beside.is_file() else shutil.which("kaggle")
-    if found is None:
-        raise UserError("the Kaggle client is not installed: run `make setup`")
-    return found
-
-
-def _redact(text: str) -> str:
-    """Remove any credential held in the environment from text we are about to show."""
-    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
