@@ -1,0 +1,175 @@
+"""`competition stack`: collect the runs, compare every method by nested CV, submit the best.
+
+Reads the folds file, the runs of one experiment and the train/test data (labels, angles, and
+images for band statistics); writes runs/<experiment>/stack/{oof.csv, test.csv, cv_scores.png,
+importances.csv, optuna.sqlite, summary.json (last)} and one validated submission. Imports
+neither torch nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from competition import fingerprint
+from competition.atomic import atomic_path
+from competition.config import CompetitionConfig, config_hash
+from competition.console import console, progress
+from competition.data.dataset import Dataset
+from competition.folds import load_folds
+from competition.stacking.blenders import BLENDERS, MeanBlender
+from competition.stacking.clipping import choose_eps, clip
+from competition.stacking.collect import Collection, collect, run_dirs
+from competition.stacking.crossval import Estimator, cross_validate, fit_predict_test
+from competition.stacking.features import PRED, pred_columns, stack_tables
+from competition.stacking.settings import StackConfig, stack_dir
+from competition.stacking.summary import MethodResult, plot_results, ranked, results_table, write_summary
+from competition.submission import write_submission
+
+SINGLE = "single:"
+
+
+def _positions(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Row of each id of `order` in `ids` (the folds file and the data hold the same ids)."""
+    return pd.Index(ids).get_indexer(order)
+
+
+def _tables(coll: Collection, train: Dataset, test: Dataset, scfg: StackConfig) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    """One label-free feature table of the training rows and of the test rows per repeat."""
+    pos = _positions(train.ids, coll.train_ids)
+    bands_train = bands_test = None
+    if scfg.features.band_stats:
+        from competition.image_stats import image_statistics
+
+        bands_train, bands_test = image_statistics(train.images[pos]), image_statistics(test.images)
+    pairs = [
+        stack_tables(coll.names, coll.oof[r], coll.test, train.angle[pos], test.angle, bands_train, bands_test, scfg.features.angle_groups)
+        for r in range(coll.oof.shape[0])
+    ]  # fmt: skip
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _evaluate(
+    name: str,
+    kind: str,
+    make: Callable[[int, int | None], Estimator],
+    tables: list[pd.DataFrame],
+    tests: list[pd.DataFrame],
+    y: np.ndarray,
+    coll: Collection,
+    scfg: StackConfig,
+) -> MethodResult:
+    """Nested CV on the outer folds, eps chosen on the resulting OOF, then the clipped test prediction."""
+    cv = cross_validate(make, tables, y, coll.fold, scfg.eps_grid, scfg.inner_folds, scfg.seed)
+    eps = choose_eps(cv.raw.ravel(), np.tile(y, coll.fold.shape[0]), scfg.eps_grid)
+    test = fit_predict_test(lambda r: make(r, None), tables, y, tests)
+    return MethodResult(name, kind, cv, eps, clip(test, eps))
+
+
+def _study_key(coll: Collection, scfg: StackConfig) -> str:
+    """Names the Optuna studies: a changed input or search setting starts new studies, a rerun resumes."""
+    return fingerprint.of_json(
+        {"oof": fingerprint.of_array(coll.oof), "test": fingerprint.of_array(coll.test), "folds": coll.folds_fingerprint,
+         "features": scfg.features.model_dump(), "stacker": scfg.stacker.model_dump(exclude={"timeout_s"}), "seed": scfg.seed}
+    )  # fmt: skip
+
+
+def evaluate_methods(coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path) -> list[MethodResult]:
+    """Every single run, every configured blender and the LightGBM stacker, each by nested CV."""
+    preds = pred_columns(coll.names)
+
+    def view(columns: list[str]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+        return [t[columns] for t in tables], [t[columns] for t in tests]
+
+    results = []
+    for name in coll.names:
+        results.append(_evaluate(SINGLE + name, "single", lambda r, f: MeanBlender(), *view([PRED + name]), y, coll, scfg))
+    for method in scfg.methods:
+        if method in BLENDERS:
+            params = {"iterations": scfg.caruana_iterations} if method == "caruana" else {}
+            results.append(_evaluate(method, "blend", lambda r, f, m=method, p=params: BLENDERS[m](**p), *view(preds), y, coll, scfg))
+    if "lgbm" in scfg.methods:
+        results.append(_stacker(coll, tables, tests, y, scfg, out_dir))
+    return results
+
+
+def _stacker(coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path) -> MethodResult:
+    """The LightGBM stacker: one Optuna study per outer fold and repeat, one per final model."""
+    st = scfg.stacker
+    repeats, k = coll.fold.shape[0], int(coll.fold.max()) + 1
+    studies = repeats * (k + 1)
+    key = _study_key(coll, scfg)
+    with progress() as bar:
+        task = bar.add_task("Optuna search (LightGBM stacker)", total=studies * st.n_trials)
+
+        def make(r: int, f: int | None) -> Estimator:
+            from competition.stacking.stacker import LGBMStacker
+
+            return LGBMStacker(
+                n_trials=st.n_trials, timeout_s=None if st.timeout_s is None else st.timeout_s / studies,
+                inner_folds=st.inner_folds, group_folds=st.group_folds, group_labels=scfg.features.angle_groups,
+                max_rounds=st.max_rounds, early_stopping_rounds=st.early_stopping_rounds, threads=st.threads, seed=scfg.seed,
+                storage=out_dir / "optuna.sqlite", study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
+                on_trial=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+
+        finals: list[Any] = []
+
+        def make_final(r: int, f: int | None) -> Estimator:
+            est = make(r, f)
+            if f is None:
+                finals.append(est)
+            return est
+
+        result = _evaluate("lgbm", "stack", make_final, tables, tests, y, coll, scfg)
+    importances = pd.concat([est.feature_importances_ for est in finals], axis=1).mean(axis=1).sort_values(ascending=False)
+    with atomic_path(out_dir / "importances.csv") as tmp:
+        importances.rename_axis("feature").rename("gain").to_csv(tmp)
+    return result
+
+
+def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) -> None:
+    """stack/oof.csv (id, repeat, fold, one clipped column per method) and stack/test.csv (id, one per method)."""
+    repeats = coll.fold.shape[0]
+    oof = pd.DataFrame({"id": np.tile(coll.train_ids, repeats), "repeat": np.repeat(np.arange(repeats), len(coll.train_ids)), "fold": coll.fold.ravel()})
+    for m in results:
+        oof[m.name] = m.cv.oof.ravel()
+    test = pd.DataFrame({"id": coll.test_ids, **{m.name: m.test for m in results}})
+    for name, frame in (("oof.csv", oof), ("test.csv", test)):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.8g")
+
+
+def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None) -> dict[str, Any]:
+    """The whole step; `train`/`test` default to the cached competition data of `cfg`."""
+    if train is None or test is None:
+        from competition.data.loader import load_test, load_train
+
+        train, test = load_train(cfg), load_test(cfg)
+    folds = load_folds(cfg, train)
+    out_dir = stack_dir(cfg.runs_dir, cfg.experiment)
+    coll = collect(run_dirs(cfg.runs_dir / cfg.experiment, scfg.runs), folds, test.ids, test.fingerprint)
+    console.print(f"stacking {len(coll.names)} runs of '{cfg.experiment}' on {folds.describe()}: {', '.join(coll.names)}")
+    y = np.asarray(train.labels, dtype=np.int64)[_positions(train.ids, coll.train_ids)]
+    tables, tests = _tables(coll, train, test, scfg)
+    results = evaluate_methods(coll, tables, tests, y, scfg, out_dir)
+    chosen = ranked(results)[0]
+    stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
+    submission = write_submission(
+        cfg.submissions_dir, coll.test_ids, chosen.test, cfg.sample_submission, cfg.experiment, chosen.name, chosen.cv.mean,
+        {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
+         "data_fingerprint": coll.data_fingerprint, "runs": coll.names},
+    )  # fmt: skip
+    _write_tables(out_dir, coll, results)
+    plot_results(results, out_dir / "cv_scores.png")
+    context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
+               "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint}  # fmt: skip
+    summary = write_summary(out_dir / "summary.json", results, chosen, submission, context)
+    console.print(results_table(results, cfg.experiment))
+    console.print(f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}); summary in {out_dir / 'summary.json'}")
+    return summary

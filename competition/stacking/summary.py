@@ -1,0 +1,84 @@
+"""How the stacking methods compare: the terminal table, the bar plot and summary.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from competition.atomic import atomic_path, write_json
+from competition.console import table
+from competition.stacking.crossval import CVResult
+
+KIND_COLOURS = {"single": "#bdbdbd", "blend": "#6baed6", "stack": "#31a354"}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's nested-CV result, its OOF-chosen eps and its clipped test predictions."""
+
+    name: str
+    kind: str  # single | blend | stack
+    cv: CVResult
+    eps: float
+    test: np.ndarray
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "cv_mean": self.cv.mean, "cv_std": self.cv.std, "eps": self.eps, "fold_scores": self.cv.fold_scores()}
+
+
+def ranked(results: list[MethodResult]) -> list[MethodResult]:
+    """Best (lowest mean CV log loss) first."""
+    return sorted(results, key=lambda m: (m.cv.mean, m.cv.std))
+
+
+def results_table(results: list[MethodResult], experiment: str) -> Any:
+    rows = [
+        (m.name, m.kind, m.cv.mean, m.cv.std, float(m.cv.scores.min()), float(m.cv.scores.max()), f"{m.eps:g}")
+        for m in ranked(results)
+    ]  # fmt: skip
+    return table(f"Stacking {experiment}: nested CV log loss over the outer folds, best first", ["method", "kind", "CV mean", "std", "best fold", "worst fold", "eps"], rows)
+
+
+def plot_results(results: list[MethodResult], path: Path) -> Path:
+    """Horizontal bars of each method's mean CV log loss with its spread over folds, best on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = ranked(results)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.2))
+    ax.barh(
+        [m.name for m in order],
+        [m.cv.mean for m in order],
+        xerr=[m.cv.std for m in order],
+        color=[KIND_COLOURS[m.kind] for m in order],
+        error_kw={"elinewidth": 1, "capsize": 2},
+    )
+    ax.set_xlabel("CV log loss (mean over outer folds, bar: +-1 sd; lower is better)")
+    ax.set_title("Single runs (grey), blends (blue), stacker (green)")
+    ax.set_xlim(left=max(0.0, min(m.cv.mean - m.cv.std for m in order) - 0.02))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any]) -> dict[str, Any]:
+    """runs/<experiment>/stack/summary.json: every method's CV, the best single run and what was submitted."""
+    singles = [m for m in ranked(results) if m.kind == "single"]
+    best_single = singles[0] if singles else None
+    summary = {
+        **context,
+        "methods": {m.name: m.record() for m in results},
+        "ranking": [m.name for m in ranked(results)],
+        "best_single": None if best_single is None else {"method": best_single.name, "cv_mean": best_single.cv.mean, "cv_std": best_single.cv.std},
+        "chosen": {"method": chosen.name, "cv_mean": chosen.cv.mean, "cv_std": chosen.cv.std, "eps": chosen.eps},
+        "eps": chosen.eps,
+        "submission": str(submission),
+    }
+    write_json(path, summary)
+    return summary

@@ -1,0 +1,80 @@
+"""Leakage controls that can fail: no row's stacked prediction may depend on its own label."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stack_data import make_competition, noisy
+
+from competition.stacking.crossval import cross_validate
+from competition.stacking.features import GroupLabelEncoder, group_neighbour_mean, group_size, out_of_fold_group_labels, stack_tables
+from competition.stacking.metrics import logloss
+from competition.stacking.stacker import LGBMStacker
+
+EPS = [1e-4, 1e-3, 1e-2, 2e-2]
+
+
+@pytest.fixture(scope="module")
+def signals(tmp_path_factory):
+    """Three noisy predictors of the label plus exact-angle groups that carry label information."""
+    comp = make_competition(tmp_path_factory.mktemp("leak"), n_train=320, n_test=120, k=4, seed=0)
+    rng = np.random.default_rng(0)
+    y = comp.train.labels.astype(np.int64)
+    P = np.column_stack([noisy(y.astype(float), 1.0, 1.5, rng) for _ in range(3)])
+    T = np.column_stack([noisy(comp.test_labels.astype(float), 1.0, 1.5, rng) for _ in range(3)])
+    X, _ = stack_tables(["a", "b", "c"], P, T, comp.train.angle, comp.test.angle)
+    fold = comp.folds.table["fold"].to_numpy()[None, :]
+    return X, y, fold
+
+
+def _stacker(**kw):
+    return lambda r, f: LGBMStacker(n_trials=4, inner_folds=2, max_rounds=300, **kw)
+
+
+def test_group_features_known_answers():
+    angle = np.array([30.0, 30.0, 30.0, 41.5, np.nan, np.nan, 41.5])
+    assert group_size(angle).tolist() == [3, 3, 3, 2, 1, 1, 2]
+    values = np.array([0.1, 0.2, 0.6, 0.9, 0.5, 0.5, 0.3])
+    assert np.allclose(group_neighbour_mean(angle, values), [0.4, 0.35, 0.15, 0.3, np.nan, np.nan, 0.9], equal_nan=True)
+    enc = GroupLabelEncoder().fit(angle[:4], np.array([1, 1, 0, 1])).transform(np.array([30.0, 41.5, 33.0, np.nan]))
+    assert enc["group_labelled"].tolist() == [3, 1, 0, 0]
+    assert np.allclose(enc["group_rate"], [2 / 3, 1.0, np.nan, np.nan], equal_nan=True)
+
+
+def test_permuted_labels_give_no_better_than_the_prior_and_a_leaky_encoding_would(signals):
+    X, y, fold = signals
+    y_perm = np.random.default_rng(5).permutation(y)
+    prior = logloss(y_perm, np.full(len(y_perm), y_perm.mean()))
+    honest = cross_validate(_stacker(), [X], y_perm, fold, EPS, 3, 0)
+    assert honest.mean > prior - 0.02, (honest.mean, prior)
+    # control: the classic mistake (a group rate computed from all labels before CV) must be caught
+    leaky = X.assign(leaky_rate=GroupLabelEncoder().fit(X["angle"].to_numpy(), y_perm).transform(X["angle"].to_numpy())["group_rate"].to_numpy())
+    cheated = cross_validate(_stacker(group_labels=False), [leaky], y_perm, fold, EPS, 3, 0)
+    assert cheated.mean < prior - 0.04, (cheated.mean, prior)
+
+
+def test_out_of_fold_group_rate_of_a_row_never_reads_its_own_label(signals):
+    """Flip one row's label: its own group features stay, its group mates' features move."""
+    X, y, _ = signals
+    angle = X["angle"].to_numpy()
+    before = out_of_fold_group_labels(angle, y, n_folds=5, seed=3)
+    moved_others = 0
+    for i in np.flatnonzero(group_size(angle) > 2)[:10]:
+        y1 = y.copy()
+        y1[i] = 1 - y1[i]
+        after = out_of_fold_group_labels(angle, y1, n_folds=5, seed=3)
+        assert after.iloc[i].equals(before.iloc[i])
+        moved_others += int(not after.equals(before))
+    assert moved_others > 0  # the flipped labels do reach other rows (so the check can fail)
+
+
+def test_held_out_predictions_never_depend_on_held_out_labels(signals):
+    """Change every label of outer fold 0: its stacked predictions stay exactly the same."""
+    X, y, fold = signals
+    held = fold[0] == 0
+    y_changed = y.copy()
+    y_changed[held] = 1 - y_changed[held]
+    first = cross_validate(_stacker(), [X], y, fold, EPS, 3, 0)
+    second = cross_validate(_stacker(), [X], y_changed, fold, EPS, 3, 0)
+    assert np.array_equal(first.raw[0, held], second.raw[0, held])
+    assert not np.array_equal(first.raw[0, ~held], second.raw[0, ~held])  # fold 0's labels do train the others
