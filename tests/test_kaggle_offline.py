@@ -40,6 +40,9 @@ def _submission(tmp_path: Path, ids: pd.Series, p: np.ndarray, cv: float = 0.2) 
     path = tmp_path / "subs" / f"20171201-100000_exp_mean_cv{cv:.4f}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": ids, "is_iceberg": p}).to_csv(path, index=False)
+    sample = tmp_path / "data" / "sample_submission.csv"  # what the validator checks the ids against
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": ids, "is_iceberg": 0.5}).to_csv(sample, index=False)
     path.with_suffix(".json").write_text(json.dumps({"experiment": "exp", "method": "mean", "cv_mean": cv, "cv_std": 0.01,
                                                      "config_hash": "h", "folds_fingerprint": "f"}))
     return path

@@ -37,6 +37,9 @@ def _write_submission(folder: Path, stamp: str, cv: float) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stamp}_base_lgbm_cv{cv:.4f}.csv"
     path.write_text("id,is_iceberg\n5941774d,0.25\n4023181e,0.75\nb20200e4,0.5\n")
+    sample = folder.parent / "data" / "sample_submission.csv"  # what the validator checks the ids against
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    sample.write_text("id,is_iceberg\n5941774d,0.5\n4023181e,0.5\nb20200e4,0.5\n")
     sidecar = {"experiment": "base", "method": "lgbm", "cv_mean": cv, "cv_std": 0.0123, "eps": 0.001, "config_hash": "c0ffee12",
                "folds_fingerprint": "f01d5", "data_fingerprint": {"train": "aa", "test": "bb"}, "created": stamp}
     path.with_suffix(".json").write_text(json.dumps(sidecar))

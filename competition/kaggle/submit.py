@@ -20,8 +20,9 @@ from competition.config import CompetitionConfig
 from competition.errors import DataError, MissingArtefactError
 from competition.kaggle.client import run_kaggle
 from competition.kaggle.ledger import Entry, Ledger, ledger_path
-from competition.kaggle.scoring import read_submission, score_submission
+from competition.kaggle.scoring import score_submission
 from competition.kaggle.settings import Target
+from competition.submission import validate_submission
 
 
 class Sidecar(BaseModel):
@@ -99,7 +100,7 @@ def submit(cfg: CompetitionConfig, slug: str, file: Path | None = None, target: 
     if not path.is_file():
         raise MissingArtefactError(f"{path}: submission file not found")
     sidecar = read_sidecar(path)
-    read_submission(path)
+    validate_submission(path, cfg.sample_submission)
     where = resolve_target(cfg, target)
     entry = Entry(
         file=str(path),
