@@ -44,3 +44,12 @@ def test_fingerprints_separate_parts_and_follow_content(tmp_path):
     first = fingerprint.of_file(path)
     path.write_bytes(b"hellO")
     assert fingerprint.of_file(path) != first
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    path = write_text(tmp_path / "x.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
