@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test simulate data folds clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
+.PHONY: setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -35,6 +35,9 @@ data: setup ## download the real competition data with the official Kaggle clien
 
 folds: setup ## split the training data into folds: data/folds.{csv,json}
 	$(CLI) folds $(ARGS)
+
+models: setup ## list the model zoo (configs/models/*.yaml) and the weight source each would use here
+	$(CLI) models $(ARGS)
 
 train: setup ## train MODEL on every fold and seed: runs/<experiment>/MODEL/ (make train MODEL=name [PROFILE=cpu|gpu] ARGS="epochs=3")
 	@test -n "$(MODEL)" || { echo "make train: MODEL is required, e.g. make train MODEL=tf_efficientnet_lite0 (models: configs/models/*.yaml)" >&2; exit 2; }

@@ -63,6 +63,16 @@ def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -
 
 
 @app.command()
+def models(overrides: Overrides = None) -> None:
+    """List the model zoo: configs/models/*.yaml and the weight source each would use here."""
+    from competition.console import table
+    from competition.models.registry import describe_models
+
+    rows = describe_models(overrides or [])
+    console.print(table("models", ["model", "framework", "architecture", "channels", "policy", "weights"], rows))
+
+
+@app.command()
 def stack(
     overrides: Overrides = None,
     config: ConfigOpt = COMPETITION_CONFIG,

