@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
+.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -70,6 +70,12 @@ kernel-status: setup ## status of the kernel's latest run on Kaggle
 
 kernel-output: setup ## download the kernel's output into runs/kaggle/output/
 	$(CLI) kernel-output $(ARGS)
+
+all: setup ## the main job: data (simulated when absent), folds, train the configured models, stack, offline score, report
+	$(CLI) all $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+
+report: setup ## runs/<experiment>/report/index.html: fold scores, calibration, correlation, importances, CV vs LB
+	$(CLI) report $(ARGS)
 
 clean: ## remove outputs (data/, runs/), keep .venv and submissions/
 	rm -rf data runs

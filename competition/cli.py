@@ -212,7 +212,7 @@ def train(
 @app.command()
 def bench(
     models: Annotated[Optional[list[str]], typer.Argument(help="Models to measure (default: every registered model).", show_default=False)] = None,
-    n: Annotated[int, typer.Option(help="Images per measurement.")] = 256,
+    n: Annotated[int, typer.Option(help="Images per measurement.")] = 96,
     repeats: Annotated[int, typer.Option(help="Repeats per figure (the median is reported).")] = 3,
     output: Annotated[Path, typer.Option(help="Markdown file whose trainer section is (re)written.")] = Path("docs/benchmarks.md"),
 ) -> None:
@@ -220,6 +220,24 @@ def bench(
     from competition.training.bench import run_bench
 
     run_bench(models or None, n=n, repeats=repeats, output=output)
+
+
+@app.command("all")
+def all_(overrides: Overrides = None, profile: ProfileOpt = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
+    """The whole flow: data (simulated when absent), folds, train `models`, stack, submit offline, report."""
+    cfg = load_competition([], config)
+    from competition.pipeline import run_all
+
+    run_all(cfg, overrides or [], profile)
+
+
+@app.command()
+def report(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
+    """Write runs/<experiment>/report/index.html: fold scores, calibration, correlation, importances, CV vs LB."""
+    cfg = load_competition(overrides or [], config)
+    from competition.report import build_report
+
+    console.print(f"[green]wrote[/] {build_report(cfg)}")
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ class CompetitionConfig(Strict):
     data_dir: Path = Path("data")
     runs_dir: Path = Path("runs")
     submissions_dir: Path = Path("submissions")
+    models: list[str] = Field(default_factory=lambda: ["vgg16_angle", "tf_efficientnet_lite0", "mobilenetv2_100"], min_length=1)
     simulate: SimulateConfig = SimulateConfig()
     folds: FoldsConfig = FoldsConfig()
 

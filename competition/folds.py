@@ -128,3 +128,18 @@ def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
         )
     table = pd.read_csv(cfg.folds_csv, dtype={"id": str, "repeat": np.int16, "fold": np.int16})
     return Folds(table, FoldsConfig(**meta["params"]), meta["fingerprint"], meta["data_fingerprint"])
+
+
+def ensure_folds(data: Dataset, cfg: CompetitionConfig) -> tuple[Folds, bool]:
+    """The current folds file when it matches this data and these parameters, else a new one.
+
+    Returns (folds, written). Rewriting only when something changed keeps finished runs valid
+    across repeated `make all` calls.
+    """
+    try:
+        folds = load_folds(cfg, data)
+    except (MissingArtefactError, FingerprintError):
+        return write_folds(data, cfg), True
+    if folds.params != cfg.folds or folds.fingerprint != folds_fingerprint(data, cfg.folds):
+        return write_folds(data, cfg), True
+    return folds, False

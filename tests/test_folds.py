@@ -9,7 +9,7 @@ import pytest
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
 from competition.errors import FingerprintError, MissingArtefactError
-from competition.folds import angle_groups, load_folds, make_folds, write_folds
+from competition.folds import angle_groups, ensure_folds, load_folds, make_folds, write_folds
 
 
 def make_dataset(n: int = 300, seed: int = 0, fingerprint: str = "data-a") -> Dataset:
@@ -135,3 +135,17 @@ def test_check_names_the_artefact_and_both_fingerprints():
     folds.check(folds.fingerprint, "runs/x/oof.csv")
     with pytest.raises(FingerprintError, match=r"runs/x/oof.csv was made with folds deadbeef.*" + folds.fingerprint):
         folds.check("deadbeef", "runs/x/oof.csv")
+
+
+def test_ensure_folds_reuses_a_matching_file_and_rewrites_a_stale_one(tmp_path):
+    data = make_dataset()
+    cfg = cfg_in(tmp_path)
+    first, written = ensure_folds(data, cfg)
+    assert written
+    again, written = ensure_folds(data, cfg)
+    assert not written and again.fingerprint == first.fingerprint
+    changed = cfg.model_copy(update={"folds": FoldsConfig(k=3)})
+    third, written = ensure_folds(data, changed)
+    assert written and third.fingerprint != first.fingerprint and load_folds(changed).params.k == 3
+    other, written = ensure_folds(make_dataset(fingerprint="data-b"), changed)
+    assert written and other.data_fingerprint == "data-b"

@@ -1,0 +1,123 @@
+"""`make all`: the whole flow in one command, with the wall time of every step.
+
+It uses the competition files in `data_dir` when they exist (real data after `make data`, or an
+earlier simulation) and simulates the embedded default when there are none. Every step resumes:
+finished folds, training units and Optuna trials are reused, so a second `make all` is quick.
+On simulated data the submission is scored offline against the hidden solution; on real data
+it is validated and left for `make submit`, since Kaggle counts every submission.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from competition.config import CompetitionConfig, apply_overrides, validate
+from competition.console import console, table
+
+
+@dataclass
+class Timings:
+    """Wall seconds per step, in the order the steps ran."""
+
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        yield
+        self.steps.append((name, time.perf_counter() - started))
+
+
+def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[CompetitionConfig, list[str], list[str]]:
+    """(competition config with its overrides applied, stack overrides, training overrides)."""
+    from competition.stacking.settings import PREFIX
+
+    stack = [o for o in overrides if o.startswith(PREFIX)]
+    rest = [o for o in overrides if not o.startswith(PREFIX)]
+    ours = [o for o in rest if o.partition("=")[0].split(".")[0] in CompetitionConfig.model_fields]
+    if ours:
+        cfg = validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), ours), "command line", ours)
+    return cfg, stack, rest
+
+
+def ensure_data(cfg: CompetitionConfig) -> str:
+    """Use the competition files that are there; simulate the embedded default when there are none."""
+    if cfg.train_json.is_file() and cfg.test_json.is_file() and cfg.sample_submission.is_file():
+        return "simulated (existing files)" if cfg.solution_csv.is_file() else "existing files (real or your own)"
+    from competition.simulate import write_simulated
+
+    console.print(f"no competition data in {cfg.data_dir}/: simulating the embedded default (`make data` fetches the real one)")
+    write_simulated(cfg)
+    return "simulated now"
+
+
+def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str | None = None) -> dict[str, Any]:
+    """data -> folds -> train each model -> stack -> (offline) submit -> report; returns what it did."""
+    from competition.data.loader import load_test, load_train
+    from competition.folds import ensure_folds
+    from competition.report import build_report
+    from competition.stacking.pipeline import run_stack
+    from competition.stacking.settings import load_stack_config
+    from competition.training.trainer import train_model
+
+    cfg, stack_overrides, train_overrides = split_overrides(cfg, overrides)
+    scfg, _ = load_stack_config(stack_overrides)
+    started = time.perf_counter()
+    timings = Timings()
+    with timings.step("data"):
+        source = ensure_data(cfg)
+        train, test = load_train(cfg), load_test(cfg)
+    with timings.step("folds"):
+        folds, written = ensure_folds(train, cfg)
+        console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
+    cvs = {}
+    for model in cfg.models:
+        with timings.step(f"train {model}"):
+            run_dir = train_model(cfg, model, profile, train_overrides)
+            cvs[model] = _cv(run_dir)
+    with timings.step("stack"):
+        summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)
+    with timings.step("submit"):
+        scores = _submit_offline(cfg, Path(summary["submission"]))
+    with timings.step("report"):
+        report = build_report(cfg)
+    result = {"data": source, "models": cvs, "summary": summary, "scores": scores, "report": str(report),
+              "timings": timings.steps, "wall_s": time.perf_counter() - started}  # fmt: skip
+    show(result)
+    return result
+
+
+def _cv(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "meta.json").read_text())["cv_logloss"])
+
+
+def _submit_offline(cfg: CompetitionConfig, submission: Path) -> tuple[float, float] | None:
+    """Score on the hidden solution (simulated data only) and record it in the ledger."""
+    if not cfg.solution_csv.is_file():
+        console.print(f"real data: {submission} is validated; send it with `make submit` (Kaggle counts every submission)")
+        return None
+    from competition.kaggle.submit import submit
+
+    entry = submit(cfg, cfg.slug, submission, target="offline")
+    return entry.public_score, entry.private_score
+
+
+def show(result: dict[str, Any]) -> None:
+    """The closing tables: per-model CV, per-method CV, leaderboard scores, time per step."""
+    summary = result["summary"]
+    console.print(table("Models (CV log loss of the OOF predictions)", ["model", "CV"], sorted(result["models"].items(), key=lambda kv: kv[1])))
+    methods = sorted(summary["methods"].items(), key=lambda kv: kv[1]["cv_mean"])
+    console.print(table("Methods (nested CV)", ["method", "kind", "CV mean", "sd"], [(n, m["kind"], m["cv_mean"], m["cv_std"]) for n, m in methods]))
+    if result["scores"] is not None:
+        public, private = result["scores"]
+        console.print(table("Submission on the hidden leaderboard", ["file", "public", "private"], [(Path(summary["submission"]).name, public, private)]))
+    steps = [*((name, f"{s:.0f}") for name, s in result["timings"]), ("total", f"{result['wall_s']:.0f}")]
+    console.print(table("Wall time per step (s)", ["step", "seconds"], steps))
+    console.print(f"[green]report[/] {result['report']}")

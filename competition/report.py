@@ -1,0 +1,189 @@
+"""The run report: one HTML page with PNG plots that says how good each model and the stack are.
+
+It only reads artefacts (runs, stack summary, ledger) and never trains anything, so it can be
+rebuilt at any time with `competition report`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition.atomic import atomic_path, write_text
+from competition.config import CompetitionConfig
+from competition.errors import MissingArtefactError
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _figure().close(fig)
+    return path
+
+
+def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
+    """Log loss of every fold (dots) and the mean (bar) per model: spread shows how much CV can be trusted."""
+    plt = _figure()
+    order = scores.groupby("model")["logloss"].mean().sort_values().index.tolist()
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(order)), 3.6))
+    means = [scores.loc[scores["model"] == m, "logloss"].mean() for m in order]
+    ax.bar(range(len(order)), means, color="#9ecae1", label="mean over folds")
+    for i, m in enumerate(order):
+        vals = scores.loc[scores["model"] == m, "logloss"].to_numpy()
+        ax.scatter(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, color="#08519c", s=14, zorder=3)
+    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax.set_ylabel("log loss (lower is better)")
+    ax.set_title("Fold scores per model")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_calibration(oof: pd.DataFrame, labels: np.ndarray, path: Path, bins: int = 10) -> Path:
+    """Reliability curves of each column's OOF predictions: a curve under the diagonal is over-confident."""
+    from sklearn.calibration import calibration_curve
+
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for col in oof.columns:
+        frac, mean_pred = calibration_curve(labels, oof[col].to_numpy(), n_bins=bins, strategy="quantile")
+        ax.plot(mean_pred, frac, marker="o", markersize=3, label=col)
+    ax.set_xlabel("mean predicted P(iceberg)")
+    ax.set_ylabel("observed iceberg rate")
+    ax.set_title("OOF calibration")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_correlation(oof: pd.DataFrame, path: Path) -> Path:
+    """Correlation of the models' OOF predictions: diverse (less correlated) models stack better."""
+    plt = _figure()
+    corr = oof.corr()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(corr), 0.8 + 0.7 * len(corr)))
+    im = ax.imshow(corr.to_numpy(), vmin=min(0.5, float(corr.to_numpy().min())), vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(corr)), corr.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(corr)), corr.index)
+    for i in range(len(corr)):
+        for j in range(len(corr)):
+            ax.text(j, i, f"{corr.iat[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title("Correlation of OOF predictions")
+    return _save(fig, path)
+
+
+def plot_importances(importances: pd.Series, path: Path, top: int = 20) -> Path:
+    """The stacker's feature importances (gain), largest first."""
+    plt = _figure()
+    imp = importances.sort_values(ascending=True).tail(top)
+    fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(imp) + 1))
+    ax.barh(imp.index, imp.to_numpy(), color="#31a354")
+    ax.set_xlabel("importance (total gain)")
+    ax.set_title("Stacker feature importances")
+    return _save(fig, path)
+
+
+def html_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a plain HTML table with 4-decimal floats."""
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0, classes="t")
+
+
+def write_page(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """One self-contained HTML page: sections are (heading, html body); images are referenced relatively."""
+    body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table.t{{border-collapse:collapse}} table.t td,table.t th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}}
+img{{max-width:100%;border:1px solid #eee;margin:6px 0}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+{body}
+</body></html>
+"""
+    return write_text(path, page)
+
+
+def img(path: Path, page_dir: Path) -> str:
+    return f'<img src="{html.escape(str(path.relative_to(page_dir)))}" alt="{html.escape(path.stem)}">'
+
+
+def _fold_scores(summary: dict) -> pd.DataFrame:
+    """Long table (model, repeat, fold, logloss) of every method's nested-CV fold scores."""
+    rows = [{"model": name, **score} for name, rec in summary["methods"].items() for score in rec["fold_scores"]]
+    return pd.DataFrame(rows)
+
+
+def _runs_table(exp_dir: Path) -> pd.DataFrame:
+    """One row per trained model: its CV, weights, fine-tuning policy and wall time."""
+    rows = []
+    for meta_path in sorted(exp_dir.glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        units = meta.get("timings", {}).get("units", {})
+        rows.append({
+            "model": meta["model"],
+            "CV log loss": meta["cv_logloss"],
+            "weights": meta["weight_source"],
+            "policy": f"{meta['policy']} (asked: {meta.get('policy_requested', meta['policy'])})",
+            "units": len(meta["fold_scores"]),
+            "fit s (all units)": round(sum(t.get("fit_s", 0.0) for t in units.values()), 1),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def build_report(cfg: CompetitionConfig) -> Path:
+    """runs/<experiment>/report/index.html from the runs, the stack and the ledger of `cfg`."""
+    from competition.data.loader import load_train
+    from competition.kaggle.ledger import Ledger, ledger_path
+    from competition.kaggle.leaderboard import plot_cv_vs_lb
+    from competition.stacking.settings import stack_dir
+
+    exp_dir = cfg.runs_dir / cfg.experiment
+    out = exp_dir / "report"
+    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    if not (stack / "summary.json").is_file():
+        raise MissingArtefactError(f"{stack / 'summary.json'} not found: run `make stack` first")
+    summary = json.loads((stack / "summary.json").read_text())
+    oof = pd.read_csv(stack / "oof.csv", dtype={"id": str})
+    train = load_train(cfg)
+    labels = pd.Series(train.labels, index=train.ids).loc[oof["id"]].to_numpy()
+    singles = [name for name, rec in summary["methods"].items() if rec["kind"] == "single"]
+    chosen = summary["chosen"]["method"]
+
+    methods = pd.DataFrame([
+        {"method": name, "kind": rec["kind"], "CV mean": rec["cv_mean"], "CV sd": rec["cv_std"], "eps": rec["eps"]}
+        for name, rec in summary["methods"].items()
+    ]).sort_values("CV mean")  # fmt: skip
+    sections = [
+        ("Summary", f"<p>Experiment <b>{html.escape(cfg.experiment)}</b>: submitted <b>{html.escape(chosen)}</b>, "
+                    f"CV log loss {summary['chosen']['cv_mean']:.4f} &plusmn; {summary['chosen']['cv_std']:.4f} "
+                    f"(best single run: {summary['best_single']['method']} {summary['best_single']['cv_mean']:.4f}); "
+                    f"clipped to [{summary['eps']:g}, {1 - summary['eps']:g}]. File: <code>{html.escape(summary['submission'])}</code>.</p>"),
+        ("Models", html_table(_runs_table(exp_dir))),
+        ("Methods (nested CV over the same outer folds)", html_table(methods)),
+        ("Fold scores", img(plot_fold_scores(_fold_scores(summary), out / "fold_scores.png"), out)),
+        ("OOF calibration", img(plot_calibration(oof[[*singles, chosen]], labels, out / "calibration.png"), out)),
+        ("Correlation of the models' OOF predictions", img(plot_correlation(oof[singles], out / "correlation.png"), out)),
+    ]  # fmt: skip
+    if (stack / "importances.csv").is_file():
+        imp = pd.read_csv(stack / "importances.csv", index_col=0).iloc[:, 0]
+        sections.append(("Stacker feature importances", img(plot_importances(imp, out / "importances.png"), out)))
+    entries = Ledger(ledger_path(cfg)).entries() if ledger_path(cfg).is_file() else []
+    if entries:
+        plot_cv_vs_lb(entries, out / "cv_vs_lb.png")
+        ledger = pd.DataFrame([{"file": Path(e.file).name, "method": e.method, "CV": e.cv_mean, "public": e.public_score,
+                                "private": e.private_score, "scored by": e.score_source} for e in entries])  # fmt: skip
+        sections.append(("CV against the leaderboard (ledger)", img(out / "cv_vs_lb.png", out) + html_table(ledger)))
+    return write_page(out / "index.html", f"Iceberg harness report: {cfg.experiment}", sections)
