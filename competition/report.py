@@ -174,7 +174,7 @@ def build_report(cfg: CompetitionConfig) -> Path:
         ("Models", html_table(_runs_table(exp_dir))),
         ("Methods (nested CV over the same outer folds)", html_table(methods)),
         ("Fold scores", img(plot_fold_scores(_fold_scores(summary), out / "fold_scores.png"), out)),
-        ("OOF calibration", img(plot_calibration(oof[[*singles, chosen]], labels, out / "calibration.png"), out)),
+        ("OOF calibration", img(plot_calibration(oof[list(dict.fromkeys([*singles, chosen]))], labels, out / "calibration.png"), out)),
         ("Correlation of the models' OOF predictions", img(plot_correlation(oof[singles], out / "correlation.png"), out)),
     ]  # fmt: skip
     if (stack / "importances.csv").is_file():

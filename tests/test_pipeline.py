@@ -1,0 +1,104 @@
+"""`make all` end to end: tiny simulated data and tiny timm networks, then a dataset of the user's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+from competition.folds import load_folds
+from competition.kaggle.ledger import Ledger
+from competition.pipeline import run_all
+from competition.submission import validate_submission
+from competition.training.store import load_run
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["mobilenetv3_small_050", "resnet10t"]  # timm architectures by name, random init
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[8]", "epochs=2", "batch_size=16",
+        "save_models=false", "tta=[id,flip]", "stack.stacker.n_trials=2", "stack.stacker.inner_folds=2",
+        "stack.features.band_stats=false", f"models={json.dumps(MODELS)}"]  # fmt: skip
+
+
+def test_make_all_steps_leave_every_artefact_with_agreeing_fingerprints(tmp_path: Path) -> None:
+    cfg = CompetitionConfig(
+        data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", submissions_dir=tmp_path / "subs",
+        simulate=SimulateConfig(n_train=60, n_test=30, seed=5), folds=FoldsConfig(k=3),
+    )  # fmt: skip
+    result = run_all(cfg, TINY, profile="cpu")
+
+    assert result["data"] == "simulated now"
+    for name in ("train.json", "test.json", "sample_submission.csv", "hidden/solution.csv", "folds.csv", "folds.json"):
+        assert (cfg.data_dir / name).is_file(), name
+    folds = load_folds(cfg)
+    runs = [load_run(cfg.runs_dir / cfg.experiment / m) for m in MODELS]
+    for run in runs:
+        assert run.meta["folds_fingerprint"] == folds.fingerprint
+        assert run.meta["data_fingerprint"]["train"] == folds.data_fingerprint
+    assert len({json.dumps(r.meta["data_fingerprint"], sort_keys=True) for r in runs}) == 1
+
+    summary = result["summary"]
+    assert summary["folds_fingerprint"] == folds.fingerprint
+    assert {f"single:{m}" for m in MODELS} <= set(summary["methods"])
+    submission = Path(summary["submission"])
+    assert validate_submission(submission, cfg.sample_submission) == 30
+    sidecar = json.loads(submission.with_suffix(".json").read_text())
+    assert sidecar["folds_fingerprint"] == folds.fingerprint
+
+    (entry,) = Ledger(cfg.runs_dir / "ledger.sqlite").entries()
+    assert entry.file == str(submission) and entry.score_source == "offline"
+    assert result["scores"] == (entry.public_score, entry.private_score)
+    assert all(np.isfinite(s) and 0 < s < 5 for s in result["scores"])
+
+    report = Path(result["report"])
+    page = report.read_text()
+    for png in ("fold_scores.png", "calibration.png", "correlation.png", "cv_vs_lb.png"):
+        assert (report.parent / png).stat().st_size > 1000 and png in page
+    assert [name for name, _ in result["timings"]] == ["data", "folds", *(f"train {m}" for m in MODELS), "stack", "submit", "report"]
+
+
+def _own_records(n: int, rng: np.random.Generator, labelled: bool) -> list[dict]:
+    """SAR-like chips of the user's own collection: bright blobs on speckled sea, ids of any form."""
+    yy, xx = np.mgrid[:75, :75]
+    records = []
+    for i in range(n):
+        label = int(rng.random() < 0.5)
+        sea = 10 * np.log10(rng.gamma(4.0, 1 / 4.0, size=(2, 75, 75))) - np.array([22.0, 28.0])[:, None, None]
+        radius = 3 + 4 * label + rng.random() * 2
+        blob = ((yy - 37) ** 2 + (xx - 37) ** 2 < radius**2) * (12 - 5 * label)
+        band = (sea + blob).astype(np.float32)
+        rec = {"id": f"chip-{i:04d}", "band_1": band[0].ravel().tolist(), "band_2": band[1].ravel().tolist(),
+               "inc_angle": "na" if labelled and i % 17 == 0 else round(float(rng.uniform(30, 45)), 4)}  # fmt: skip
+        if labelled:
+            rec["is_iceberg"] = label
+        records.append(rec)
+    return records
+
+
+def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine"
+    data.mkdir()
+    (data / "train.json").write_bytes(orjson.dumps(_own_records(48, rng, labelled=True)))
+    test = _own_records(18, rng, labelled=False)
+    (data / "test.json").write_bytes(orjson.dumps(test))
+    pd.DataFrame({"id": [r["id"] for r in test], "is_iceberg": 0.5}).to_csv(data / "sample_submission.csv", index=False)
+    config = tmp_path / "competition.yaml"
+    config.write_text(f"data_dir: {data}\nruns_dir: {tmp_path / 'runs'}\nsubmissions_dir: {tmp_path / 'subs'}\nfolds:\n  k: 3\n")
+
+    done = subprocess.run([sys.executable, "-m", "competition", "all", "-c", str(config), "--profile", "cpu", *TINY],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "send it with `make submit`" in " ".join(done.stderr.split())  # own data: nothing is scored or sent
+    (submission,) = (tmp_path / "subs").glob("*.csv")
+    assert validate_submission(submission, data / "sample_submission.csv") == 18
+    assert not (tmp_path / "runs" / "ledger.sqlite").exists()
+    assert (tmp_path / "runs" / "baseline" / "report" / "index.html").is_file()
