@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench stack validate
+.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -70,6 +70,9 @@ kernel-status: setup ## status of the kernel's latest run on Kaggle
 
 kernel-output: setup ## download the kernel's output into runs/kaggle/output/
 	$(CLI) kernel-output $(ARGS)
+
+bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick", CPU default ~1.5-2 h)
+	$(CLI) bench-quality $(ARGS)
 
 all: setup ## the main job: data (simulated when absent), folds, train the configured models, stack, offline score, report
 	$(CLI) all $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)

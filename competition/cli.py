@@ -213,13 +213,26 @@ def train(
 def bench(
     models: Annotated[Optional[list[str]], typer.Argument(help="Models to measure (default: every registered model).", show_default=False)] = None,
     n: Annotated[int, typer.Option(help="Images per measurement.")] = 96,
-    repeats: Annotated[int, typer.Option(help="Repeats per figure (the median is reported).")] = 3,
+    repeats: Annotated[int, typer.Option(help="Measured pairs per figure (medians are reported).")] = 5,
     output: Annotated[Path, typer.Option(help="Markdown file whose trainer section is (re)written.")] = Path("docs/benchmarks.md"),
 ) -> None:
     """Measure harness vs bare-loop throughput and prefix-cache speedups; write them into docs/benchmarks.md."""
     from competition.training.bench import run_bench
 
     run_bench(models or None, n=n, repeats=repeats, output=output)
+
+
+@app.command("bench-quality")
+def bench_quality(
+    overrides: Overrides = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    quality_config: Annotated[Path, typer.Option("--quality-config", help="Quality benchmark config (YAML): recipes and budgets.")] = Path("configs/quality.yaml"),
+) -> None:
+    """Quality benchmark: classic VGG16, a CNN from scratch, every model x policy, blenders + stacker; docs/benchmarks.md."""
+    cfg = load_competition([], config)
+    from competition.quality import run_quality
+
+    run_quality(cfg, overrides or [], quality_config)
 
 
 @app.command("all")

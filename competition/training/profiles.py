@@ -1,0 +1,106 @@
+"""Hardware profiles (configs/profiles/<name>.yaml): how much training the machine can afford.
+
+`cpu` leans on frozen prefixes computed once (head training, few epochs, two TTA views);
+`gpu` fine-tunes longer with all eight views and mixed precision. The profile is picked from
+the hardware found unless the user names one.
+
+Override routing for `competition train MODEL KEY=VALUE ...` (one rule, documented in the README):
+a key whose first part is a `CompetitionConfig` field (experiment, data_dir, ...) goes to the
+competition config; one that is a `Profile` field (epochs, batch_size, patience, policy, seeds,
+tta, augment.*, ...) goes to the profile; any other key goes to the model's config
+(configs/models/<name>.yaml: head.dropout, optimizer.lr, weights, channels, ...). A `model.` or
+`profile.` prefix forces the destination (`model.seed=3` is the model's init seed; plain `seed=3`
+is the profile's first training seed). Precedence: command line > profile (where it sets a
+value) > the model's YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load, parse_overrides
+from competition.errors import ConfigError
+from competition.training.augment import AugmentConfig
+from competition.training.dihedral import Variant
+
+PROFILES_DIR = CONFIG_DIR / "profiles"
+ProfileName = Literal["cpu", "gpu"]
+
+
+class Profile(Strict):
+    """Trainer settings that depend on the hardware; None = the model's own default (its `train:` section)."""
+
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1, description="early-stopping patience in epochs")
+    policy: str | None = Field(None, description="fine-tuning policy (replaces the model's): head | top:K | all_but_stem | all | auto")
+    mixed_precision: bool | None = None
+    seeds: int = Field(1, ge=1, description="seeds per fold (seed, seed + 1, ...); more seeds are added without redoing the others")
+    seed: int = Field(0, ge=0, description="first seed")
+    tta: list[Variant] = Field(default_factory=lambda: ["id"], min_length=1, description="dihedral views averaged at prediction time")
+    augment: AugmentConfig = AugmentConfig()
+    cache_prefix: bool = Field(True, description="compute the frozen prefix once per image and view, shared by all folds")
+    predict_batch_size: int = Field(128, ge=1)
+    save_models: bool = Field(True, description="keep each unit's best weights under units/")
+
+    def seed_values(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+@dataclass(frozen=True)
+class ChosenProfile:
+    name: str
+    profile: Profile
+    reason: str
+
+
+def hardware_profile() -> tuple[ProfileName, str]:
+    """`gpu` when torch sees CUDA, else `cpu` (torch imported here only, lazily)."""
+    try:
+        import torch  # noqa: PLC0415 - heavy; only the trainer needs it
+    except ImportError:
+        return "cpu", "torch is not installed"
+    if torch.cuda.is_available():
+        return "gpu", f"CUDA device found ({torch.cuda.get_device_name(0)})"
+    return "cpu", "no CUDA device found"
+
+
+def load_profile(name: str | None = None, overrides: Sequence[str] = (), profiles_dir: Path = PROFILES_DIR) -> ChosenProfile:
+    """The named profile (or the hardware's), with profile overrides applied and validated."""
+    if name is None:
+        name, reason = hardware_profile()
+    else:
+        reason = "named by the user"
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}: no {path} (known: {', '.join(known) or 'none'})")
+    return ChosenProfile(name, load(path, Profile, overrides), reason)
+
+
+@dataclass(frozen=True)
+class RoutedOverrides:
+    competition: list[str]
+    profile: list[str]
+    model: list[str]
+
+
+def route_overrides(overrides: Sequence[str]) -> RoutedOverrides:
+    """Split KEY=VALUE overrides by their first key part: competition, profile, else model (`model.`/`profile.` force it)."""
+    parsed = parse_overrides(overrides)  # validates the syntax of every item first
+    routed = RoutedOverrides([], [], [])
+    for item, (keys, _) in zip(overrides, parsed, strict=True):
+        if keys[0] in ("model", "profile") and len(keys) > 1:
+            getattr(routed, keys[0]).append(item.split(".", 1)[1])
+        elif keys[0] in CompetitionConfig.model_fields:
+            routed.competition.append(item)
+        elif keys[0] in Profile.model_fields:
+            routed.profile.append(item)
+        else:
+            routed.model.append(item)
+    return routed

@@ -1,0 +1,242 @@
+"""The prediction store: per-unit files while training, then one run folder the stacker trusts.
+
+Layout of `runs/<experiment>/<model>/` (formats in docs/architecture.md):
+
+- `units/<r{repeat}_f{fold}_s{seed}>.npz`: held-out ids and predictions, test predictions;
+- `units/<unit>.json`: written last, marks the unit finished; holds its score, curve, timings and
+  the fingerprints it was made with (a rerun refuses a unit whose fingerprints differ);
+- `oof.csv`, `test.csv`, then `meta.json` last: meta records the two tables' file hashes, so a
+  reader can tell a complete run from a half-written or edited one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import log_loss
+
+from competition import fingerprint
+from competition.atomic import atomic_path, write_json
+from competition.errors import FingerprintError, MissingArtefactError
+
+OOF_FILE, TEST_FILE, META_FILE, UNITS_DIR = "oof.csv", "test.csv", "meta.json", "units"
+OOF_COLUMNS = ["id", "repeat", "fold", "prediction"]
+REQUIRED_META = (
+    "model", "config", "config_hash", "folds_fingerprint", "data_fingerprint", "weight_source", "policy",
+    "policy_reason", "versions", "timings", "fold_scores", "cv_logloss", "curves", "units",
+    "oof_fingerprint", "test_fingerprint",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One model fit: fold `fold` of repeat `repeat` held out, trained with seed `seed`."""
+
+    repeat: int
+    fold: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"r{self.repeat}_f{self.fold}_s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """What a unit was made from; all must match for a finished unit to be reused."""
+
+    config_hash: str
+    folds: str
+    train: str
+    test: str
+
+
+@dataclass
+class UnitResult:
+    """Everything one unit produced."""
+
+    unit: Unit
+    oof_ids: np.ndarray
+    oof: np.ndarray
+    test: np.ndarray
+    logloss: float
+    best_epoch: int
+    history: dict[str, list[float]]
+    timings: dict[str, float]
+    policy: dict[str, Any] = field(default_factory=dict)  # the PolicyDecision, as a dict
+    weight_source: str = "none"
+    prefix_cache: str | None = None  # cache folder the unit trained on, None = raw images
+    augment: str = "none"  # what augmentation the unit really saw
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete temporary files of atomic writes that a killed run left behind (`.name.*.tmp*`)."""
+    found = [p for folder in (Path(run_dir), Path(run_dir) / UNITS_DIR) if folder.is_dir() for p in folder.glob(".*.tmp*")]
+    for path in found:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return found
+
+
+def unit_paths(run_dir: Path, unit: Unit) -> tuple[Path, Path]:
+    base = Path(run_dir) / UNITS_DIR / unit.name
+    return base.with_suffix(".npz"), base.with_suffix(".json")
+
+
+def write_unit(run_dir: Path, result: UnitResult, prints: Fingerprints) -> None:
+    """Arrays first, then the JSON that marks the unit finished (each write atomic)."""
+    npz_path, json_path = unit_paths(run_dir, result.unit)
+    with atomic_path(npz_path) as tmp:
+        np.savez(tmp, oof_ids=result.oof_ids.astype(str), oof=result.oof, test=result.test)
+    write_json(
+        json_path,
+        {
+            "unit": asdict(result.unit),
+            "logloss": result.logloss,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "timings": result.timings,
+            "policy": result.policy,
+            "weight_source": result.weight_source,
+            "prefix_cache": result.prefix_cache,
+            "augment": result.augment,
+            "fingerprints": asdict(prints),
+            "npz_fingerprint": fingerprint.of_file(npz_path),
+        },
+    )
+
+
+def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | None:
+    """A finished unit, None if it is not finished, FingerprintError if it was made from other inputs."""
+    npz_path, json_path = unit_paths(run_dir, unit)
+    if not json_path.is_file():
+        return None
+    info = json.loads(json_path.read_text())
+    stale = [
+        f"{key} {info['fingerprints'][key]} (now {now})"
+        for key, now in asdict(prints).items()
+        if info["fingerprints"].get(key) != now
+    ]  # fmt: skip
+    if stale:
+        raise FingerprintError(
+            f"{json_path}: finished unit was made with different {', '.join(stale)}; "
+            f"delete {Path(run_dir)} (or pass --fresh), or use another experiment name"
+        )
+    if not npz_path.is_file() or fingerprint.of_file(npz_path) != info["npz_fingerprint"]:
+        raise FingerprintError(f"{npz_path} is missing or was changed after {json_path} was written: delete both and run again")
+    with np.load(npz_path) as arrays:
+        return UnitResult(
+            unit=unit,
+            oof_ids=arrays["oof_ids"],
+            oof=arrays["oof"],
+            test=arrays["test"],
+            logloss=info["logloss"],
+            best_epoch=info["best_epoch"],
+            history=info["history"],
+            timings=info["timings"],
+            policy=info["policy"],
+            weight_source=info["weight_source"],
+            prefix_cache=info["prefix_cache"],
+            augment=info["augment"],
+        )
+
+
+def build_oof(results: list[UnitResult], train_ids: np.ndarray) -> pd.DataFrame:
+    """`id,repeat,fold,prediction`: every training id once per repeat, averaged over seeds."""
+    frames = [pd.DataFrame({"id": r.oof_ids, "repeat": r.unit.repeat, "fold": r.unit.fold, "seed": r.unit.seed, "prediction": r.oof}) for r in results]
+    long = pd.concat(frames, ignore_index=True)
+    per_seed = long.groupby(["repeat", "seed"])["id"]
+    if (per_seed.nunique() != per_seed.size()).any() or (per_seed.nunique() != len(train_ids)).any():
+        raise ValueError("units do not hold out every training id exactly once per repeat and seed")
+    table = long.groupby(["repeat", "id", "fold"], as_index=False)["prediction"].mean()
+    order = pd.Series(np.arange(len(train_ids)), index=train_ids)
+    table = table.assign(_order=order.loc[table["id"]].to_numpy()).sort_values(["repeat", "_order"])
+    return table[OOF_COLUMNS].reset_index(drop=True)
+
+
+def build_test(results: list[UnitResult], test_ids: np.ndarray) -> pd.DataFrame:
+    """`id`, one column per unit (in unit order), and their `mean`."""
+    ordered = sorted(results, key=lambda r: r.unit)
+    table = pd.DataFrame({"id": test_ids, **{r.unit.name: r.test for r in ordered}})
+    table["mean"] = table[[r.unit.name for r in ordered]].mean(axis=1)
+    return table
+
+
+def cv_logloss(oof: pd.DataFrame, labels: pd.Series) -> float:
+    """Log loss of the OOF predictions, averaged over repeats (`labels` indexed by id)."""
+    scores = [log_loss(labels.loc[g["id"]].to_numpy(), g["prediction"].to_numpy(), labels=[0, 1]) for _, g in oof.groupby("repeat")]
+    return float(np.mean(scores))
+
+
+def write_run(run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """oof.csv and test.csv, then meta.json with their hashes (meta last: its presence means complete)."""
+    run_dir = Path(run_dir)
+    hashes = {}
+    for name, frame in ((OOF_FILE, oof), (TEST_FILE, test)):
+        with atomic_path(run_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+        hashes[name] = fingerprint.of_file(run_dir / name)
+    write_json(run_dir / META_FILE, {**meta, "oof_fingerprint": hashes[OOF_FILE], "test_fingerprint": hashes[TEST_FILE]})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model's finished run, as the stacker sees it."""
+
+    path: Path
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["model"])
+
+    @property
+    def folds_fingerprint(self) -> str:
+        return str(self.meta["folds_fingerprint"])
+
+    @property
+    def unit_columns(self) -> list[str]:
+        return [c for c in self.test.columns if c not in ("id", "mean")]
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Read a run folder, refusing one that is incomplete, edited, or internally inconsistent."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / META_FILE
+    if not meta_path.is_file():
+        raise MissingArtefactError(f"{meta_path} not found: the run is not finished; run `make train MODEL={run_dir.name}`")
+    meta = json.loads(meta_path.read_text())
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise FingerprintError(f"{meta_path}: missing keys {', '.join(missing)}: written by another version; train again")
+    for name, key in ((OOF_FILE, "oof_fingerprint"), (TEST_FILE, "test_fingerprint")):
+        path = run_dir / name
+        if not path.is_file():
+            raise MissingArtefactError(f"{path} not found although {meta_path} exists: train again")
+        if fingerprint.of_file(path) != meta[key]:
+            raise FingerprintError(f"{path} was changed after {meta_path} was written: train again")
+    oof = pd.read_csv(run_dir / OOF_FILE, dtype={"id": str})
+    test = pd.read_csv(run_dir / TEST_FILE, dtype={"id": str})
+    _check_tables(run_dir, oof, test, meta)
+    return Run(run_dir, oof, test, meta)
+
+
+def _check_tables(run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame, meta: dict[str, Any]) -> None:
+    """The contract the stacker relies on: columns, one row per id and repeat, probabilities."""
+    if list(oof.columns) != OOF_COLUMNS:
+        raise FingerprintError(f"{run_dir / OOF_FILE}: columns {list(oof.columns)}, expected {OOF_COLUMNS}")
+    expected = ["id", *meta["units"], "mean"]
+    if list(test.columns) != expected:
+        raise FingerprintError(f"{run_dir / TEST_FILE}: columns {list(test.columns)}, expected {expected}")
+    if oof.duplicated(["id", "repeat"]).any():
+        raise FingerprintError(f"{run_dir / OOF_FILE}: an id appears twice in one repeat")
+    for name, values in ((OOF_FILE, oof["prediction"]), (TEST_FILE, test.drop(columns="id").stack())):
+        if values.isna().any() or not values.between(0.0, 1.0).all():
+            raise FingerprintError(f"{run_dir / name}: predictions must be probabilities in [0, 1] without gaps")

@@ -1,0 +1,341 @@
+"""The fold trainer: one model on every (repeat, fold, seed) unit of the folds file.
+
+Each unit fits on the other folds, early-stops and keeps the best epoch on the held-out fold,
+predicts the held-out fold (OOF) and the whole test set with TTA, and writes its own files
+(store.write_unit) before the next starts. A rerun skips finished units, so a run killed at any
+moment resumes where it stopped and ends with the same tables as an uninterrupted one: every
+unit's randomness comes from its own seed, never from the units before it.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import log_loss
+
+from competition.config import CompetitionConfig, apply_overrides, config_hash, parse_overrides, validate
+from competition.console import console, progress, table
+from competition.data.dataset import Dataset
+from competition.fingerprint import of_json
+from competition.folds import Folds
+from competition.models.base import Augment, ImageModel, ModelConfig, ModelInputs, PolicyDecision
+from competition.training import dihedral, store, tta
+from competition.training.augment import Augmenter
+from competition.training.curves import CURVES_FILE, plot_curves
+from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
+from competition.training.profiles import ChosenProfile, Profile, RoutedOverrides, load_profile, route_overrides
+
+UNHASHED_PROFILE_KEYS = {"seeds", "seed", "save_models", "predict_batch_size"}  # do not change any unit's predictions
+PROFILE_TO_MODEL = {"epochs": "train.epochs", "batch_size": "train.batch_size", "patience": "train.patience", "policy": "policy", "mixed_precision": "mixed_precision"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed before the first unit: configs, data, folds and the units to run."""
+
+    cfg: CompetitionConfig
+    model_name: str
+    model_cfg: ModelConfig
+    chosen: ChosenProfile
+    train: Dataset
+    test: Dataset
+    folds: Folds
+    run_dir: Path
+    prints: store.Fingerprints
+    units: list[store.Unit]
+    policy_source: str
+
+    @property
+    def profile(self) -> Profile:
+        return self.chosen.profile
+
+
+def merge_profile(model_cfg: ModelConfig, profile: Profile, model_overrides: Sequence[str]) -> ModelConfig:
+    """The model config the units train with: the profile's values replace the YAML's, command-line model keys win."""
+    by_user = {".".join(keys) for keys, _ in parse_overrides(model_overrides)}
+    data = model_cfg.model_dump(mode="json")
+    for key, dotted in PROFILE_TO_MODEL.items():
+        value = getattr(profile, key)
+        if value is not None and dotted not in by_user:
+            *sections, leaf = dotted.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node[leaf] = value
+    return validate(ModelConfig, data, f"model {model_cfg.name!r} with the trainer profile")
+
+
+def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
+    """Hash of every setting that changes a unit's predictions (not the number of seeds)."""
+    return of_json({"model": model_cfg.model_dump(mode="json"), "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
+
+
+def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str]) -> Plan:
+    """Resolve configs (routing overrides), load data and folds, list the units."""
+    from competition.data.loader import load_test, load_train  # noqa: PLC0415 - step module
+    from competition.folds import load_folds  # noqa: PLC0415
+    from competition.models.registry import load_model_config  # noqa: PLC0415
+
+    routed = route_overrides(overrides)
+    if routed.competition:
+        cfg = validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), routed.competition), "command line", routed.competition)
+    chosen = load_profile(profile, routed.profile)
+    model_cfg = merge_profile(load_model_config(model_name, routed.model), chosen.profile, routed.model)
+    train, test = load_train(cfg), load_test(cfg)
+    folds = load_folds(cfg, train)
+    prints = store.Fingerprints(run_hash(model_cfg, chosen.profile), folds.fingerprint, train.fingerprint, test.fingerprint)
+    units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
+    run_dir = cfg.runs_dir / cfg.experiment / model_name
+    return Plan(cfg, model_name, model_cfg, chosen, train, test, folds, run_dir, prints, units, policy_source(routed, chosen))
+
+
+def policy_source(routed: RoutedOverrides, chosen: ChosenProfile) -> str:
+    """Where the requested policy came from, for meta.json (the decision's reason says why it was applied)."""
+    if any(item.partition("=")[0].strip() == "policy" for item in [*routed.profile, *routed.model]):
+        return "command line"
+    if chosen.profile.policy is not None:
+        return f"profile {chosen.name}"
+    return "the model's config"
+
+
+def fresh_model(plan: Plan) -> tuple[ImageModel, PolicyDecision]:
+    """A new model (initialised from its config's `seed`), input statistics from all training images, policy applied.
+
+    The input statistics use every training image and angle (no labels), so the frozen prefix,
+    and its cache, is the same for every fold.
+    """
+    from competition.models.registry import create_model  # noqa: PLC0415
+
+    model = create_model(plan.model_name, plan.model_cfg)
+    model.prepare(plan.train.images, plan.train.angle)
+    decision = model.apply_policy(plan.model_cfg.policy, plan.train.images)
+    return model, decision
+
+
+def cache_views(profile: Profile) -> tuple[list[dihedral.Variant], list[dihedral.Variant]]:
+    """Views to cache: training images need augmentation + TTA views (id first), test images the TTA views."""
+    train_views = list(dict.fromkeys(["id", *profile.augment.dihedral_support(), *profile.tta]))
+    return train_views, list(profile.tta)
+
+
+def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> PrefixCache | None:
+    """The filled prefix cache for this model, or None when nothing is frozen or caching is off.
+
+    The prefix does not depend on the unit (pretrained weights, or random ones from the config's
+    `seed`), so one cache serves every fold and seed.
+    """
+    if not plan.profile.cache_prefix or model.frozen_prefix() == 0:
+        return None
+    key = {
+        "train": plan.train.fingerprint,
+        "test": plan.test.fingerprint,
+        "model": plan.model_cfg.model_dump(mode="json", exclude={"head", "optimizer", "train", "auto", "policy"}),
+        "policy": decision.name,
+        "frozen_prefix": model.frozen_prefix(),
+        "weight_source": model.weight_source,
+    }
+    cache = PrefixCache(plan.cfg.cache_dir / "prefix", plan.model_name, key)
+    train_views, test_views = cache_views(plan.profile)
+    todo = len(cache.missing("train", train_views)) + len(cache.missing("test", test_views))
+    if todo:
+        with progress() as bar:
+            task = bar.add_task(f"prefix cache: {model.frozen_prefix()} frozen blocks x {todo} views", total=todo)
+            compute = lambda images: model.prefix_features(images, plan.profile.predict_batch_size)  # noqa: E731
+            cache.fill("train", plan.train.images, train_views, compute, lambda: bar.advance(task))
+            cache.fill("test", plan.test.images, test_views, compute, lambda: bar.advance(task))
+    return cache
+
+
+def unit_inputs(plan: Plan, cache: PrefixCache | None, fit_rows: np.ndarray, held_rows: np.ndarray) -> tuple[ModelInputs, ModelInputs, Augment | None, str]:
+    """Fit and validation inputs (images or cached features), the matching augmentation and a note of what it does."""
+    train, profile = plan.train, plan.profile
+    labels = train.labels
+    assert labels is not None
+    if cache is None:
+        x = train.images
+        augment: Augment | None = Augmenter(profile.augment) if _augments(profile) else None
+    else:
+        train_views, _ = cache_views(profile)
+        views = [cache.load("train", v, len(train)) for v in train_views]
+        x = np.asarray(views[0])  # the "id" view
+        augment = FeatureAugmenter(profile.augment, train_views, views, fit_rows) if len(profile.augment.dihedral_support()) > 1 else None
+    is_features = cache is not None
+    fit_in = ModelInputs(x[fit_rows], train.angle[fit_rows], labels[fit_rows], is_features=is_features)
+    valid_in = ModelInputs(x[held_rows], train.angle[held_rows], labels[held_rows], is_features=is_features)
+    note = augment_note(profile, cached=is_features)
+    if augment is not None and not _model_accepts(fit_in, valid_in, augment):
+        fit_in, augment = every_view(views, train_views, profile.augment.dihedral_support(), fit_in, fit_rows), None
+        note = f"every cached view among {profile.augment.dihedral_support()} of every image, each epoch (the model takes no per-batch augmentation on features)"
+    return fit_in, valid_in, augment, note
+
+
+def every_view(views: list[np.ndarray], names: list[dihedral.Variant], support: list[dihedral.Variant], fit_in: ModelInputs, fit_rows: np.ndarray) -> ModelInputs:
+    """Training rows repeated once per augmentation view, with that view's cached features (fixed, not random)."""
+    x = np.concatenate([np.asarray(views[names.index(v)][fit_rows]) for v in support])
+    k = len(support)
+    return ModelInputs(x, np.tile(fit_in.angle, k), np.tile(np.asarray(fit_in.y), k), is_features=True)
+
+
+def _model_accepts(fit_in: ModelInputs, valid_in: ModelInputs, augment: Augment) -> bool:
+    """Ask the model interface's own input check whether `fit` takes this augmentation."""
+    from competition.models.base import check_fit_inputs  # noqa: PLC0415
+
+    try:
+        check_fit_inputs(fit_in, valid_in, augment)
+    except ValueError:
+        return False
+    return True
+
+
+def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> store.UnitResult:
+    """Fit one unit, predict its held-out fold and the test set, save its model; tables are written by the caller."""
+    t0 = time.perf_counter()
+    model, decision = fresh_model(plan)
+    t_cache = time.perf_counter()
+    cache = prefix_cache(plan, model, decision)
+    cache_s = time.perf_counter() - t_cache
+    held = plan.folds.assignment(plan.train.ids, unit.repeat) == unit.fold
+    fit_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+    fit_in, valid_in, augment, augment_used = unit_inputs(plan, cache, fit_rows, held_rows)
+    fit_seed = int(np.random.SeedSequence([unit.seed, unit.repeat, unit.fold]).generate_state(1)[0])
+    t1 = time.perf_counter()
+    train_cfg = plan.model_cfg.train
+    result = model.fit(
+        fit_in, valid_in, epochs=train_cfg.epochs, batch_size=train_cfg.batch_size, augment=augment, seed=fit_seed, patience=train_cfg.patience, on_epoch=on_epoch
+    )
+    t2 = time.perf_counter()
+    oof, test_pred = predict_both(plan, model, cache, held_rows)
+    t3 = time.perf_counter()
+    if plan.profile.save_models:
+        target = store.unit_paths(plan.run_dir, unit)[0].with_suffix(".model")
+        shutil.rmtree(target, ignore_errors=True)  # leftover of this unit from a killed run
+        model.save(target)
+    assert valid_in.y is not None
+    return store.UnitResult(
+        unit=unit,
+        oof_ids=plan.train.ids[held_rows],
+        oof=oof,
+        test=test_pred,
+        logloss=float(log_loss(valid_in.y, oof, labels=[0, 1])),
+        best_epoch=result.best_epoch,
+        history={k: [float(v) for v in vals] for k, vals in result.history.items()},
+        timings={"setup_s": t1 - t0 - cache_s, "cache_s": cache_s, "fit_s": t2 - t1, "predict_s": t3 - t2},
+        policy=asdict(decision),
+        weight_source=model.weight_source,
+        prefix_cache=None if cache is None else str(cache.dir),
+        augment=augment_used,
+    )
+
+
+def _augments(profile: Profile) -> bool:
+    a = profile.augment
+    return len(a.dihedral_support()) > 1 or a.geometric or a.speckle > 0
+
+
+def predict_both(plan: Plan, model: ImageModel, cache: PrefixCache | None, held_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TTA predictions for the held-out rows and the whole test set (from the cache when there is one)."""
+    views, bs, train, test = plan.profile.tta, plan.profile.predict_batch_size, plan.train, plan.test
+    if cache is None:
+        oof = tta.predict_images(model, ModelInputs(train.images[held_rows], train.angle[held_rows]), views, bs)
+        return oof, tta.predict_images(model, ModelInputs(test.images, test.angle), views, bs)
+    oof = tta.predict_features(model, lambda v: np.asarray(cache.load("train", v, len(train))[held_rows]), train.angle[held_rows], views, bs)
+    return oof, tta.predict_features(model, lambda v: np.asarray(cache.load("test", v, len(test))), test.angle, views, bs)
+
+
+def versions() -> dict[str, str]:
+    """Versions of python and of the libraries loaded in this process (none imported just to ask)."""
+    found = {"python": platform.python_version()}
+    for name in ("numpy", "pandas", "sklearn", "torch", "timm", "torchvision", "tensorflow", "keras"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = str(getattr(module, "__version__", "unknown"))
+    return found
+
+
+def train_model(cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, fresh: bool = False) -> Path:
+    """Train `model_name` on every unit of the folds file; return the run folder.
+
+    `overrides` are KEY=VALUE strings routed to the competition config, the profile or the model
+    config (see profiles.route_overrides). `fresh` deletes the model's earlier run first.
+    """
+    started = time.perf_counter()
+    plan = plan_run(cfg, model_name, profile, overrides)
+    if fresh:
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+    store.remove_leftovers(plan.run_dir)
+    done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
+    todo = [u for u in plan.units if u not in done]
+    console.print(
+        f"[bold]{model_name}[/]: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
+        f"{len(plan.units)} units ({len(done)} already finished)"
+    )
+    with progress() as bar:
+        units_task = bar.add_task("units", total=len(plan.units), completed=len(done))
+        epoch_task = bar.add_task("epochs", total=plan.model_cfg.train.epochs)
+        for unit in todo:
+            bar.update(epoch_task, completed=0, description=f"{unit.name} epochs")
+            result = run_unit(plan, unit, lambda epoch, metrics: bar.update(epoch_task, completed=epoch + 1))
+            store.write_unit(plan.run_dir, result, plan.prints)
+            done[unit] = result
+            bar.advance(units_task)
+    _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started)
+    return plan.run_dir
+
+
+def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Unit], wall_s: float) -> None:
+    """Assemble the OOF and test tables and meta.json from the unit results; print the per-unit table."""
+    import pandas as pd  # noqa: PLC0415
+
+    assert plan.train.labels is not None
+    first = results[0]
+    oof = store.build_oof(results, plan.train.ids)
+    test = store.build_test(results, plan.test.ids)
+    cv = store.cv_logloss(oof, pd.Series(plan.train.labels, index=plan.train.ids))
+    meta = {
+        "model": plan.model_name,
+        "config": {"model": plan.model_cfg.model_dump(mode="json"), "profile": plan.profile.model_dump(mode="json"), "competition": plan.cfg.model_dump(mode="json")},
+        "config_hash": plan.prints.config_hash,
+        "competition_config_hash": config_hash(plan.cfg),
+        "profile": {"name": plan.chosen.name, "reason": plan.chosen.reason},
+        "folds_fingerprint": plan.folds.fingerprint,
+        "data_fingerprint": {"train": plan.train.fingerprint, "test": plan.test.fingerprint},
+        "weight_source": first.weight_source,
+        "policy": first.policy["name"],
+        "policy_requested": first.policy["requested"],
+        "policy_source": plan.policy_source,
+        "policy_reason": first.policy["reason"],
+        "policy_numbers": first.policy["numbers"],
+        "prefix_cache": first.prefix_cache,
+        "augment": first.augment,
+        "tta": list(plan.profile.tta),
+        "versions": versions(),
+        "timings": {"units": {r.unit.name: r.timings for r in results}, "wall_s_this_run": wall_s},
+        "trained_this_run": [u.name for u in trained],
+        "units": [r.unit.name for r in sorted(results, key=lambda r: r.unit)],
+        "fold_scores": [{**asdict(r.unit), "logloss": r.logloss, "best_epoch": r.best_epoch} for r in results],
+        "cv_logloss": cv,
+        "curves": {r.unit.name: r.history for r in results},
+    }
+    store.write_run(plan.run_dir, oof, test, meta)
+    plot_curves(meta["curves"], plan.run_dir / CURVES_FILE, f"{plan.model_name}: CV log loss {cv:.4f}")
+    rows = [(r.unit.name, r.best_epoch, r.logloss, f"{r.timings['fit_s']:.1f}") for r in results]
+    console.print(table(f"{plan.model_name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
+    console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
+
+
+def augment_note(profile: Profile, cached: bool) -> str:
+    """What augmentation the units actually saw (cached features allow only the flips/turns)."""
+    a = profile.augment
+    views = a.dihedral_support()
+    dihedral_part = f"random dihedral view among {views}" if len(views) > 1 else "no flips/turns"
+    if not cached:
+        extra = [name for name in ("rotate", "shift", "zoom", "speckle") if getattr(a, name) > 0]
+        return f"{dihedral_part}; {', '.join(extra) or 'no other ops'} (on images)"
+    return f"{dihedral_part} (from the prefix cache; rotate/shift/zoom/speckle cannot apply to cached features)"

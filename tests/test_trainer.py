@@ -1,0 +1,165 @@
+"""The fold trainer end to end on simulated data and a tiny timm network (random init, 32 px, 2 epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import log_loss
+
+from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+from competition.errors import FingerprintError
+from competition.training import dihedral, store, tta
+from competition.training.trainer import train_model
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "mobilenetv3_small_050"  # a timm architecture by name: built with timm defaults, no YAML needed
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
+    """48 simulated training images in 3 folds x 2 repeats, 16 test images."""
+    from competition.data.loader import load_train
+    from competition.folds import write_folds
+    from competition.simulate.writer import write_simulated
+
+    root = tmp_path_factory.mktemp("competition")
+    cfg = CompetitionConfig(
+        data_dir=root / "data", runs_dir=root / "runs", submissions_dir=root / "subs",
+        simulate=SimulateConfig(n_train=48, n_test=16, seed=1), folds=FoldsConfig(k=3, repeats=2),
+    )  # fmt: skip
+    write_simulated(cfg)
+    write_folds(load_train(cfg), cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def reference(cfg: CompetitionConfig) -> store.Run:
+    """One uninterrupted run (cpu profile: prefix cached, flips as augmentation, 4 TTA views)."""
+    return store.load_run(train_model(cfg, MODEL, "cpu", TINY))
+
+
+def _at(cfg: CompetitionConfig, runs: Path) -> CompetitionConfig:
+    return cfg.model_copy(update={"runs_dir": runs})
+
+
+def test_oof_covers_every_training_id_once_per_repeat(cfg: CompetitionConfig, reference: store.Run) -> None:
+    from competition.data.loader import load_test, load_train
+
+    train, test = load_train(cfg), load_test(cfg)
+    folds = pd.read_csv(cfg.folds_csv, dtype={"id": str})
+    oof = reference.oof
+    for r in (0, 1):
+        rows = oof[oof["repeat"] == r]
+        assert sorted(rows["id"]) == sorted(train.ids) and rows["id"].is_unique
+        merged = rows.merge(folds[folds["repeat"] == r], on=["id", "repeat"], suffixes=("", "_file"))
+        assert (merged["fold"] == merged["fold_file"]).all() and len(merged) == len(train)
+    assert list(reference.test["id"]) == list(test.ids)
+    assert reference.unit_columns == [f"r{r}_f{f}_s0" for r in (0, 1) for f in range(3)]
+    labels = pd.Series(train.labels, index=train.ids)
+    expected = np.mean([log_loss(labels.loc[g["id"]], g["prediction"]) for _, g in oof.groupby("repeat")])
+    assert reference.meta["cv_logloss"] == pytest.approx(expected)
+    assert len(reference.meta["fold_scores"]) == 6 and set(reference.meta["curves"]) == set(reference.unit_columns)
+
+
+def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig, reference: store.Run) -> None:
+    from competition.data.loader import load_test, load_train
+
+    folds_meta = json.loads(cfg.folds_json.read_text())
+    meta = reference.meta
+    assert meta["folds_fingerprint"] == folds_meta["fingerprint"]
+    assert meta["data_fingerprint"] == {"train": load_train(cfg).fingerprint, "test": load_test(cfg).fingerprint}
+    assert meta["data_fingerprint"]["train"] == folds_meta["data_fingerprint"]
+    assert meta["policy"] == "head" and meta["policy_source"] == "profile cpu" and meta["weight_source"] == "none" and meta["prefix_cache"]
+    assert meta["profile"]["name"] == "cpu" and meta["config"]["model"]["train"]["epochs"] == 2
+    assert "flip_rot180" in meta["augment"]  # the cpu profile's flips reach the cached training
+    assert {"torch", "timm", "numpy", "python"} <= set(meta["versions"])
+
+
+def test_kill_9_then_resume_trains_only_missing_units_and_matches(cfg: CompetitionConfig, reference: store.Run, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    units_dir = runs / cfg.experiment / MODEL / store.UNITS_DIR
+    command = [sys.executable, "-m", "competition", "train", MODEL, "--profile", "cpu", *TINY, f"data_dir={cfg.data_dir}", f"runs_dir={runs}"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(units_dir.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    finished = sorted(p.stem for p in units_dir.glob("*.json"))
+    assert 2 <= len(finished) < 6, f"finished units {finished} (exit code {proc.returncode}): the kill came too late, or the run failed"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in units_dir.iterdir() if p.stem in finished}
+
+    run = store.load_run(train_model(_at(cfg, runs), MODEL, "cpu", TINY))
+    assert sorted(run.meta["trained_this_run"]) == sorted(set(reference.unit_columns) - set(finished))
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in units_dir.iterdir() if p.name in before} == before
+    pd.testing.assert_frame_equal(run.oof, reference.oof)
+    pd.testing.assert_frame_equal(run.test, reference.test)
+
+    again = store.load_run(train_model(_at(cfg, runs), MODEL, "cpu", TINY))
+    assert again.meta["trained_this_run"] == []
+
+
+def test_finished_units_from_other_settings_are_refused(cfg: CompetitionConfig, reference: store.Run) -> None:
+    with pytest.raises(FingerprintError, match="config_hash"):
+        train_model(cfg, MODEL, "cpu", [*TINY, "optimizer.lr=0.01"])
+    assert store.load_run(reference.path).meta["config_hash"] == reference.meta["config_hash"]
+
+
+def test_cached_and_uncached_prefix_give_the_same_predictions(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    one_repeat = [*TINY, "epochs=1", "augment.hflip=0", "augment.vflip=0", "tta=[id, flip]"]
+    cached = store.load_run(train_model(_at(cfg, tmp_path / "a"), MODEL, "cpu", [*one_repeat, "cache_prefix=true"]))
+    plain = store.load_run(train_model(_at(cfg, tmp_path / "b"), MODEL, "cpu", [*one_repeat, "cache_prefix=false"]))
+    assert cached.meta["prefix_cache"] and plain.meta["prefix_cache"] is None
+    np.testing.assert_allclose(cached.oof["prediction"], plain.oof["prediction"], atol=1e-4)
+    np.testing.assert_allclose(cached.test["mean"], plain.test["mean"], atol=1e-4)
+
+
+def _tiny_model(cfg: CompetitionConfig):
+    from competition.data.loader import load_train
+    from competition.models.registry import create_model, load_model_config
+
+    train = load_train(cfg)
+    model = create_model(MODEL, load_model_config(MODEL, [o for o in TINY if o.split("=")[0] in ("weights", "channels", "image_size", "head.hidden")]))
+    model.prepare(train.images, train.angle)
+    model.apply_policy("head")
+    return model, train
+
+
+def test_tta_of_a_flip_invariant_input_equals_the_plain_prediction(cfg: CompetitionConfig) -> None:
+    from competition.models.base import ModelInputs
+
+    model, train = _tiny_model(cfg)
+    x = train.images[:8]
+    symmetric = np.mean([dihedral.apply(x, v) for v in dihedral.VARIANTS], axis=0).astype(np.float32)
+    inputs = ModelInputs(symmetric, train.angle[:8])
+    plain = model.predict(inputs)
+    np.testing.assert_allclose(tta.predict_images(model, inputs, list(dihedral.VARIANTS), 4), plain, atol=1e-6)
+    views = {v: model.prefix_features(dihedral.apply(symmetric, v)) for v in dihedral.VARIANTS}
+    np.testing.assert_allclose(tta.predict_features(model, views.__getitem__, train.angle[:8], list(dihedral.VARIANTS), 4), plain, atol=1e-5)
+    generic = ModelInputs(x, train.angle[:8])
+    mirrored = ModelInputs(x[:, :, ::-1], train.angle[:8])
+    two = tta.predict_images(model, generic, ["id", "flip"], 4)
+    np.testing.assert_allclose(two, (model.predict(generic) + model.predict(mirrored)) / 2, atol=1e-6)
+    assert not np.allclose(model.predict(generic), model.predict(mirrored), atol=1e-6)  # so the average is not trivial
+
+
+def test_cli_names_a_bad_override_without_a_traceback(cfg: CompetitionConfig) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "competition", "train", MODEL, "epochs=zero", f"data_dir={cfg.data_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "epochs" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,286 @@
+"""Model-free parts of the trainer: dihedral views, augmentation, profiles, prediction store, prefix cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from competition.config import CompetitionConfig
+from competition.errors import ConfigError, FingerprintError, MissingArtefactError
+from competition.training import dihedral, store
+from competition.training.augment import AugmentConfig, Augmenter, draw, speckle_db, warp
+from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
+from competition.training.profiles import Profile, hardware_profile, load_profile, route_overrides
+
+OFF = dict(hflip=0, vflip=0, rot90=0, rotate=0, shift=0, zoom=0, speckle=0)
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    return np.random.default_rng(0).normal(-20, 5, size=(6, 75, 75, 2)).astype(np.float32)
+
+
+def test_dihedral_views_are_the_numpy_flips_and_turns(images: np.ndarray) -> None:
+    assert np.array_equal(dihedral.apply(images, "flip"), images[:, :, ::-1])
+    assert np.array_equal(dihedral.apply(images, "flip_rot180"), images[:, ::-1])  # up-down mirror
+    assert np.array_equal(dihedral.apply(images, "rot90"), np.rot90(images, 1, axes=(1, 2)))
+    assert np.array_equal(dihedral.apply(images, "flip_rot90"), np.swapaxes(images, 1, 2))  # transpose
+    views = {dihedral.apply(images[:1], v).tobytes() for v in dihedral.VARIANTS}
+    assert len(views) == 8  # all distinct on a generic image
+
+
+@pytest.mark.parametrize("view", ["flip", "flip_rot90", "flip_rot180", "flip_rot270", "rot180"])
+def test_mirrors_and_half_turn_undo_themselves(images: np.ndarray, view: str) -> None:
+    assert np.array_equal(dihedral.apply(dihedral.apply(images, view), view), images)
+
+
+def test_compose_matches_applying_the_ops_in_order(images: np.ndarray) -> None:
+    x = images[:1]
+    for h in (0, 1):
+        for v in (0, 1):
+            for k in range(4):
+                expected = x[:, :, ::-1] if h else x
+                expected = expected[:, ::-1] if v else expected
+                expected = np.rot90(expected, k, axes=(1, 2))
+                element = dihedral.compose(np.array([h]), np.array([v]), np.array([k]))[0]
+                assert np.array_equal(dihedral.apply(x, int(element)), expected), (h, v, k)
+
+
+def test_apply_each_transforms_each_sample_by_its_own_view(images: np.ndarray) -> None:
+    chosen = np.array([0, 4, 1, 6, 4, 0])
+    out = dihedral.apply_each(images, chosen)
+    for i, v in enumerate(chosen):
+        assert np.array_equal(out[i], dihedral.apply(images[i : i + 1], int(v))[0])
+
+
+def test_augmenter_keeps_shape_dtype_and_changes_only_what_fires(images: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    everything = Augmenter(AugmentConfig(rotate=0.5, shift=0.5, zoom=0.5, speckle=0.5))
+    out = everything(images, np.arange(len(images)), rng)
+    assert out.shape == images.shape and out.dtype == images.dtype and np.isfinite(out).all()
+    assert np.array_equal(Augmenter(AugmentConfig(**OFF))(images, np.arange(6), rng), images)
+    always_flip = Augmenter(AugmentConfig(**{**OFF, "hflip": 1.0}))
+    assert np.array_equal(always_flip(images, np.arange(6), rng), images[:, :, ::-1])
+    twice = always_flip(always_flip(images, np.arange(6), rng), np.arange(6), rng)
+    assert np.array_equal(twice, images)
+
+
+def test_augmenter_is_reproducible_from_the_rng(images: np.ndarray) -> None:
+    aug = Augmenter(AugmentConfig(rotate=0.5, shift=0.5, zoom=0.5, speckle=0.5))
+    a = aug(images, np.arange(6), np.random.default_rng(7))
+    b = aug(images, np.arange(6), np.random.default_rng(7))
+    assert np.array_equal(a, b)
+
+
+def test_warp_identity_quarter_turn_shift_and_zoom(images: np.ndarray) -> None:
+    n = len(images)
+    zero, one = np.zeros(n), np.ones(n)
+    assert np.allclose(warp(images, zero, np.zeros((n, 2)), one), images)
+    turned = warp(images, np.full(n, np.pi / 2), np.zeros((n, 2)), one)
+    assert np.allclose(turned, np.rot90(images, -1, axes=(1, 2)), atol=1e-4)
+    shifted = warp(images, zero, np.tile([3.0, -2.0], (n, 1)), one)
+    assert np.allclose(shifted[:, 3:, :-2], images[:, :-3, 2:])  # content moved down 3, left 2
+    dot = np.zeros((1, 75, 75, 1), np.float32)
+    dot[0, 37, 47] = 1.0  # 10 px right of the centre
+    zoomed = warp(dot, np.zeros(1), np.zeros((1, 2)), np.array([2.0]))
+    assert np.unravel_index(zoomed[0, ..., 0].argmax(), (75, 75)) in {(37, 57), (37, 56)}
+
+
+def test_speckle_has_mean_one_in_linear_power() -> None:
+    noise_db = speckle_db((200, 75, 75, 2), looks=16.0, seeds=np.arange(200))
+    linear = 10 ** (noise_db / 10)
+    assert abs(linear.mean() - 1.0) < 0.005
+    assert abs(linear.var() - 1 / 16) < 0.005  # Gamma(L, 1/L) has variance 1/L
+    assert noise_db.dtype == np.float32
+
+
+def test_dihedral_support_lists_the_reachable_views() -> None:
+    assert AugmentConfig(**{**OFF, "hflip": 0.5}).dihedral_support() == ["id", "flip"]
+    assert AugmentConfig(**{**OFF, "hflip": 0.5, "vflip": 0.5}).dihedral_support() == ["id", "rot180", "flip", "flip_rot180"]
+    assert AugmentConfig().dihedral_support() == list(dihedral.VARIANTS)
+    with pytest.raises(ValueError, match="zoom_min"):
+        AugmentConfig(zoom_min=1.2, zoom_max=1.1)
+
+
+def test_feature_augmenter_picks_the_view_the_image_augmenter_makes(images: np.ndarray) -> None:
+    cfg = AugmentConfig(**{**OFF, "hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
+    names = list(dihedral.VARIANTS)
+    stack = [dihedral.apply(images, v) for v in names]  # "features" = the transformed images themselves
+    fit_rows = np.array([5, 1, 3, 0])
+    feat_aug = FeatureAugmenter(cfg, names, stack, fit_rows)
+    batch_rows = np.array([2, 0, 3, 1])
+    from_images = Augmenter(cfg)(images[fit_rows[batch_rows]], batch_rows, np.random.default_rng(3))
+    from_cache = feat_aug(images[fit_rows[batch_rows]], batch_rows, np.random.default_rng(3))
+    assert np.array_equal(from_images, from_cache)
+    with pytest.raises(ValueError, match="lack"):
+        FeatureAugmenter(cfg, ["id", "flip"], stack[:2], fit_rows)
+
+
+def test_draw_uses_the_same_dihedral_choices_whatever_else_is_on() -> None:
+    plain = draw(AugmentConfig(**{**OFF, "hflip": 0.5, "rot90": 0.5}), 50, 75, np.random.default_rng(4))
+    busy = draw(AugmentConfig(hflip=0.5, vflip=0.0, rot90=0.5, rotate=1, shift=1, zoom=1, speckle=1), 50, 75, np.random.default_rng(4))
+    assert np.array_equal(plain.variant, busy.variant)
+
+
+def test_profile_follows_the_hardware_unless_named() -> None:
+    name, reason = hardware_profile()
+    import torch
+
+    assert name == ("gpu" if torch.cuda.is_available() else "cpu") and reason
+    chosen = load_profile(None)
+    assert chosen.name == name
+    gpu = load_profile("gpu", ["epochs=3", "tta=[id, flip]"])
+    assert gpu.name == "gpu" and gpu.reason == "named by the user"
+    assert gpu.profile.epochs == 3 and gpu.profile.tta == ["id", "flip"]
+    assert len(load_profile("gpu").profile.tta) == 8 and load_profile("cpu").profile.policy == "head"
+    with pytest.raises(ConfigError, match="unknown profile 'tpu'"):
+        load_profile("tpu")
+    with pytest.raises(ConfigError, match="tta"):
+        load_profile("cpu", ["tta=[id, upside_down]"])
+
+
+def test_overrides_are_routed_by_their_first_key() -> None:
+    routed = route_overrides(["epochs=3", "policy=head", "augment.zoom=0.2", "experiment=x", "folds.k=3", "optimizer.lr=1e-4", "weights=none", "model.seed=3", "profile.seed=2"])
+    assert routed.profile == ["epochs=3", "policy=head", "augment.zoom=0.2", "seed=2"]
+    assert routed.competition == ["experiment=x", "folds.k=3"]
+    assert routed.model == ["optimizer.lr=1e-4", "weights=none", "seed=3"]
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        route_overrides(["epochs"])
+    assert set(Profile.model_fields).isdisjoint(CompetitionConfig.model_fields)
+
+
+def _result(unit: store.Unit, ids: np.ndarray, n_test: int) -> store.UnitResult:
+    rng = np.random.default_rng(unit.fold + 10 * unit.seed)
+    return store.UnitResult(
+        unit=unit, oof_ids=ids, oof=rng.random(len(ids)), test=rng.random(n_test), logloss=0.5, best_epoch=1,
+        history={"train_loss": [0.7, 0.6], "val_loss": [0.69, 0.65]}, timings={"fit_s": 1.0},
+        policy={"name": "head", "requested": "head", "reason": "asked", "numbers": {}}, weight_source="none",
+    )  # fmt: skip
+
+
+PRINTS = store.Fingerprints("cfg", "folds", "train", "test")
+
+
+def _units(train_ids: np.ndarray, seeds: tuple[int, ...] = (0,)) -> list[store.UnitResult]:
+    fold = np.arange(len(train_ids)) % 3
+    return [_result(store.Unit(0, f, s), train_ids[fold == f], 4) for f in range(3) for s in seeds]
+
+
+def test_unit_files_round_trip_and_refuse_other_fingerprints(tmp_path) -> None:
+    result = _units(np.array([f"id{i}" for i in range(9)]))[1]
+    assert store.read_unit(tmp_path, result.unit, PRINTS) is None
+    store.write_unit(tmp_path, result, PRINTS)
+    back = store.read_unit(tmp_path, result.unit, PRINTS)
+    assert back is not None and np.array_equal(back.oof, result.oof) and np.array_equal(back.oof_ids, result.oof_ids)
+    assert back.history == result.history and back.policy == result.policy
+    with pytest.raises(FingerprintError, match="folds folds \\(now other\\)"):
+        store.read_unit(tmp_path, result.unit, store.Fingerprints("cfg", "other", "train", "test"))
+    leftover = tmp_path / store.UNITS_DIR / ".r0_f1_s0.npz.abc.tmp.npz"
+    leftover.write_bytes(b"half")
+    assert store.remove_leftovers(tmp_path) == [leftover] and not leftover.exists()
+    npz, _ = store.unit_paths(tmp_path, result.unit)
+    npz.write_bytes(npz.read_bytes()[:-10])
+    with pytest.raises(FingerprintError, match="changed"):
+        store.read_unit(tmp_path, result.unit, PRINTS)
+
+
+def test_oof_table_covers_each_id_once_per_repeat_and_averages_seeds() -> None:
+    ids = np.array([f"id{i}" for i in range(9)])
+    results = _units(ids, seeds=(0, 1))
+    oof = store.build_oof(results, ids)
+    assert list(oof.columns) == store.OOF_COLUMNS and list(oof["id"]) == list(ids)
+    by_seed = {(r.unit.seed, i): p for r in results for i, p in zip(r.oof_ids, r.oof)}
+    assert np.allclose(oof["prediction"], [(by_seed[(0, i)] + by_seed[(1, i)]) / 2 for i in ids])
+    with pytest.raises(ValueError, match="exactly once"):
+        store.build_oof(results[:-1], ids)
+    test = store.build_test(results, np.array(["a", "b", "c", "d"]))
+    assert list(test.columns) == ["id", "r0_f0_s0", "r0_f0_s1", "r0_f1_s0", "r0_f1_s1", "r0_f2_s0", "r0_f2_s1", "mean"]
+    assert np.allclose(test["mean"], test.iloc[:, 1:-1].mean(axis=1))
+
+
+def test_run_folder_round_trips_and_refuses_incomplete_or_edited_files(tmp_path) -> None:
+    ids = np.array([f"id{i}" for i in range(9)])
+    results = _units(ids)
+    oof, test = store.build_oof(results, ids), store.build_test(results, np.array(["a", "b", "c", "d"]))
+    meta = {key: "x" for key in store.REQUIRED_META} | {"units": [r.unit.name for r in results], "model": "m"}
+    with pytest.raises(MissingArtefactError, match="not finished"):
+        store.load_run(tmp_path)
+    store.write_run(tmp_path, oof, test, meta)
+    run = store.load_run(tmp_path)
+    pd.testing.assert_frame_equal(run.oof, oof)
+    pd.testing.assert_frame_equal(run.test, test)
+    assert run.name == "m" and run.unit_columns == meta["units"]
+    (tmp_path / store.OOF_FILE).write_text((tmp_path / store.OOF_FILE).read_text().replace("id1,", "id7,"))
+    with pytest.raises(FingerprintError, match="changed after"):
+        store.load_run(tmp_path)
+    store.write_run(tmp_path, oof.assign(prediction=oof["prediction"] + 1), test, meta)
+    with pytest.raises(FingerprintError, match="probabilities"):
+        store.load_run(tmp_path)
+    store.write_run(tmp_path, oof, test, {k: v for k, v in meta.items() if k != "curves"})
+    with pytest.raises(FingerprintError, match="curves"):
+        store.load_run(tmp_path)
+
+
+def test_prefix_cache_stores_each_view_once_and_checks_rows_and_key(tmp_path, images: np.ndarray) -> None:
+    calls = []
+
+    def compute(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.mean(axis=(1, 2))
+
+    cache = PrefixCache(tmp_path, "m", {"train": "abc"})
+    cache.fill("train", images, ["id", "flip"], compute)
+    cache.fill("train", images, ["id", "flip", "rot90"], compute)
+    assert calls == [6, 6, 6]  # id and flip were not recomputed
+    assert np.allclose(cache.load("train", "flip", 6), images[:, :, ::-1].mean(axis=(1, 2)))
+    with pytest.raises(FingerprintError, match="rows"):
+        cache.load("train", "id", 7)
+    other = PrefixCache(tmp_path, "m", {"train": "abd"})
+    assert other.dir != cache.dir and other.missing("train", ["id"]) == ["id"]
+    (cache.dir / "key.json").write_text(json.dumps({"train": "zzz"}))
+    with pytest.raises(FingerprintError, match="different train"):
+        cache.load("train", "id", 6)
+
+
+def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win() -> None:
+    from competition.models.registry import load_model_config
+    from competition.training.trainer import merge_profile, run_hash
+
+    yaml_cfg = load_model_config("tf_efficientnet_lite0")
+    cpu = load_profile("cpu").profile
+    merged = merge_profile(yaml_cfg, cpu, [])
+    assert (merged.train.epochs, merged.train.batch_size, merged.policy) == (cpu.epochs, cpu.batch_size, "head")
+    by_user = merge_profile(load_model_config("tf_efficientnet_lite0", ["train.epochs=5"]), cpu, ["train.epochs=5"])
+    assert by_user.train.epochs == 5 and by_user.policy == "head"
+    gpu = load_profile("gpu").profile  # epochs, patience and policy null: the model's own
+    assert merge_profile(yaml_cfg, gpu, []).train.epochs == yaml_cfg.train.epochs and merge_profile(yaml_cfg, gpu, []).policy == yaml_cfg.policy
+    more_seeds = load_profile("cpu", ["seeds=3"]).profile
+    assert run_hash(merged, cpu) == run_hash(merged, more_seeds)  # adding seeds keeps finished units valid
+    assert run_hash(merged, cpu) != run_hash(merged, load_profile("cpu", ["tta=[id]"]).profile)
+
+
+def test_bench_rewrites_only_its_own_section(tmp_path) -> None:
+    from competition.training.bench import END, START, write_section
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Quality\nkept\n")
+    write_section(doc, f"{START}\nfirst\n{END}\n")
+    write_section(doc, f"{START}\nsecond\n{END}\n")
+    text = doc.read_text()
+    assert "## Quality\nkept" in text and "second" in text and "first" not in text and text.count(START) == 1
+
+
+def test_every_view_repeats_the_training_rows_once_per_cached_view(images: np.ndarray) -> None:
+    from competition.models.base import ModelInputs
+    from competition.training.trainer import every_view
+
+    names = ["id", "flip", "rot90"]
+    views = [dihedral.apply(images, v) for v in names]
+    fit_rows = np.array([4, 0, 2])
+    fit_in = ModelInputs(views[0][fit_rows], np.array([30.0, 31.0, 32.0]), np.array([1, 0, 1]), is_features=True)
+    out = every_view(views, names, ["id", "flip"], fit_in, fit_rows)
+    assert np.array_equal(out.x, np.concatenate([images[fit_rows], images[fit_rows][:, :, ::-1]]))
+    assert list(out.angle) == [30.0, 31.0, 32.0] * 2 and list(out.y) == [1, 0, 1] * 2 and out.is_features
