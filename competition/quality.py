@@ -1,0 +1,446 @@
+"""`make bench-quality`: how good the harness is against the classic recipes, on the same data and folds.
+
+Recipes (configs/quality.yaml): (a) the classic Kaggle VGG16 transfer recipe, (b) a small CNN
+from scratch with the same augmentation, (c) each pretrained model of the harness under each
+fine-tuning policy and `auto`, (d) each blender and the stacker on the (c) runs. Every recipe
+trains through the normal trainer with an explicit budget (epochs per unit, batch size, seeds,
+TTA views; the folds file's K x R folds) into runs/<experiment>/recipes/<recipe>/<model>/, so a
+rerun reuses finished units. Each recipe is scored by its OOF log loss and, on simulated data,
+by the Kaggle scorer on the hidden solution (public and private). Results: a Rich table (best
+first), runs/<experiment>/quality.json and a section of docs/benchmarks.md between markers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from competition.atomic import atomic_path, write_json, write_text
+from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
+from competition.console import console, table
+from competition.errors import ConfigError, UserError
+from competition.training.augment import AugmentConfig
+
+QUALITY_CONFIG = CONFIG_DIR / "quality.yaml"
+START, END = "<!-- quality:start -->", "<!-- quality:end -->"
+GROUPS = {"a": "classic", "b": "scratch", "c": "grid"}
+
+
+class RecipeConfig(Strict):
+    """One hand-made recipe: a model and the trainer overrides that make it."""
+
+    model: str
+    overrides: list[str] = Field(default_factory=list)
+
+
+class GridConfig(Strict):
+    """(c): every model under every policy; extra trainer overrides per policy."""
+
+    models: list[str] = Field(min_length=1)
+    policies: list[str] = Field(min_length=1)
+    overrides: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("policies")
+    @classmethod
+    def _known(cls, policies: list[str]) -> list[str]:
+        from competition.models.policies import check_policy
+
+        for policy in policies:
+            try:
+                check_policy(policy)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return policies
+
+
+class Epochs(Strict):
+    """Epochs per training unit, by what the recipe trains (`top` = top:K)."""
+
+    classic: int = Field(ge=1)
+    scratch: int = Field(ge=1)
+    head: int = Field(ge=1)
+    top: int = Field(ge=1)
+    all_but_stem: int = Field(ge=1)
+    all: int = Field(ge=1)
+    auto: int = Field(ge=1)
+
+
+class Budget(Strict):
+    """The compute every recipe gets on one kind of machine."""
+
+    profile: str
+    batch_size: int = Field(ge=1)
+    seeds: int = Field(1, ge=1)
+    tta: list[str] | None = None
+    epochs: Epochs
+    recipes: list[str] | None = None
+    skip: list[str] = Field(default_factory=list)
+    stack: list[str] = Field(default_factory=list)
+
+
+class QualityConfig(Strict):
+    """configs/quality.yaml."""
+
+    experiment: str = "quality"
+    budget: str | None = None
+    recipes: list[str] | None = None
+    output: Path = Path("docs/benchmarks.md")
+    classic: RecipeConfig
+    classic_augment: AugmentConfig
+    scratch: RecipeConfig
+    grid: GridConfig
+    budgets: dict[str, Budget] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe as the trainer runs it."""
+
+    name: str
+    group: str  # a | b | c
+    model: str
+    kind: str  # the Epochs field that sets its budget
+    overrides: list[str]
+
+
+def policy_slug(policy: str) -> str:
+    return policy.replace(":", "")
+
+
+def epochs_kind(policy: str) -> str:
+    return "top" if policy.startswith("top:") else policy
+
+
+def all_recipes(q: QualityConfig) -> list[Recipe]:
+    """(a), (b) and the (c) grid, in that order, with their own trainer overrides."""
+    augment = [f"augment.{k}={v}" for k, v in q.classic_augment.model_dump().items()]
+    recipes = [
+        Recipe(f"classic-{q.classic.model}", "a", q.classic.model, "classic", [*q.classic.overrides, *augment]),
+        Recipe(f"scratch-{q.scratch.model}", "b", q.scratch.model, "scratch", [*q.scratch.overrides, *augment]),
+    ]
+    for model in q.grid.models:
+        for policy in q.grid.policies:
+            extra = q.grid.overrides.get(policy, [])
+            recipes.append(Recipe(f"{model}-{policy_slug(policy)}", "c", model, epochs_kind(policy), [f"policy={policy}", *extra]))
+    return recipes
+
+
+def select(recipes: list[Recipe], wanted: Sequence[str] | None, skip: Sequence[str]) -> list[Recipe]:
+    """The recipes named (by name, group letter, group name or model; None = all), minus `skip`."""
+
+    def matches(r: Recipe, token: str) -> bool:
+        return token in (r.name, r.group, GROUPS[r.group], r.model)
+
+    known = {tok for r in recipes for tok in (r.name, r.group, GROUPS[r.group], r.model)}
+    unknown = [tok for tok in [*(wanted or []), *skip] if tok not in known]
+    if unknown:
+        raise ConfigError(f"quality config, key 'recipes' or 'skip': unknown recipe(s) {unknown}; known: {', '.join(r.name for r in recipes)} (or a, b, c, classic, scratch, grid, a model name)")
+    chosen = [r for r in recipes if wanted is None or any(matches(r, t) for t in wanted)]
+    return [r for r in chosen if not any(matches(r, t) for t in skip)]
+
+
+def budget_overrides(budget: Budget, kind: str) -> list[str]:
+    """Trainer overrides that set a recipe's budget."""
+    out = [f"epochs={getattr(budget.epochs, kind)}", f"batch_size={budget.batch_size}", f"seeds={budget.seeds}"]
+    if budget.tta is not None:
+        out.append(f"tta=[{','.join(budget.tta)}]")
+    return out
+
+
+def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[list[str], CompetitionConfig, list[str], list[str]]:
+    """(quality-config overrides, competition config with its own applied, stack overrides, trainer overrides)."""
+    from competition.pipeline import split_overrides as split_rest
+
+    ours = [o for o in overrides if o.partition("=")[0].split(".")[0] in QualityConfig.model_fields]
+    cfg, stack, rest = split_rest(cfg, [o for o in overrides if o not in ours])
+    return ours, cfg, stack, rest
+
+
+def choose_budget(q: QualityConfig) -> tuple[str, Budget]:
+    """The named budget, or the one named after this machine's trainer profile."""
+    from competition.training.profiles import hardware_profile
+
+    name = q.budget or hardware_profile()[0]
+    if name not in q.budgets:
+        raise ConfigError(f"quality config, key 'budget': no budget {name!r} (known: {', '.join(q.budgets)})")
+    return name, q.budgets[name]
+
+
+def link_run(exp_dir: Path, name: str, run_dir: Path) -> Path:
+    """runs/<exp>/<recipe> -> recipes/<recipe>/<model>: the stacker names each input column after its folder."""
+    link = exp_dir / name
+    if link.exists() and not link.is_symlink():
+        raise UserError(f"{link} exists and is not a link to a recipe run: move it away")
+    tmp = exp_dir / f".{name}.tmp-link"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(run_dir, exp_dir), tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path) -> dict[str, float] | None:
+    """Write `id,is_iceberg` and score it with the Kaggle scorer (None when there is no hidden solution)."""
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"id": ids, "is_iceberg": predictions}).to_csv(tmp, index=False, float_format="%.8g")
+    if not solution.is_file():
+        return None
+    from competition.kaggle.scoring import score_submission
+
+    s = score_submission(path, solution)
+    return {"public": s.public, "private": s.private}
+
+
+def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budget, trainer_overrides: Sequence[str]) -> dict[str, Any]:
+    """Train (or resume) one recipe; its row of the results: budget as run, policy, CV, times, scores."""
+    from competition.training.trainer import train_model
+
+    console.rule(f"[bold]({recipe.group}) {recipe.name}")
+    overrides = [*budget_overrides(budget, recipe.kind), *recipe.overrides, *trainer_overrides]
+    rcfg = cfg.model_copy(update={"experiment": f"{exp}/recipes/{recipe.name}"})
+    started = time.perf_counter()
+    run_dir = train_model(rcfg, recipe.model, budget.profile, overrides)
+    wall = time.perf_counter() - started
+    meta = json.loads((run_dir / "meta.json").read_text())
+    units = meta["timings"]["units"].values()
+    test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
+    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / "submissions" / f"{recipe.name}.csv", cfg.solution_csv)
+    train_cfg = meta["config"]["model"]["train"]
+    return {
+        **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
+        "epochs": train_cfg["epochs"], "batch_size": train_cfg["batch_size"], "seeds": meta["config"]["profile"]["seeds"],
+        "tta": meta["tta"], "units": len(meta["units"]), "weight_source": meta["weight_source"], "augment": meta["augment"],
+        "policy_requested": meta["policy_requested"], "policy": meta["policy"], "policy_reason": meta["policy_reason"],
+        "cv_logloss": meta["cv_logloss"], "units_s": sum(sum(t.values()) for t in units),
+        "cache_s": sum(t.get("cache_s", 0.0) for t in units), "wall_s_this_run": wall,
+        **(scores or {"public": None, "private": None}),
+    }  # fmt: skip
+
+
+def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Budget, stack_overrides: Sequence[str], train: Any, test: Any) -> tuple[list[dict[str, Any]], float]:
+    """(d): every blender and the stacker on the (c) runs by nested CV, each method's test predictions scored."""
+    from competition.stacking.pipeline import run_stack
+    from competition.stacking.settings import PREFIX, load_stack_config, stack_dir
+
+    console.rule("[bold](d) blenders and stacker on the (c) runs")
+    scfg, _ = load_stack_config([*(PREFIX + o for o in budget.stack), *stack_overrides])
+    scfg = scfg.model_copy(update={"runs": runs})
+    scfg_cfg = cfg.model_copy(update={"experiment": exp, "submissions_dir": cfg.runs_dir / exp / "submissions"})
+    started = time.perf_counter()
+    summary = run_stack(scfg_cfg, scfg, train, test)
+    wall = time.perf_counter() - started
+    preds = pd.read_csv(stack_dir(cfg.runs_dir, exp) / "test.csv", dtype={"id": str})
+    rows = []
+    for name, rec in summary["methods"].items():
+        if rec["kind"] == "single":
+            continue
+        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / "submissions" / f"method-{name}.csv", cfg.solution_csv)
+        rows.append({"name": name, "group": "d", "kind": rec["kind"], "cv_logloss": rec["cv_mean"], "cv_std": rec["cv_std"],
+                     "eps": rec["eps"], **(scores or {"public": None, "private": None})})  # fmt: skip
+    return rows, wall
+
+
+def auto_verdicts(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """Per model: the winning concrete policy (by CV and by private score) and what `auto` chose."""
+    out = []
+    for model in models:
+        mine = [r for r in rows if r["group"] == "c" and r["model"] == model]
+        concrete = [r for r in mine if r["policy_requested"] != "auto"]
+        auto = next((r for r in mine if r["policy_requested"] == "auto"), None)
+        if not concrete or auto is None:
+            continue
+        by_cv = min(concrete, key=lambda r: r["cv_logloss"])
+        benchmarked = [r["policy"] for r in concrete]
+        by_private = min(concrete, key=lambda r: r["private"]) if all(r["private"] is not None for r in concrete) else None
+        out.append({
+            "model": model, "best_by_cv": by_cv["policy"], "best_by_private": None if by_private is None else by_private["policy"],
+            "auto_chose": auto["policy"], "auto_picks_cv_best": auto["policy"] == by_cv["policy"] if auto["policy"] in benchmarked else None,
+            "auto_reason": auto["policy_reason"],
+            "benchmarked": benchmarked,
+        })  # fmt: skip
+    return out
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best first: by private score where the hidden solution exists, else by CV."""
+    return sorted(rows, key=lambda r: (r["private"] if r["private"] is not None else r["cv_logloss"], r["cv_logloss"]))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def describe(row: dict[str, Any]) -> str:
+    """What a row is, in a few words."""
+    if row["group"] == "d":
+        return f"{row['kind']} of the (c) runs (nested CV)"
+    policy = row["policy"] if row["policy"] == row["policy_requested"] else f"{row['policy_requested']} -> {row['policy']}"
+    return f"{row['model']}, {policy}, {row['weight_source']}"
+
+
+def budget_text(row: dict[str, Any]) -> str:
+    if row["group"] == "d":
+        return "-"
+    return f"{row['epochs']} ep x bs {row['batch_size']}, {row['units']} units, TTA {len(row['tta'])}"
+
+
+def seconds(row: dict[str, Any], stack_s: float) -> str:
+    return f"{stack_s:.0f} (all methods)" if row["group"] == "d" else f"{row['units_s']:.0f}"
+
+
+def result_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The results table's rows, best first (shared by the terminal and the markdown)."""
+    stack_s = result["stack_wall_s"] or 0.0
+    return [
+        (f"({r['group']}) {r['name']}", describe(r), budget_text(r), _fmt(r["cv_logloss"]), _fmt(r["public"]), _fmt(r["private"]), seconds(r, stack_s))
+        for r in ranked(result["recipes"] + result["methods"])
+    ]  # fmt: skip
+
+
+COLUMNS = ["recipe", "what", "budget", "OOF CV log loss", "public", "private", "train s"]
+AUTO_COLUMNS = ["model", "best policy by CV", "best by private", "auto chose", "auto picks the CV winner"]
+
+
+def auto_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    verdict = {True: "yes", False: "no", None: "its choice was not benchmarked"}
+    return [(v["model"], v["best_by_cv"], v["best_by_private"] or "-", v["auto_chose"], verdict[v["auto_picks_cv_best"]]) for v in result["auto"]]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The quality section of docs/benchmarks.md."""
+    b, folds = result["budget"], result["folds"]
+    tta = "the profile's" if b["tta"] is None else ", ".join(b["tta"])
+    lines = [
+        START,
+        "## Quality: classic recipes vs the harness's policies, blenders and stacker",
+        "",
+        f"Command: `{result['command']}` ({result['created']}, {result['wall_s'] / 60:.0f} min). Machine: {result['machine']}.",
+        f"Data: {result['data']}; folds file {folds['describe']} (the same for every recipe). Budget `{result['budget_name']}`, "
+        f"trainer profile `{b['profile']}`: batch {b['batch_size']}, {b['seeds']} seed(s) per fold, TTA views: {tta}; epochs per unit: "
+        + ", ".join(f"{k} {v}" for k, v in b["epochs"].items()) + ".",
+        "",
+        "Best first (by the hidden private score on simulated data, else by CV). (a) the classic Kaggle VGG16 transfer recipe "
+        "(all layers trainable, flips + rotation + zoom on images, SGD); (b) a small CNN from scratch with the same augmentation; "
+        "(c) each pretrained model under each fine-tuning policy with the profile's augmentation; (d) blenders and the LightGBM "
+        "stacker on the (c) runs, scored by nested CV on the same outer folds. Train s: the units' own time (set-up, prefix "
+        "cache, fit, predict) when they were trained; a prefix cache reused from another run costs nothing here. Runs: "
+        f"`runs/{result['experiment']}/`, figures: `runs/{result['experiment']}/quality.json`.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+        *("| " + " | ".join(row) + " |" for row in result_rows(result)),
+    ]
+    if result["auto"]:
+        lines += ["", "Which fine-tuning policy wins per model, and what `auto` chose (its reason is in each run's meta.json):", "",
+                  "| " + " | ".join(AUTO_COLUMNS) + " |", "| " + " | ".join("---" for _ in AUTO_COLUMNS) + " |",
+                  *("| " + " | ".join(row) + " |" for row in auto_rows(result))]  # fmt: skip
+        lines += ["", *(f"- {v['model']}: {v['auto_reason']}" for v in result["auto"])]
+    if result["skipped"]:
+        lines += ["", f"Not run (budget `{result['budget_name']}` or the recipe selection): {', '.join(result['skipped'])}."]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(path: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (which starts with `start` and ends with `end`) in place of the old one, or append it."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text(path, text)
+
+
+def terminal_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The results table narrowed to fit a terminal: recipe, policy (or method kind), scores, seconds."""
+    stack_s = result["stack_wall_s"] or 0.0
+    return [
+        (f"({r['group']}) {r['name']}", r["kind"] if r["group"] == "d" else r["policy"], _fmt(r["cv_logloss"]), _fmt(r["public"]), _fmt(r["private"]),
+         f"{stack_s:.0f}*" if r["group"] == "d" else f"{r['units_s']:.0f}")
+        for r in ranked(result["recipes"] + result["methods"])
+    ]  # fmt: skip
+
+
+def show(result: dict[str, Any]) -> None:
+    """The terminal tables; the markdown section holds the budgets and descriptions as well."""
+    b = result["budget"]
+    title = f"Quality benchmark, best first: budget {result['budget_name']} (profile {b['profile']}, batch {b['batch_size']}, {result['folds']['describe']})"
+    console.print(table(title, ["recipe", "policy", "OOF CV", "public", "private", "train s"], terminal_rows(result)))
+    if result["methods"]:
+        console.print("* (d): the whole stack step, every method together")
+    if result["auto"]:
+        console.print(table("Fine-tuning policies: the winner and auto's choice", AUTO_COLUMNS, auto_rows(result)))
+
+
+def ensure_folds_file(cfg: CompetitionConfig, train: Any) -> Any:
+    """The existing folds file (never rewritten here); made from the competition config only when there is none."""
+    from competition.errors import MissingArtefactError
+    from competition.folds import load_folds, write_folds
+
+    try:
+        return load_folds(cfg, train)
+    except MissingArtefactError:
+        folds = write_folds(train, cfg)
+        console.print(f"[green]wrote[/] {cfg.folds_csv} ({folds.describe()})")
+        return folds
+
+
+def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
+    """Train every selected recipe, stack the (c) runs, score everything; write quality.json and the docs section."""
+    from competition.data.loader import load_test, load_train
+    from competition.pipeline import ensure_data
+    from competition.training.bench import machine
+
+    quality_overrides, cfg, stack_overrides, trainer_overrides = split_overrides(cfg, overrides)
+    q = load(config, QualityConfig, quality_overrides)
+    budget_name, budget = choose_budget(q)
+    recipes = all_recipes(q)
+    chosen = select(recipes, q.recipes if q.recipes is not None else budget.recipes, budget.skip)
+    if not chosen:
+        raise ConfigError(f"{config}: no recipe left to run (recipes={q.recipes or budget.recipes}, skip={budget.skip})")
+    started = time.perf_counter()
+    source = ensure_data(cfg)
+    train, test = load_train(cfg), load_test(cfg)
+    folds = ensure_folds_file(cfg, train)
+    exp_dir = cfg.runs_dir / q.experiment
+    rows = []
+    for recipe in chosen:
+        rows.append(train_recipe(cfg, q.experiment, recipe, budget, trainer_overrides))
+        if recipe.group == "c":
+            link_run(exp_dir, recipe.name, Path(rows[-1]["run_dir"]))
+    grid = [r["name"] for r in rows if r["group"] == "c"]
+    if len(grid) == 1:
+        console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")
+    methods, stack_s = stack_methods(cfg, q.experiment, grid, budget, stack_overrides, train, test) if len(grid) >= 2 else ([], None)
+    result = {
+        "command": " ".join(["competition bench-quality", *overrides]),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "experiment": q.experiment,
+        "data": f"{source}, {len(train)} train / {len(test)} test images" + ("" if cfg.solution_csv.is_file() else " (no hidden solution: CV only)"),
+        "data_fingerprint": {"train": train.fingerprint, "test": test.fingerprint},
+        "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
+        "budget_name": budget_name,
+        "budget": budget.model_dump(mode="json"),
+        "recipes": rows,
+        "methods": methods,
+        "stack_wall_s": stack_s,
+        "auto": auto_verdicts(rows, q.grid.models),
+        "skipped": [r.name for r in recipes if r not in chosen],
+        "wall_s": time.perf_counter() - started,
+    }
+    write_json(exp_dir / "quality.json", result)
+    replace_section(q.output, START, END, markdown(result))
+    show(result)
+    console.print(f"[green]wrote[/] {exp_dir / 'quality.json'} and the quality section of {q.output}")
+    return result
