@@ -271,16 +271,3 @@ def test_bench_rewrites_only_its_own_section(tmp_path) -> None:
     write_section(doc, f"{START}\nsecond\n{END}\n")
     text = doc.read_text()
     assert "## Quality\nkept" in text and "second" in text and "first" not in text and text.count(START) == 1
-
-
-def test_every_view_repeats_the_training_rows_once_per_cached_view(images: np.ndarray) -> None:
-    from competition.models.base import ModelInputs
-    from competition.training.trainer import every_view
-
-    names = ["id", "flip", "rot90"]
-    views = [dihedral.apply(images, v) for v in names]
-    fit_rows = np.array([4, 0, 2])
-    fit_in = ModelInputs(views[0][fit_rows], np.array([30.0, 31.0, 32.0]), np.array([1, 0, 1]), is_features=True)
-    out = every_view(views, names, ["id", "flip"], fit_in, fit_rows)
-    assert np.array_equal(out.x, np.concatenate([images[fit_rows], images[fit_rows][:, :, ::-1]]))
-    assert list(out.angle) == [30.0, 31.0, 32.0] * 2 and list(out.y) == [1, 0, 1] * 2 and out.is_features

@@ -303,8 +303,6 @@ def check_fit_inputs(train: ModelInputs, valid: ModelInputs, augment: Augment | 
         raise ValueError("fit needs labels in both train.y and valid.y")
     if train.is_features != valid.is_features:
         raise ValueError("train and valid must both be raw images or both be prefix features")
-    if train.is_features and augment is not None:
-        raise ValueError("augmentation works on raw images; it cannot be applied to cached prefix features")
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:

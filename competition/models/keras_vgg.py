@@ -333,8 +333,10 @@ class _Batches(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
         idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
         x = self.inputs.x[idx]
+        if self.augment is not None:
+            x = self.augment(x, idx, self.rng)  # raw images, or cached features of a random flip/turn view
         if not self.inputs.is_features:
-            x = self.to_network(self.augment(x, idx, self.rng) if self.augment is not None else x)
+            x = self.to_network(x)
         return (x, self.angles[idx]), self.labels[idx]
 
 

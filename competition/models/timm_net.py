@@ -243,10 +243,12 @@ class TimmModel(ImageModel):
     # --- training -------------------------------------------------------------------------
 
     def _batch(self, inputs: ModelInputs, idx: np.ndarray, augment: Augment | None, rng: np.random.Generator) -> torch.Tensor:
-        if inputs.is_features:
-            return torch.from_numpy(np.ascontiguousarray(inputs.x[idx])).to(self.device)
         x = inputs.x[idx]
-        return self._network_input(augment(x, idx, rng) if augment is not None else x)
+        if augment is not None:
+            x = augment(x, idx, rng)  # raw images, or cached features of a random flip/turn view (the trainer's)
+        if inputs.is_features:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        return self._network_input(x)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         opt = self.config.optimizer

@@ -169,29 +169,7 @@ def unit_inputs(plan: Plan, cache: PrefixCache | None, fit_rows: np.ndarray, hel
     is_features = cache is not None
     fit_in = ModelInputs(x[fit_rows], train.angle[fit_rows], labels[fit_rows], is_features=is_features)
     valid_in = ModelInputs(x[held_rows], train.angle[held_rows], labels[held_rows], is_features=is_features)
-    note = augment_note(profile, cached=is_features)
-    if augment is not None and not _model_accepts(fit_in, valid_in, augment):
-        fit_in, augment = every_view(views, train_views, profile.augment.dihedral_support(), fit_in, fit_rows), None
-        note = f"every cached view among {profile.augment.dihedral_support()} of every image, each epoch (the model takes no per-batch augmentation on features)"
-    return fit_in, valid_in, augment, note
-
-
-def every_view(views: list[np.ndarray], names: list[dihedral.Variant], support: list[dihedral.Variant], fit_in: ModelInputs, fit_rows: np.ndarray) -> ModelInputs:
-    """Training rows repeated once per augmentation view, with that view's cached features (fixed, not random)."""
-    x = np.concatenate([np.asarray(views[names.index(v)][fit_rows]) for v in support])
-    k = len(support)
-    return ModelInputs(x, np.tile(fit_in.angle, k), np.tile(np.asarray(fit_in.y), k), is_features=True)
-
-
-def _model_accepts(fit_in: ModelInputs, valid_in: ModelInputs, augment: Augment) -> bool:
-    """Ask the model interface's own input check whether `fit` takes this augmentation."""
-    from competition.models.base import check_fit_inputs  # noqa: PLC0415
-
-    try:
-        check_fit_inputs(fit_in, valid_in, augment)
-    except ValueError:
-        return False
-    return True
+    return fit_in, valid_in, augment, augment_note(profile, cached=is_features)
 
 
 def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> store.UnitResult:
