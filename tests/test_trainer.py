@@ -83,7 +83,7 @@ def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig,
     assert meta["data_fingerprint"]["train"] == folds_meta["data_fingerprint"]
     assert meta["policy"] == "head" and meta["policy_source"] == "profile cpu" and meta["weight_source"] == "none" and meta["prefix_cache"]
     assert meta["profile"]["name"] == "cpu" and meta["config"]["model"]["train"]["epochs"] == 2
-    assert "flip_rot180" in meta["augment"]  # the cpu profile's flips reach the cached training
+    assert "random dihedral view among ['id', 'flip']" in meta["augment"]  # the cpu profile's flip reaches the cached training
     assert {"torch", "timm", "numpy", "python"} <= set(meta["versions"])
 
 
@@ -163,3 +163,16 @@ def test_cli_names_a_bad_override_without_a_traceback(cfg: CompetitionConfig) ->
     )
     assert result.returncode == 2
     assert "epochs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unscored_test_rows_can_be_skipped_and_get_the_training_rate(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    from competition.data.loader import load_test, load_train
+
+    test, train = load_test(cfg), load_train(cfg)
+    assert 0 < test.machine_generated.sum() < len(test)
+    run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "cpu", [*TINY, "epochs=1", "predict_unscored=false"]))
+    table = run.test.set_index("id").loc[test.ids]
+    skipped = table[test.machine_generated]
+    assert np.allclose(skipped.to_numpy(), train.labels.mean())
+    assert table[~test.machine_generated]["mean"].nunique() > 1  # the scored rows are really predicted
+    assert run.meta["test_rows_predicted"].startswith(f"{(~test.machine_generated).sum()} of {len(test)}")

@@ -196,15 +196,26 @@ def test_oof_table_covers_each_id_once_per_repeat_and_averages_seeds() -> None:
     assert np.allclose(oof["prediction"], [(by_seed[(0, i)] + by_seed[(1, i)]) / 2 for i in ids])
     with pytest.raises(ValueError, match="exactly once"):
         store.build_oof(results[:-1], ids)
-    test = store.build_test(results, np.array(["a", "b", "c", "d"]))
+    test = store.build_test(results, np.array(["a", "b", "c", "d"]), np.array(["a", "b", "c", "d"]), fill=0.5)
     assert list(test.columns) == ["id", "r0_f0_s0", "r0_f0_s1", "r0_f1_s0", "r0_f1_s1", "r0_f2_s0", "r0_f2_s1", "mean"]
     assert np.allclose(test["mean"], test.iloc[:, 1:-1].mean(axis=1))
+
+
+def test_test_table_fills_rows_the_units_did_not_predict() -> None:
+    ids = np.array([f"id{i}" for i in range(9)])
+    results = _units(ids)  # each unit predicts 4 test rows
+    test = store.build_test(results, np.array(["b", "d", "a", "c"]), np.array(["a", "x", "b", "c", "y", "d"]), fill=0.47)
+    assert list(test["id"]) == ["a", "x", "b", "c", "y", "d"]  # every test id, in test.json order
+    unit_cols = [c for c in test.columns if c.startswith("r")]
+    assert (test.loc[test["id"].isin(["x", "y"]), [*unit_cols, "mean"]] == 0.47).all().all()
+    first = sorted(results, key=lambda r: r.unit)[0]
+    assert test.set_index("id").loc["b", first.unit.name] == first.test[0]
 
 
 def test_run_folder_round_trips_and_refuses_incomplete_or_edited_files(tmp_path) -> None:
     ids = np.array([f"id{i}" for i in range(9)])
     results = _units(ids)
-    oof, test = store.build_oof(results, ids), store.build_test(results, np.array(["a", "b", "c", "d"]))
+    oof, test = store.build_oof(results, ids), store.build_test(results, np.array(["a", "b", "c", "d"]), np.array(["a", "b", "c", "d"]), fill=0.5)
     meta = {key: "x" for key in store.REQUIRED_META} | {"units": [r.unit.name for r in results], "model": "m"}
     with pytest.raises(MissingArtefactError, match="not finished"):
         store.load_run(tmp_path)

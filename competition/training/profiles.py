@@ -44,6 +44,11 @@ class Profile(Strict):
     seed: int = Field(0, ge=0, description="first seed")
     tta: list[Variant] = Field(default_factory=lambda: ["id"], min_length=1, description="dihedral views averaged at prediction time")
     augment: AugmentConfig = AugmentConfig()
+    predict_unscored: bool = Field(
+        True,
+        description="predict the test rows Kaggle does not score (machine-generated: angle with more than 4 decimals); "
+        "false gives them the training iceberg rate instead, saving the CNN time they would cost",
+    )
     cache_prefix: bool = Field(True, description="compute the frozen prefix once per image and view, shared by all folds")
     predict_batch_size: int = Field(128, ge=1)
     save_models: bool = Field(True, description="keep each unit's best weights under units/")

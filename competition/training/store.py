@@ -159,10 +159,15 @@ def build_oof(results: list[UnitResult], train_ids: np.ndarray) -> pd.DataFrame:
     return table[OOF_COLUMNS].reset_index(drop=True)
 
 
-def build_test(results: list[UnitResult], test_ids: np.ndarray) -> pd.DataFrame:
-    """`id`, one column per unit (in unit order), and their `mean`."""
+def build_test(results: list[UnitResult], predicted_ids: np.ndarray, all_ids: np.ndarray, fill: float) -> pd.DataFrame:
+    """`id` (every test id), one column per unit (in unit order), and their `mean`.
+
+    Rows the units did not predict (unscored machine-generated rows, when the profile skips
+    them) get `fill` in every column, so the table always covers the sample submission.
+    """
     ordered = sorted(results, key=lambda r: r.unit)
-    table = pd.DataFrame({"id": test_ids, **{r.unit.name: r.test for r in ordered}})
+    predicted = pd.DataFrame({r.unit.name: r.test for r in ordered}, index=pd.Index(predicted_ids, name="id"))
+    table = predicted.reindex(pd.Index(all_ids, name="id")).fillna(fill).reset_index()
     table["mean"] = table[[r.unit.name for r in ordered]].mean(axis=1)
     return table
 

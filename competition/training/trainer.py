@@ -45,7 +45,8 @@ class Plan:
     model_cfg: ModelConfig
     chosen: ChosenProfile
     train: Dataset
-    test: Dataset
+    test: Dataset  # the test rows the model predicts (all, or the scored ones: see Profile.predict_unscored)
+    test_ids: np.ndarray  # every test id, in the order of test.json
     folds: Folds
     run_dir: Path
     prints: store.Fingerprints
@@ -89,11 +90,14 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     chosen = load_profile(profile, routed.profile)
     model_cfg = merge_profile(load_model_config(model_name, routed.model), chosen.profile, routed.model)
     train, test = load_train(cfg), load_test(cfg)
+    test_ids = test.ids
+    if not chosen.profile.predict_unscored:
+        test = test.subset(~test.machine_generated)
     folds = load_folds(cfg, train)
     prints = store.Fingerprints(run_hash(model_cfg, chosen.profile), folds.fingerprint, train.fingerprint, test.fingerprint)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
     run_dir = cfg.runs_dir / cfg.experiment / model_name
-    return Plan(cfg, model_name, model_cfg, chosen, train, test, folds, run_dir, prints, units, policy_source(routed, chosen))
+    return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen))
 
 
 def policy_source(routed: RoutedOverrides, chosen: ChosenProfile) -> str:
@@ -136,6 +140,7 @@ def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> Pre
     key = {
         "train": plan.train.fingerprint,
         "test": plan.test.fingerprint,
+        "test_rows": len(plan.test),
         "model": plan.model_cfg.model_dump(mode="json", exclude={"head", "optimizer", "train", "auto", "policy"}),
         "policy": decision.name,
         "frozen_prefix": model.frozen_prefix(),
@@ -274,7 +279,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
     assert plan.train.labels is not None
     first = results[0]
     oof = store.build_oof(results, plan.train.ids)
-    test = store.build_test(results, plan.test.ids)
+    test = store.build_test(results, plan.test.ids, plan.test_ids, fill=float(np.mean(plan.train.labels)))
     cv = store.cv_logloss(oof, pd.Series(plan.train.labels, index=plan.train.ids))
     meta = {
         "model": plan.model_name,
@@ -293,6 +298,8 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "prefix_cache": first.prefix_cache,
         "augment": first.augment,
         "tta": list(plan.profile.tta),
+        "test_rows_predicted": f"{len(plan.test)} of {len(plan.test_ids)}"
+        + ("" if len(plan.test) == len(plan.test_ids) else " (unscored machine-generated rows get the training iceberg rate)"),
         "versions": versions(),
         "timings": {"units": {r.unit.name: r.timings for r in results}, "wall_s_this_run": wall_s},
         "trained_this_run": [u.name for u in trained],
