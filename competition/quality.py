@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from competition.atomic import atomic_path, write_json, write_text
+from competition.atomic import atomic_path, write_json
+from competition.benchmark_doc import replace_section
 from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
 from competition.console import console, table
 from competition.errors import ConfigError, UserError
@@ -348,17 +349,6 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Not run (budget `{result['budget_name']}` or the recipe selection): {', '.join(result['skipped'])}."]
     lines.append(END)
     return "\n".join(lines) + "\n"
-
-
-def replace_section(path: Path, start: str, end: str, section: str) -> None:
-    """Put `section` (which starts with `start` and ends with `end`) in place of the old one, or append it."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(path, text)
 
 
 def terminal_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:

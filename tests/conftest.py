@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from competition.config import CompetitionConfig, SimulateConfig
+from competition.data.dataset import Dataset
+
 
 @pytest.fixture
 def make_records() -> Callable[..., list[dict[str, Any]]]:
@@ -26,3 +29,15 @@ def make_records() -> Callable[..., list[dict[str, Any]]]:
         return records
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sar(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A small simulated competition training set (real format, SAR-like chips), made once per session."""
+    from competition.data.loader import read_dataset
+    from competition.simulate.writer import write_simulated
+
+    root = tmp_path_factory.mktemp("sim")
+    cfg = CompetitionConfig(data_dir=root, runs_dir=root / "runs", submissions_dir=root / "subs", simulate=SimulateConfig(n_train=40, n_test=10, seed=1))
+    write_simulated(cfg)
+    return read_dataset(cfg.train_json, "train")

@@ -12,27 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from competition.config import CompetitionConfig, SimulateConfig
 from competition.data.dataset import Dataset
-from competition.data.loader import read_dataset
 from competition.models import weights
 from competition.models.base import ImageModel, ModelInputs
 from competition.models.keras_vgg import hed_conv_weights
 from competition.models.registry import create_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
-from competition.simulate.writer import write_simulated
 
 pytestmark = pytest.mark.slow
 TINY = {"image_size": 32, "head": {"pooling": "max", "hidden": [16], "dropout": 0.3}}
 CONV_LAYERS = [f"block{b}_conv{i}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for i in range(1, n + 1)]
-
-
-@pytest.fixture(scope="module")
-def sar(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    root = tmp_path_factory.mktemp("sim")
-    cfg = CompetitionConfig(data_dir=root, runs_dir=root / "runs", submissions_dir=root / "subs", simulate=SimulateConfig(n_train=40, n_test=10, seed=1))
-    write_simulated(cfg)
-    return read_dataset(cfg.train_json, "train")
 
 
 def _inputs(data: Dataset, rows: slice) -> ModelInputs:

@@ -8,28 +8,16 @@ import numpy as np
 import pytest
 import torch  # noqa: F401 - before anything that may load TensorFlow
 
-from competition.config import CompetitionConfig, SimulateConfig
 from competition.data.dataset import Dataset
-from competition.data.loader import read_dataset
 from competition.models import weights
 from competition.models.base import ImageModel, ModelInputs
 from competition.models.registry import create_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
 from competition.models.timm_net import imagenet_classifier
-from competition.simulate.writer import write_simulated
 
 pytestmark = pytest.mark.slow
 TINY = {"image_size": 32, "head": {"pooling": "avg", "hidden": [16], "dropout": 0.1}}
 TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
-
-
-@pytest.fixture(scope="module")
-def sar(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    """A small simulated competition training set (real format, SAR-like chips)."""
-    root = tmp_path_factory.mktemp("sim")
-    cfg = CompetitionConfig(data_dir=root, runs_dir=root / "runs", submissions_dir=root / "subs", simulate=SimulateConfig(n_train=40, n_test=10, seed=1))
-    write_simulated(cfg)
-    return read_dataset(cfg.train_json, "train")
 
 
 def _inputs(data: Dataset, rows: slice) -> ModelInputs:

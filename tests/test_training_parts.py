@@ -274,11 +274,12 @@ def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win()
 
 
 def test_bench_rewrites_only_its_own_section(tmp_path) -> None:
-    from competition.training.bench import END, START, write_section
+    from competition.benchmark_doc import replace_section
+    from competition.training.bench import END, START
 
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Quality\nkept\n")
-    write_section(doc, f"{START}\nfirst\n{END}\n")
-    write_section(doc, f"{START}\nsecond\n{END}\n")
+    replace_section(doc, START, END, f"{START}\nfirst\n{END}\n")
+    replace_section(doc, START, END, f"{START}\nsecond\n{END}\n")
     text = doc.read_text()
     assert "## Quality\nkept" in text and "second" in text and "first" not in text and text.count(START) == 1

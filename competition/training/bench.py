@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from competition.atomic import write_text
+from competition.benchmark_doc import replace_section
 from competition.console import console, progress, table
 from competition.models.base import ImageModel, ModelInputs
 from competition.training.augment import Augmenter
@@ -101,7 +101,8 @@ def bare_timm(architecture: str, x: np.ndarray, y: np.ndarray) -> tuple[Callable
 
 def bare_keras(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], Callable[[], None]]:
     """(train one epoch, predict all) with Keras's own fit/predict on VGG16 + a pooled sigmoid output."""
-    import torch  # noqa: F401, PLC0415 - torch before TensorFlow in one process
+    import torch  # noqa: F401, PLC0415 - torch and torchvision before TensorFlow in one process (docs/weights.md)
+    import torchvision  # noqa: F401, PLC0415
     import keras  # noqa: PLC0415
 
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(75, 75, 3))
@@ -235,17 +236,6 @@ def markdown(rows: Sequence[dict[str, Any]], augment: dict[str, float], n: int, 
     return "\n".join(lines) + "\n"
 
 
-def write_section(output: Path, section: str) -> None:
-    """Replace the trainer section of `output` (or append it), keeping everything else."""
-    text = output.read_text(encoding="utf-8") if output.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text(output, text)
-
-
 def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Path) -> list[dict[str, Any]]:
     """Measure every model, print the tables, write the section into `output`."""
     import torch  # noqa: F401, PLC0415 - torch before TensorFlow in one process
@@ -269,6 +259,6 @@ def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Pat
         )
     )
     command = "competition bench" + ("" if models is None else " " + " ".join(names)) + f" --n {n} --repeats {repeats}"
-    write_section(output, markdown(rows, augment, n, repeats, command))
+    replace_section(output, START, END, markdown(rows, augment, n, repeats, command))
     console.print(f"[green]wrote[/] {output}")
     return rows

@@ -130,13 +130,13 @@ def cache_views(profile: Profile) -> tuple[list[dihedral.Variant], list[dihedral
 
 
 def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> PrefixCache | None:
-    """The filled prefix cache for this model, or None when nothing is frozen or caching is off.
+    """The filled prefix cache for this model, or None when caching is off or only the stem is frozen.
 
     The prefix does not depend on the unit (pretrained weights, or random ones from the config's
     `seed`), so one cache serves every fold and seed.
     """
-    if not plan.profile.cache_prefix or model.frozen_prefix() == 0:
-        return None
+    if not plan.profile.cache_prefix or model.frozen_prefix() < 2:
+        return None  # nothing frozen, or only the stem: its output is large (GBs at full size) and cheap to recompute
     key = {
         "train": plan.train.fingerprint,
         "test": plan.test.fingerprint,
