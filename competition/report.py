@@ -14,30 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.atomic import atomic_path, write_text
+from competition.atomic import write_text
 from competition.config import CompetitionConfig
 from competition.errors import MissingArtefactError
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _figure().close(fig)
-    return path
+from competition.plots import pyplot, save_figure
 
 
 def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
     """Log loss of every fold (dots) and the mean (bar) per model: spread shows how much CV can be trusted."""
-    plt = _figure()
+    plt = pyplot()
     order = scores.groupby("model")["logloss"].mean().sort_values().index.tolist()
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(order)), 3.6))
     means = [scores.loc[scores["model"] == m, "logloss"].mean() for m in order]
@@ -49,14 +34,14 @@ def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("log loss (lower is better)")
     ax.set_title("Fold scores per model")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(oof: pd.DataFrame, labels: np.ndarray, path: Path, bins: int = 10) -> Path:
     """Reliability curves of each column's OOF predictions: a curve under the diagonal is over-confident."""
     from sklearn.calibration import calibration_curve
 
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     for col in oof.columns:
@@ -66,12 +51,12 @@ def plot_calibration(oof: pd.DataFrame, labels: np.ndarray, path: Path, bins: in
     ax.set_ylabel("observed iceberg rate")
     ax.set_title("OOF calibration")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_correlation(oof: pd.DataFrame, path: Path) -> Path:
     """Correlation of the models' OOF predictions: diverse (less correlated) models stack better."""
-    plt = _figure()
+    plt = pyplot()
     corr = oof.corr()
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(corr), 0.8 + 0.7 * len(corr)))
     im = ax.imshow(corr.to_numpy(), vmin=min(0.5, float(corr.to_numpy().min())), vmax=1, cmap="viridis")
@@ -82,18 +67,18 @@ def plot_correlation(oof: pd.DataFrame, path: Path) -> Path:
             ax.text(j, i, f"{corr.iat[i, j]:.2f}", ha="center", va="center", color="white", fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title("Correlation of OOF predictions")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_importances(importances: pd.Series, path: Path, top: int = 20) -> Path:
     """The stacker's feature importances (gain), largest first."""
-    plt = _figure()
+    plt = pyplot()
     imp = importances.sort_values(ascending=True).tail(top)
     fig, ax = plt.subplots(figsize=(5.5, 0.3 * len(imp) + 1))
     ax.barh(imp.index, imp.to_numpy(), color="#31a354")
     ax.set_xlabel("importance (total gain)")
     ax.set_title("Stacker feature importances")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def html_table(frame: pd.DataFrame) -> str:

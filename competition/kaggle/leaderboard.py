@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.atomic import atomic_path
 from rich.table import Table
+
+from competition.atomic import atomic_path
 
 from competition.config import CompetitionConfig
 from competition.console import table
@@ -29,6 +30,7 @@ from competition.kaggle.credentials import CredentialsError, has_credentials
 from competition.kaggle.ledger import Entry, Ledger, ledger_path
 from competition.kaggle.placement import Board, Placement, known_cutoffs, read_board
 from competition.kaggle.submit import parse_message
+from competition.plots import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -179,11 +181,7 @@ def correlation(x: list[float | None], y: list[float | None]) -> tuple[float | N
 
 def plot_cv_vs_lb(entries: list[Entry], path: Path) -> dict[str, tuple[float | None, int]]:
     """Scatter CV against public and private scores with the y = x line; returns the correlations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cv = [e.cv_mean for e in entries]
     stats = {board: correlation(cv, [getattr(e, f"{board}_score") for e in entries]) for board in ("public", "private")}
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -201,10 +199,7 @@ def plot_cv_vs_lb(entries: list[Entry], path: Path) -> dict[str, tuple[float | N
     ax.set_ylabel("leaderboard log loss")
     ax.set_title("CV vs leaderboard")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return stats
 
 

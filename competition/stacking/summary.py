@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from competition.atomic import atomic_path, write_json
+from competition.atomic import write_json
+from competition.plots import pyplot, save_figure
 from competition.console import table
 from competition.stacking.crossval import CVResult
 
@@ -44,11 +45,7 @@ def results_table(results: list[MethodResult], experiment: str) -> Any:
 
 def plot_results(results: list[MethodResult], path: Path) -> Path:
     """Horizontal bars of each method's mean CV log loss with its spread over folds, best on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     order = ranked(results)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.2))
     ax.barh(
@@ -61,10 +58,7 @@ def plot_results(results: list[MethodResult], path: Path) -> Path:
     ax.set_xlabel("CV log loss (mean over outer folds, bar: +-1 sd; lower is better)")
     ax.set_title("Single runs (grey), blends (blue), stacker (green)")
     ax.set_xlim(left=max(0.0, min(m.cv.mean - m.cv.std for m in order) - 0.02))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any]) -> dict[str, Any]:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from competition.atomic import atomic_path
+from competition.plots import pyplot, save_figure
 
 CURVES_FILE = "curves.png"
 
 
 def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
     """Validation (solid) and training (dashed) log loss per epoch, one colour per unit."""
-    import matplotlib  # noqa: PLC0415 - heavy, only here
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -27,8 +24,4 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: st
     ax.set(xlabel="epoch", ylabel="log loss (solid: held-out fold, dashed: training)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small", ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
