@@ -10,7 +10,7 @@ import torch  # noqa: F401 - before anything that may load TensorFlow
 
 from competition.data.dataset import Dataset
 from competition.models import weights
-from competition.models.base import ImageModel, ModelInputs
+from competition.models.base import ImageModel, ModelInputs, log_loss
 from competition.models.registry import create_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
 from competition.models.timm_net import imagenet_classifier
@@ -191,3 +191,18 @@ def test_gradual_unfreezing_and_discriminative_rates(sar: Dataset) -> None:
     assert _max_change(before, decayed, "head.") > 3e-4
     assert 1e-5 < _max_change(before, decayed, "backbone.layer4.") < 3e-4
     assert _max_change(before, decayed, "backbone.conv1.") < 1e-6
+
+
+def test_fit_restores_the_best_epoch_when_only_the_head_trains(sar: Dataset) -> None:
+    """After fit the model scores exactly its best validation epoch, although only trainable blocks are snapshotted."""
+    model = create_model("mobilenetv2_100", weights="none", **TINY, optimizer={"name": "adamw", "lr": 0.3})
+    model.prepare(sar.images, sar.angle)
+    model.apply_policy("head")
+    train, valid = _inputs(sar, slice(0, 28)), _inputs(sar, slice(28, 40))
+    frozen_before = {n: p.detach().clone() for n, p in model.net.named_parameters() if not p.requires_grad}
+    result = model.fit(train, valid, epochs=6, batch_size=7, seed=1)
+    best = result.history["val_loss"][result.best_epoch]
+    assert min(result.history["val_loss"]) == best
+    assert abs(log_loss(valid.y, model.predict(valid)) - best) < 1e-5
+    frozen_after = dict(model.net.named_parameters())
+    assert frozen_before and all(torch.equal(frozen_after[n], t) for n, t in frozen_before.items())

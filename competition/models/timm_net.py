@@ -9,7 +9,6 @@ architecture whose tree does not replay as a chain of stages is one `backbone` b
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -303,15 +302,25 @@ class TimmModel(ImageModel):
                 if on_epoch is not None:
                     on_epoch(epoch, {"train_loss": history["train_loss"][-1], "val_loss": val_loss})
                 if val_loss < best:
-                    best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(self.net.state_dict())
+                    best, best_epoch, best_state = val_loss, epoch, self._snapshot(target)
                 elif patience is not None and epoch - best_epoch >= patience:
                     break
         finally:
             self._trainable = target
             self._set_trainable(target)
         if best_state is not None:
-            self.net.load_state_dict(best_state)
+            self.net.load_state_dict(best_state, strict=False)  # the rest (frozen blocks) never changed
         return FitResult(history=history, best_epoch=best_epoch)
+
+    def _snapshot(self, flags: list[bool]) -> dict[str, torch.Tensor]:
+        """Copies of every tensor training can change: all but those of the blocks frozen under `flags`.
+
+        Frozen blocks keep their weights and, in eval mode, their batch-norm statistics, so copying
+        them at each better epoch (most of a `head` network) would only cost time.
+        """
+        frozen = {id(t) for block, flag in zip(self._block_list, flags, strict=True) if not flag
+                  for m in block.modules for t in (*m.parameters(), *m.buffers())}  # fmt: skip
+        return {k: v.detach().clone() for k, v in self.net.state_dict(keep_vars=True).items() if id(v) not in frozen}
 
     def predict(self, inputs: ModelInputs, batch_size: int = 64) -> np.ndarray:
         start = self.frozen_prefix() if inputs.is_features else 0
