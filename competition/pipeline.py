@@ -36,7 +36,7 @@ class Timings:
 
 
 def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[CompetitionConfig, list[str], list[str]]:
-    """(competition config with its overrides applied, stack overrides, training overrides)."""
+    """(competition config with its overrides applied, stack overrides, the rest for the trainer)."""
     from competition.stacking.settings import PREFIX
 
     stack = [o for o in overrides if o.startswith(PREFIX)]
@@ -44,7 +44,7 @@ def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[C
     ours = [o for o in rest if o.partition("=")[0].split(".")[0] in CompetitionConfig.model_fields]
     if ours:
         cfg = validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), ours), "command line", ours)
-    return cfg, stack, rest
+    return cfg, stack, [o for o in rest if o not in ours]
 
 
 def ensure_data(cfg: CompetitionConfig) -> str:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from competition.config import CompetitionConfig
 
-SOURCES = ("kaggle", "offline")
-
 
 @dataclass
 class Entry:
