@@ -39,9 +39,9 @@ folds: setup ## split the training data into folds: data/folds.{csv,json}
 models: setup ## list the model zoo (configs/models/*.yaml) and the weight source each would use here
 	$(CLI) models $(ARGS)
 
-train: setup ## train MODEL on every fold and seed: runs/<experiment>/MODEL/ (make train MODEL=name [PROFILE=cpu|gpu] ARGS="epochs=3")
+train: setup ## train MODEL on every fold and seed: runs/<experiment>/MODEL/ (make train MODEL=name [NAME=run] [PROFILE=cpu|gpu] ARGS="epochs=3")
 	@test -n "$(MODEL)" || { echo "make train: MODEL is required, e.g. make train MODEL=tf_efficientnet_lite0 (models: configs/models/*.yaml)" >&2; exit 2; }
-	$(CLI) train $(MODEL) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
+	$(CLI) train $(MODEL) $(if $(NAME),--name $(NAME)) $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)
 
 stack: setup ## blend + stack the experiment's runs by nested CV: runs/<experiment>/stack/, submissions/*.csv (ARGS="stack.stacker.n_trials=50")
 	$(CLI) stack $(ARGS)

@@ -199,14 +199,15 @@ def train(
     model: Annotated[str, typer.Argument(help="Model name (configs/models/<name>.yaml) or a timm architecture.")],
     overrides: TrainOverrides = None,
     profile: ProfileOpt = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete this model's earlier run (units included) first.")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete this run's earlier units first.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: MODEL); variants of one model side by side, each stacked as its own input.")] = None,
     config: ConfigOpt = COMPETITION_CONFIG,
 ) -> None:
-    """Train MODEL on every fold and seed; write runs/<experiment>/<model>/{oof.csv,test.csv,meta.json} (resumes)."""
+    """Train MODEL on every fold and seed; write runs/<experiment>/<name or model>/{oof.csv,test.csv,meta.json} (resumes)."""
     cfg = load_competition([], config)
     from competition.training.trainer import train_model
 
-    train_model(cfg, model, profile, overrides or [], fresh=fresh)
+    train_model(cfg, model, profile, overrides or [], fresh=fresh, run_name=name)
 
 
 @app.command()

@@ -4,7 +4,7 @@ Recipes (configs/quality.yaml): (a) the classic Kaggle VGG16 transfer recipe, (b
 from scratch with the same augmentation, (c) each pretrained model of the harness under each
 fine-tuning policy and `auto`, (d) each blender and the stacker on the (c) runs. Every recipe
 trains through the normal trainer with an explicit budget (epochs per unit, batch size, seeds,
-TTA views; the folds file's K x R folds) into runs/<experiment>/recipes/<recipe>/<model>/, so a
+TTA views; the folds file's K x R folds) into runs/<experiment>/<recipe>/ (a named run), so a
 rerun reuses finished units. Each recipe is scored by its OOF log loss and, on simulated data,
 by the Kaggle scorer on the hidden solution (public and private). Results: a Rich table (best
 first), runs/<experiment>/quality.json and a section of docs/benchmarks.md between markers.
@@ -13,7 +13,6 @@ first), runs/<experiment>/quality.json and a section of docs/benchmarks.md betwe
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from competition.atomic import atomic_path, write_json
 from competition.benchmark_doc import replace_section
 from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
 from competition.console import console, table
-from competition.errors import ConfigError, UserError
+from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
 
 QUALITY_CONFIG = CONFIG_DIR / "quality.yaml"
@@ -177,18 +176,6 @@ def choose_budget(q: QualityConfig) -> tuple[str, Budget]:
     return name, q.budgets[name]
 
 
-def link_run(exp_dir: Path, name: str, run_dir: Path) -> Path:
-    """runs/<exp>/<recipe> -> recipes/<recipe>/<model>: the stacker names each input column after its folder."""
-    link = exp_dir / name
-    if link.exists() and not link.is_symlink():
-        raise UserError(f"{link} exists and is not a link to a recipe run: move it away")
-    tmp = exp_dir / f".{name}.tmp-link"
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(run_dir, exp_dir), tmp)
-    os.replace(tmp, link)
-    return link
-
-
 def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path) -> dict[str, float] | None:
     """Write `id,is_iceberg` and score it with the Kaggle scorer (None when there is no hidden solution)."""
     with atomic_path(path) as tmp:
@@ -207,9 +194,8 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
 
     console.rule(f"[bold]({recipe.group}) {recipe.name}")
     overrides = [*budget_overrides(budget, recipe.kind), *recipe.overrides, *trainer_overrides]
-    rcfg = cfg.model_copy(update={"experiment": f"{exp}/recipes/{recipe.name}"})
     started = time.perf_counter()
-    run_dir = train_model(rcfg, recipe.model, budget.profile, overrides)
+    run_dir = train_model(cfg.model_copy(update={"experiment": exp}), recipe.model, budget.profile, overrides, run_name=recipe.name)
     wall = time.perf_counter() - started
     meta = json.loads((run_dir / "meta.json").read_text())
     units = meta["timings"]["units"].values()
@@ -403,11 +389,7 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     train, test = load_train(cfg), load_test(cfg)
     folds = ensure_folds_file(cfg, train)
     exp_dir = cfg.runs_dir / q.experiment
-    rows = []
-    for recipe in chosen:
-        rows.append(train_recipe(cfg, q.experiment, recipe, budget, trainer_overrides))
-        if recipe.group == "c":
-            link_run(exp_dir, recipe.name, Path(rows[-1]["run_dir"]))
+    rows = [train_recipe(cfg, q.experiment, recipe, budget, trainer_overrides) for recipe in chosen]
     grid = [r["name"] for r in rows if r["group"] == "c"]
     if len(grid) == 1:
         console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")

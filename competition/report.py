@@ -112,12 +112,13 @@ def _fold_scores(summary: dict) -> pd.DataFrame:
 
 
 def _runs_table(exp_dir: Path) -> pd.DataFrame:
-    """One row per trained model: its CV, weights, fine-tuning policy and wall time."""
+    """One row per run (folder): its model, CV, weights, fine-tuning policy and wall time."""
     rows = []
     for meta_path in sorted(exp_dir.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         units = meta.get("timings", {}).get("units", {})
         rows.append({
+            "run": meta_path.parent.name,
             "model": meta["model"],
             "CV log loss": meta["cv_logloss"],
             "weights": meta["weight_source"],

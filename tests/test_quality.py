@@ -71,7 +71,8 @@ def test_every_recipe_row_matches_its_run_and_the_hidden_solution(bench: dict[st
         assert row["cv_logloss"] == meta["cv_logloss"]
         assert meta["folds_fingerprint"] == result["folds"]["fingerprint"]
         assert row["units"] == 3 and row["epochs"] == meta["config"]["model"]["train"]["epochs"]
-        assert Path(row["run_dir"]) == cfg.runs_dir / "quality" / "recipes" / row["name"] / row["model"]
+        assert Path(row["run_dir"]) == cfg.runs_dir / "quality" / row["name"]  # a named run: runs/<experiment>/<recipe>/
+        assert meta["run_name"] == row["name"] and meta["model"] == row["model"]
         test = pd.read_csv(Path(row["run_dir"]) / "test.csv", dtype={"id": str})
         for usage in ("Private", "Public"):
             assert row[usage.lower()] == pytest.approx(_private(cfg, test["id"], test["mean"], usage), rel=1e-6)

@@ -176,3 +176,44 @@ def test_unscored_test_rows_can_be_skipped_and_get_the_training_rate(cfg: Compet
     assert np.allclose(skipped.to_numpy(), train.labels.mean())
     assert table[~test.machine_generated]["mean"].nunique() > 1  # the scored rows are really predicted
     assert run.meta["test_rows_predicted"].startswith(f"{(~test.machine_generated).sum()} of {len(test)}")
+
+
+def test_gpu_profile_runs_on_cpu_with_seeds_full_augmentation_and_eight_tta_views(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    """The `gpu` profile's own path (images augmented, no prefix cache, several seeds, 8 views), on tiny inputs:
+    CUDA and bfloat16 autocast stay off on a CPU, everything else is what a GPU run executes."""
+    from competition.data.loader import load_train
+
+    run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "gpu", [*TINY, "epochs=1", "seeds=2"]))
+    assert run.meta["profile"]["name"] == "gpu" and run.meta["prefix_cache"] is None
+    assert len(run.meta["tta"]) == 8 and run.meta["config"]["profile"]["mixed_precision"] is True
+    assert run.meta["augment"].endswith("rotate, shift, zoom, speckle (on images)")  # image-space augmentation, not cached views
+    assert len(run.meta["units"]) == 3 * 2 * 2 and {u["seed"] for u in run.meta["fold_scores"]} == {0, 1}
+    train = load_train(cfg)
+    assert sorted(run.oof["id"].unique()) == sorted(train.ids) and len(run.oof) == 2 * len(train.ids)
+    assert np.isfinite(run.meta["cv_logloss"]) and run.test["mean"].between(0, 1).all()
+
+
+def test_named_runs_of_one_model_sit_side_by_side_and_stack_as_two_inputs(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    from competition.data.loader import load_test, load_train
+    from competition.folds import load_folds
+    from competition.stacking.collect import collect, run_dirs
+
+    where = _at(cfg, tmp_path)
+    head = train_model(where, MODEL, "cpu", [*TINY, "epochs=1", "policy=head"], run_name="small-head")
+    top = train_model(where, MODEL, "cpu", [*TINY, "epochs=1", "policy=top:1"], run_name="small-top1")
+    assert (head, top) == (tmp_path / cfg.experiment / "small-head", tmp_path / cfg.experiment / "small-top1")
+    metas = [store.load_run(p).meta for p in (head, top)]
+    assert [(m["model"], m["run_name"], m["policy"]) for m in metas] == [(MODEL, "small-head", "head"), (MODEL, "small-top1", "top:1")]
+    test = load_test(cfg)
+    coll = collect(run_dirs(tmp_path / cfg.experiment, []), load_folds(cfg, load_train(cfg)), test.ids, test.fingerprint)
+    assert coll.names == ["small-head", "small-top1"] and coll.oof.shape[-1] == 2
+    assert not np.allclose(coll.oof[..., 0], coll.oof[..., 1])  # two different runs, not one read twice
+
+
+@pytest.mark.parametrize("name", ["stack", "../elsewhere", "-x", "a b"])
+def test_a_bad_run_name_is_refused_before_any_work(cfg: CompetitionConfig, tmp_path: Path, name: str) -> None:
+    from competition.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="run name"):
+        train_model(_at(cfg, tmp_path), MODEL, "cpu", TINY, run_name=name)
+    assert not (tmp_path / cfg.experiment).exists()

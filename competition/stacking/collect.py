@@ -127,7 +127,7 @@ def align_test(run: Run, test_ids: np.ndarray) -> np.ndarray:
 def collect(paths: Sequence[Path], folds: Folds, test_ids: np.ndarray, test_fingerprint: str) -> Collection:
     """Read, check and align the runs at `paths` against the current folds and test data."""
     runs = [load_run(p) for p in paths]
-    names = [r.path.name for r in runs]
+    names = [r.name for r in runs]
     check_fingerprints(runs, folds, test_fingerprint)
     aligned = [align_oof(r, folds) for r in runs]
     return Collection(
@@ -139,5 +139,5 @@ def collect(paths: Sequence[Path], folds: Folds, test_ids: np.ndarray, test_fing
         test=np.column_stack([align_test(r, np.asarray(test_ids)) for r in runs]),
         folds_fingerprint=folds.fingerprint,
         data_fingerprint={"train": folds.data_fingerprint, "test": test_fingerprint},
-        config_hashes={r.path.name: str(r.meta["config_hash"]) for r in runs},
+        config_hashes={r.name: str(r.meta["config_hash"]) for r in runs},
     )

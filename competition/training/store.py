@@ -200,7 +200,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        return str(self.meta["model"])
+        """The run folder's name (the model's, or `--name`): the stacker's column for this run."""
+        return self.path.name
 
     @property
     def folds_fingerprint(self) -> str:
@@ -216,7 +217,7 @@ def load_run(run_dir: Path | str) -> Run:
     run_dir = Path(run_dir)
     meta_path = run_dir / META_FILE
     if not meta_path.is_file():
-        raise MissingArtefactError(f"{meta_path} not found: the run is not finished; run `make train MODEL={run_dir.name}`")
+        raise MissingArtefactError(f"{meta_path} not found: the run is not finished; run `make train MODEL=<model> NAME={run_dir.name}` (NAME can be left out when it is the model)")
     meta = json.loads(meta_path.read_text())
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:

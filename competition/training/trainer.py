@@ -10,6 +10,7 @@ unit's randomness comes from its own seed, never from the units before it.
 from __future__ import annotations
 
 import platform
+import re
 import shutil
 import sys
 import time
@@ -23,6 +24,7 @@ from sklearn.metrics import log_loss
 from competition.config import CompetitionConfig, apply_overrides, config_hash, parse_overrides, validate
 from competition.console import console, progress, table
 from competition.data.dataset import Dataset
+from competition.errors import ConfigError
 from competition.fingerprint import of_json
 from competition.folds import Folds
 from competition.models.base import Augment, ImageModel, ModelConfig, ModelInputs, PolicyDecision
@@ -78,7 +80,22 @@ def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
     return of_json({"model": model_cfg.model_dump(mode="json"), "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
 
 
-def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str]) -> Plan:
+RESERVED_RUN_NAMES = ("stack", "report", "submissions")  # folders the stacker, the report and bench-quality write
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def run_folder(cfg: CompetitionConfig, model_name: str, run_name: str | None) -> Path:
+    """runs/<experiment>/<run name or model>/: a name lets one model have several runs (policies, seeds) to stack."""
+    name = model_name if run_name is None else run_name
+    if run_name is not None and (not RUN_NAME.fullmatch(run_name) or run_name in RESERVED_RUN_NAMES):
+        raise ConfigError(
+            f"run name (--name) {run_name!r}: expected letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-'), "
+            f"and not one of {', '.join(RESERVED_RUN_NAMES)}"
+        )
+    return cfg.runs_dir / cfg.experiment / name
+
+
+def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str], run_name: str | None = None) -> Plan:
     """Resolve configs (routing overrides), load data and folds, list the units."""
     from competition.data.loader import load_test, load_train  # noqa: PLC0415 - step module
     from competition.folds import load_folds  # noqa: PLC0415
@@ -96,7 +113,7 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     folds = load_folds(cfg, train)
     prints = store.Fingerprints(run_hash(model_cfg, chosen.profile), folds.fingerprint, train.fingerprint, test.fingerprint)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
-    run_dir = cfg.runs_dir / cfg.experiment / model_name
+    run_dir = run_folder(cfg, model_name, run_name)
     return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen))
 
 
@@ -242,21 +259,24 @@ def versions() -> dict[str, str]:
     return found
 
 
-def train_model(cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, fresh: bool = False) -> Path:
+def train_model(
+    cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, fresh: bool = False, run_name: str | None = None
+) -> Path:
     """Train `model_name` on every unit of the folds file; return the run folder.
 
     `overrides` are KEY=VALUE strings routed to the competition config, the profile or the model
-    config (see profiles.route_overrides). `fresh` deletes the model's earlier run first.
+    config (see profiles.route_overrides). `fresh` deletes the run's earlier units first.
+    `run_name` names the run folder (default: the model's name), so variants of one model sit side by side.
     """
     started = time.perf_counter()
-    plan = plan_run(cfg, model_name, profile, overrides)
+    plan = plan_run(cfg, model_name, profile, overrides, run_name)
     if fresh:
         shutil.rmtree(plan.run_dir, ignore_errors=True)
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
     console.print(
-        f"[bold]{model_name}[/]: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
+        f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
         f"{len(plan.units)} units ({len(done)} already finished)"
     )
     with progress() as bar:
@@ -283,6 +303,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
     cv = store.cv_logloss(oof, pd.Series(plan.train.labels, index=plan.train.ids))
     meta = {
         "model": plan.model_name,
+        "run_name": plan.run_dir.name,
         "config": {"model": plan.model_cfg.model_dump(mode="json"), "profile": plan.profile.model_dump(mode="json"), "competition": plan.cfg.model_dump(mode="json")},
         "config_hash": plan.prints.config_hash,
         "competition_config_hash": config_hash(plan.cfg),
@@ -309,9 +330,9 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "curves": {r.unit.name: r.history for r in results},
     }
     store.write_run(plan.run_dir, oof, test, meta)
-    plot_curves(meta["curves"], plan.run_dir / CURVES_FILE, f"{plan.model_name}: CV log loss {cv:.4f}")
+    plot_curves(meta["curves"], plan.run_dir / CURVES_FILE, f"{plan.run_dir.name}: CV log loss {cv:.4f}")
     rows = [(r.unit.name, r.best_epoch, r.logloss, f"{r.timings['fit_s']:.1f}") for r in results]
-    console.print(table(f"{plan.model_name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
+    console.print(table(f"{plan.run_dir.name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
     console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
 
 
