@@ -65,7 +65,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     from competition.report import build_report
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
-    from competition.training.trainer import train_model
+    from competition.training.trainer import train_isolated
 
     cfg, stack_overrides, train_overrides = split_overrides(cfg, overrides)
     scfg, _ = load_stack_config(stack_overrides)
@@ -80,7 +80,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     cvs = {}
     for model in cfg.models:
         with timings.step(f"train {model}"):
-            run_dir = train_model(cfg, model, profile, train_overrides)
+            run_dir = train_isolated(cfg, model, profile, train_overrides)
             cvs[model] = _cv(run_dir)
     with timings.step("stack"):
         summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)

@@ -63,8 +63,8 @@ class GridConfig(Strict):
         return policies
 
 
-class Epochs(Strict):
-    """Epochs per training unit, by what the recipe trains (`top` = top:K)."""
+class PerKind(Strict):
+    """A number per kind of recipe, by what it trains (`top` = top:K): epochs per unit, or early-stopping patience."""
 
     classic: int = Field(ge=1)
     scratch: int = Field(ge=1)
@@ -82,7 +82,8 @@ class Budget(Strict):
     batch_size: int = Field(ge=1)
     seeds: int = Field(1, ge=1)
     tta: list[str] | None = None
-    epochs: Epochs
+    epochs: PerKind
+    patience: PerKind | None = Field(None, description="early-stopping patience per kind of recipe (None: the profile's)")
     recipes: list[str] | None = None
     skip: list[str] = Field(default_factory=list)
     stack: list[str] = Field(default_factory=list)
@@ -109,7 +110,7 @@ class Recipe:
     name: str
     group: str  # a | b | c
     model: str
-    kind: str  # the Epochs field that sets its budget
+    kind: str  # the PerKind field that sets its budget
     overrides: list[str]
 
 
@@ -154,6 +155,8 @@ def budget_overrides(budget: Budget, kind: str) -> list[str]:
     out = [f"epochs={getattr(budget.epochs, kind)}", f"batch_size={budget.batch_size}", f"seeds={budget.seeds}"]
     if budget.tta is not None:
         out.append(f"tta=[{','.join(budget.tta)}]")
+    if budget.patience is not None:
+        out.append(f"patience={getattr(budget.patience, kind)}")
     return out
 
 
@@ -190,12 +193,12 @@ def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path) 
 
 def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budget, trainer_overrides: Sequence[str]) -> dict[str, Any]:
     """Train (or resume) one recipe; its row of the results: budget as run, policy, CV, times, scores."""
-    from competition.training.trainer import train_model
+    from competition.training.trainer import train_isolated
 
     console.rule(f"[bold]({recipe.group}) {recipe.name}")
     overrides = [*budget_overrides(budget, recipe.kind), *recipe.overrides, *trainer_overrides]
     started = time.perf_counter()
-    run_dir = train_model(cfg.model_copy(update={"experiment": exp}), recipe.model, budget.profile, overrides, run_name=recipe.name)
+    run_dir = train_isolated(cfg.model_copy(update={"experiment": exp}), recipe.model, budget.profile, overrides, run_name=recipe.name)
     wall = time.perf_counter() - started
     meta = json.loads((run_dir / "meta.json").read_text())
     units = meta["timings"]["units"].values()
@@ -313,7 +316,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['created']}, {result['wall_s'] / 60:.0f} min). Machine: {result['machine']}.",
         f"Data: {result['data']}; folds file {folds['describe']} (the same for every recipe). Budget `{result['budget_name']}`, "
         f"trainer profile `{b['profile']}`: batch {b['batch_size']}, {b['seeds']} seed(s) per fold, TTA views: {tta}; epochs per unit: "
-        + ", ".join(f"{k} {v}" for k, v in b["epochs"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in b["epochs"].items())
+        + "; early-stopping patience: "
+        + (", ".join(f"{k} {v}" for k, v in b["patience"].items()) if b.get("patience") else "the profile's")
+        + " (each unit keeps its best epoch).",
         "",
         "Best first (by the hidden private score on simulated data, else by CV). (a) the classic Kaggle VGG16 transfer recipe "
         "(all layers trainable, flips + rotation + zoom on images, SGD); (b) a small CNN from scratch with the same augmentation; "

@@ -18,13 +18,14 @@ from sklearn.metrics import log_loss
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 from competition.errors import FingerprintError
 from competition.training import dihedral, store, tta
+from competition.training.profiles import load_profile
 from competition.training.trainer import train_model
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenetv3_small_050"  # a timm architecture by name: built with timm defaults, no YAML needed
-TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false"]
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false", "policy=head"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
 
 @pytest.fixture(scope="module")
 def reference(cfg: CompetitionConfig) -> store.Run:
-    """One uninterrupted run (cpu profile: prefix cached, flips as augmentation, 4 TTA views)."""
+    """One uninterrupted run (cpu profile, policy head: prefix cached, the profile's flips/turns as augmentation)."""
     return store.load_run(train_model(cfg, MODEL, "cpu", TINY))
 
 
@@ -81,9 +82,10 @@ def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig,
     assert meta["folds_fingerprint"] == folds_meta["fingerprint"]
     assert meta["data_fingerprint"] == {"train": load_train(cfg).fingerprint, "test": load_test(cfg).fingerprint}
     assert meta["data_fingerprint"]["train"] == folds_meta["data_fingerprint"]
-    assert meta["policy"] == "head" and meta["policy_source"] == "profile cpu" and meta["weight_source"] == "none" and meta["prefix_cache"]
+    assert meta["policy"] == "head" and meta["policy_source"] == "command line" and meta["weight_source"] == "none" and meta["prefix_cache"]
     assert meta["profile"]["name"] == "cpu" and meta["config"]["model"]["train"]["epochs"] == 2
-    assert "random dihedral view among ['id', 'flip']" in meta["augment"]  # the cpu profile's flip reaches the cached training
+    views = load_profile("cpu").profile.augment.dihedral_support()
+    assert len(views) > 1 and f"random dihedral view among {views}" in meta["augment"]  # the cpu profile's flips reach the cached training
     assert {"torch", "timm", "numpy", "python"} <= set(meta["versions"])
 
 

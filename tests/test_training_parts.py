@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from competition.config import CompetitionConfig
 from competition.errors import ConfigError, FingerprintError, MissingArtefactError
+from competition.models.base import ModelConfig
 from competition.training import dihedral, store
 from competition.training.augment import AugmentConfig, Augmenter, draw, speckle_db, warp
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
@@ -135,11 +137,28 @@ def test_profile_follows_the_hardware_unless_named() -> None:
     gpu = load_profile("gpu", ["epochs=3", "tta=[id, flip]"])
     assert gpu.name == "gpu" and gpu.reason == "named by the user"
     assert gpu.profile.epochs == 3 and gpu.profile.tta == ["id", "flip"]
-    assert len(load_profile("gpu").profile.tta) == 8 and load_profile("cpu").profile.policy == "head"
+    assert len(load_profile("gpu").profile.tta) == 8 and load_profile("cpu", model="vgg16_angle").profile.policy == "head"
     with pytest.raises(ConfigError, match="unknown profile 'tpu'"):
         load_profile("tpu")
     with pytest.raises(ConfigError, match="tta"):
         load_profile("cpu", ["tta=[id, upside_down]"])
+
+
+def test_a_profile_entry_for_one_model_sits_between_the_profile_and_the_command_line(tmp_path: Path) -> None:
+    from competition.training.trainer import run_hash
+
+    (tmp_path / "small.yaml").write_text("epochs: 8\npatience: 3\nper_model:\n  big: [epochs=40, augment.vflip=0.0]\n")
+    assert load_profile("small", profiles_dir=tmp_path).profile.epochs == 8
+    big = load_profile("small", profiles_dir=tmp_path, model="big").profile
+    assert (big.epochs, big.patience, big.augment.vflip) == (40, 3, 0.0)
+    assert load_profile("small", ["epochs=2"], tmp_path, model="big").profile.epochs == 2  # the command line wins
+    assert load_profile("small", profiles_dir=tmp_path, model="other").profile.epochs == 8
+    same = load_profile("small", ["epochs=40", "augment.vflip=0.0"], tmp_path).profile
+    cfg = ModelConfig(name="net", framework="timm", architecture="resnet10t")
+    assert run_hash(cfg, big) == run_hash(cfg, same)  # the entry is hashed by its effect, not its wording
+    (tmp_path / "broken.yaml").write_text("per_model:\n  big: [epochs=zero]\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml \(per_model.big\): key 'epochs'"):
+        load_profile("broken", profiles_dir=tmp_path, model="big")
 
 
 def test_overrides_are_routed_by_their_first_key() -> None:
@@ -223,7 +242,7 @@ def test_run_folder_round_trips_and_refuses_incomplete_or_edited_files(tmp_path)
     run = store.load_run(tmp_path)
     pd.testing.assert_frame_equal(run.oof, oof)
     pd.testing.assert_frame_equal(run.test, test)
-    assert run.name == "m" and run.unit_columns == meta["units"]
+    assert run.name == tmp_path.name and run.meta["model"] == "m" and run.unit_columns == meta["units"]  # a run is named by its folder
     (tmp_path / store.OOF_FILE).write_text((tmp_path / store.OOF_FILE).read_text().replace("id1,", "id7,"))
     with pytest.raises(FingerprintError, match="changed after"):
         store.load_run(tmp_path)
@@ -263,8 +282,10 @@ def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win()
     yaml_cfg = load_model_config("tf_efficientnet_lite0")
     cpu = load_profile("cpu").profile
     merged = merge_profile(yaml_cfg, cpu, [])
-    assert (merged.train.epochs, merged.train.batch_size, merged.policy) == (cpu.epochs, cpu.batch_size, "head")
-    by_user = merge_profile(load_model_config("tf_efficientnet_lite0", ["train.epochs=5"]), cpu, ["train.epochs=5"])
+    assert cpu.policy is None  # the cpu profile leaves small networks their own policy
+    assert (merged.train.epochs, merged.train.batch_size, merged.policy) == (cpu.epochs, cpu.batch_size, yaml_cfg.policy)
+    headed = load_profile("cpu", ["policy=head"]).profile
+    by_user = merge_profile(load_model_config("tf_efficientnet_lite0", ["train.epochs=5"]), headed, ["train.epochs=5"])
     assert by_user.train.epochs == 5 and by_user.policy == "head"
     gpu = load_profile("gpu").profile  # epochs, patience and policy null: the model's own
     assert merge_profile(yaml_cfg, gpu, []).train.epochs == yaml_cfg.train.epochs and merge_profile(yaml_cfg, gpu, []).policy == yaml_cfg.policy

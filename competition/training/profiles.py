@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load, parse_overrides
+from competition.config import CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, parse_overrides, read_yaml, validate
 from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
 from competition.training.dihedral import Variant
@@ -52,6 +52,9 @@ class Profile(Strict):
     cache_prefix: bool = Field(True, description="compute the frozen prefix once per image and view, shared by all folds")
     predict_batch_size: int = Field(128, ge=1)
     save_models: bool = Field(True, description="keep each unit's best weights under units/")
+    per_model: dict[str, list[str]] = Field(
+        default_factory=dict, description="per model name, KEY=VALUE settings of this profile for that model (what the machine affords it)"
+    )
 
     def seed_values(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
@@ -75,8 +78,11 @@ def hardware_profile() -> tuple[ProfileName, str]:
     return "cpu", "no CUDA device found"
 
 
-def load_profile(name: str | None = None, overrides: Sequence[str] = (), profiles_dir: Path = PROFILES_DIR) -> ChosenProfile:
-    """The named profile (or the hardware's), with profile overrides applied and validated."""
+def load_profile(name: str | None = None, overrides: Sequence[str] = (), profiles_dir: Path = PROFILES_DIR, model: str | None = None) -> ChosenProfile:
+    """The named profile (or the hardware's) as it applies to `model`, with profile overrides applied and validated.
+
+    Precedence: command-line overrides > the profile's `per_model:` entry for `model` > the profile's own keys.
+    """
     if name is None:
         name, reason = hardware_profile()
     else:
@@ -85,7 +91,12 @@ def load_profile(name: str | None = None, overrides: Sequence[str] = (), profile
     if not path.is_file():
         known = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
         raise ConfigError(f"unknown profile {name!r}: no {path} (known: {', '.join(known) or 'none'})")
-    return ChosenProfile(name, load(path, Profile, overrides), reason)
+    profile = load(path, Profile, overrides)
+    entry = profile.per_model.get(model, []) if model is not None else []
+    if entry:
+        data = apply_overrides(apply_overrides(read_yaml(path), entry), overrides)
+        profile = validate(Profile, data, f"{path} (per_model.{model})", entry)
+    return ChosenProfile(name, profile, reason)
 
 
 @dataclass(frozen=True)
