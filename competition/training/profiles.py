@@ -1,8 +1,9 @@
 """Hardware profiles (configs/profiles/<name>.yaml): how much training the machine can afford.
 
-`cpu` leans on frozen prefixes computed once (head training, few epochs, two TTA views);
-`gpu` fine-tunes longer with all eight views and mixed precision. The profile is picked from
-the hardware found unless the user names one.
+`cpu` fine-tunes small networks for a few epochs and gives big ones (`per_model:`) a head on a
+frozen prefix computed once; `gpu` fine-tunes longer with all eight views and mixed precision.
+The profile is picked from the hardware found unless the user names one; its `per_model:` entry
+for the model being trained applies on top of it.
 
 Override routing for `competition train MODEL KEY=VALUE ...` (one rule, documented in the README):
 a key whose first part is a `CompetitionConfig` field (experiment, data_dir, ...) goes to the
