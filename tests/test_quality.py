@@ -22,6 +22,7 @@ ARGS = [
     "budget=quick", "recipes=[b,c]", f"grid.models=[{MODEL}]", "grid.policies=[head,top:2,auto]",  # (b) resnet10t + (c) 3 policies
     "weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[8]", "save_models=false",
     "stack.stacker.n_trials=2", "stack.stacker.inner_folds=2", "stack.features.band_stats=false",
+    "budgets.quick.patience={classic: 5, scratch: 4, head: 3, top: 2, all_but_stem: 2, all: 2, auto: 1}",
 ]  # fmt: skip
 OTHER = "<!-- trainer-bench:start -->\n## Trainer\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n<!-- trainer-bench:end -->\n"
 
@@ -78,6 +79,8 @@ def test_every_recipe_row_matches_its_run_and_the_hidden_solution(bench: dict[st
             assert row[usage.lower()] == pytest.approx(_private(cfg, test["id"], test["mean"], usage), rel=1e-6)
     by_name = {r["name"]: r for r in result["recipes"]}
     assert by_name["scratch-resnet10t"]["epochs"] == 1 and by_name[f"{MODEL}-head"]["epochs"] == 4  # the quick budget
+    patience = {name: _meta(row)["config"]["model"]["train"]["patience"] for name, row in by_name.items()}
+    assert patience == {"scratch-resnet10t": 4, f"{MODEL}-head": 3, f"{MODEL}-top2": 2, f"{MODEL}-auto": 1}  # per recipe kind
     assert "rotate, zoom (on images)" in by_name["scratch-resnet10t"]["augment"]  # the classic augmentation
     assert {r["policy_requested"] for r in result["recipes"]} == {"all", "head", "top:2", "auto"}
     assert result["skipped"] == ["classic-vgg16_angle"]
