@@ -71,7 +71,7 @@ kernel-status: setup ## status of the kernel's latest run on Kaggle
 kernel-output: setup ## download the kernel's output into runs/kaggle/output/
 	$(CLI) kernel-output $(ARGS)
 
-bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick", CPU default ~1.5-2 h)
+bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick"; the CPU default: about 1 h from scratch)
 	$(CLI) bench-quality $(ARGS)
 
 all: setup ## the main job: data (simulated when absent), folds, train the configured models, stack, offline score, report

@@ -96,12 +96,12 @@ def test_kill_9_then_resume_trains_only_missing_units_and_matches(cfg: Competiti
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while len(list(units_dir.glob("*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        while len(list(units_dir.glob("r*.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    finished = sorted(p.stem for p in units_dir.glob("*.json"))
+    finished = sorted(p.stem for p in units_dir.glob("r*.json"))  # not a half-written `.r*.tmp.json` the kill left
     assert 2 <= len(finished) < 6, f"finished units {finished} (exit code {proc.returncode}): the kill came too late, or the run failed"
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in units_dir.iterdir() if p.stem in finished}
 
