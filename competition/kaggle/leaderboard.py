@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from rich.table import Table
 
 from competition.atomic import atomic_path
-
 from competition.config import CompetitionConfig
 from competition.console import table
 from competition.errors import DataError

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from competition.config import CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, parse_overrides, read_yaml, validate
+from competition.config import CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, parse_overrides, read_yaml, validate
 from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
 from competition.training.dihedral import Variant
@@ -92,11 +92,11 @@ def load_profile(name: str | None = None, overrides: Sequence[str] = (), profile
     if not path.is_file():
         known = sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
         raise ConfigError(f"unknown profile {name!r}: no {path} (known: {', '.join(known) or 'none'})")
-    profile = load(path, Profile, overrides)
+    raw = read_yaml(path)
+    profile = validate(Profile, apply_overrides(raw, overrides), str(path), overrides)
     entry = profile.per_model.get(model, []) if model is not None else []
     if entry:
-        data = apply_overrides(apply_overrides(read_yaml(path), entry), overrides)
-        profile = validate(Profile, data, f"{path} (per_model.{model})", entry)
+        profile = validate(Profile, apply_overrides(apply_overrides(raw, entry), overrides), f"{path} (per_model.{model})", entry)
     return ChosenProfile(name, profile, reason)
 
 

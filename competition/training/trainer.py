@@ -278,7 +278,7 @@ def train_isolated(
         except BrokenProcessPool:
             raise UserError(
                 f"training {run_name or model_name}: its process died without an error message (out of memory?); "
-                f"finished units are kept: `make train MODEL={model_name}` resumes and shows what happens"
+                f"finished units are kept: `make train MODEL={model_name}{'' if run_name is None else f' NAME={run_name}'}` resumes and shows what happens"
             ) from None
 
 
