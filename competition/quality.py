@@ -30,6 +30,7 @@ from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
 from competition.console import console, table
 from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
+from competition.training.store import SUBMISSIONS_FOLDER
 
 QUALITY_CONFIG = CONFIG_DIR / "quality.yaml"
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
@@ -203,7 +204,7 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     meta = json.loads((run_dir / "meta.json").read_text())
     units = meta["timings"]["units"].values()
     test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
-    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / "submissions" / f"{recipe.name}.csv", cfg.solution_csv)
+    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", cfg.solution_csv)
     train_cfg = meta["config"]["model"]["train"]
     return {
         **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
@@ -224,7 +225,7 @@ def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Bud
     console.rule("[bold](d) blenders and stacker on the (c) runs")
     scfg, _ = load_stack_config([*(PREFIX + o for o in budget.stack), *stack_overrides])
     scfg = scfg.model_copy(update={"runs": runs})
-    scfg_cfg = cfg.model_copy(update={"experiment": exp, "submissions_dir": cfg.runs_dir / exp / "submissions"})
+    scfg_cfg = cfg.model_copy(update={"experiment": exp, "submissions_dir": cfg.runs_dir / exp / SUBMISSIONS_FOLDER})
     started = time.perf_counter()
     summary = run_stack(scfg_cfg, scfg, train, test)
     wall = time.perf_counter() - started
@@ -233,7 +234,7 @@ def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Bud
     for name, rec in summary["methods"].items():
         if rec["kind"] == "single":
             continue
-        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / "submissions" / f"method-{name}.csv", cfg.solution_csv)
+        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"method-{name}.csv", cfg.solution_csv)
         rows.append({"name": name, "group": "d", "kind": rec["kind"], "cv_logloss": rec["cv_mean"], "cv_std": rec["cv_std"],
                      "eps": rec["eps"], **(scores or {"public": None, "private": None})})  # fmt: skip
     return rows, wall

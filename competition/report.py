@@ -18,6 +18,7 @@ from competition.atomic import write_text
 from competition.config import CompetitionConfig
 from competition.errors import MissingArtefactError
 from competition.plots import pyplot, save_figure
+from competition.training.store import REPORT_FOLDER
 
 
 def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
@@ -137,7 +138,7 @@ def build_report(cfg: CompetitionConfig) -> Path:
     from competition.stacking.settings import stack_dir
 
     exp_dir = cfg.runs_dir / cfg.experiment
-    out = exp_dir / "report"
+    out = exp_dir / REPORT_FOLDER
     stack = stack_dir(cfg.runs_dir, cfg.experiment)
     if not (stack / "summary.json").is_file():
         raise MissingArtefactError(f"{stack / 'summary.json'} not found: run `make stack` first")

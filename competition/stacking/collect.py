@@ -18,9 +18,8 @@ import pandas as pd
 
 from competition.errors import DataError, FingerprintError, MissingArtefactError
 from competition.folds import Folds
-from competition.training.store import META_FILE, OOF_FILE, TEST_FILE, Run, load_run
+from competition.training.store import META_FILE, OOF_FILE, STACK_FOLDER, TEST_FILE, Run, load_run
 
-STACK_FOLDER = "stack"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from competition.config import CONFIG_DIR, Strict, load
+from competition.training.store import STACK_FOLDER
 
 STACK_CONFIG = CONFIG_DIR / "stack.yaml"
 PREFIX = "stack."  # command-line overrides of configs/stack.yaml carry this prefix
@@ -67,7 +68,7 @@ class StackConfig(Strict):
 
 def stack_dir(runs_dir: Path, experiment: str) -> Path:
     """runs/<experiment>/stack: the stacker's outputs (never mistaken for a model run)."""
-    return runs_dir / experiment / "stack"
+    return runs_dir / experiment / STACK_FOLDER
 
 
 def load_stack_config(overrides: Sequence[str], path: Path = STACK_CONFIG) -> tuple[StackConfig, list[str]]:

@@ -26,6 +26,8 @@ from competition.atomic import atomic_path, write_json
 from competition.errors import FingerprintError, MissingArtefactError
 
 OOF_FILE, TEST_FILE, META_FILE, UNITS_DIR = "oof.csv", "test.csv", "meta.json", "units"
+# Folders beside the runs in runs/<experiment>/ (stacker, report, bench-quality's scored CSVs): never run names.
+STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER = "stack", "report", "submissions"
 OOF_COLUMNS = ["id", "repeat", "fold", "prediction"]
 REQUIRED_META = (
     "model", "config", "config_hash", "folds_fingerprint", "data_fingerprint", "weight_source", "policy",

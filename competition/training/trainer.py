@@ -80,7 +80,7 @@ def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
     return of_json({"model": model_cfg.model_dump(mode="json"), "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
 
 
-RESERVED_RUN_NAMES = ("stack", "report", "submissions")  # folders the stacker, the report and bench-quality write
+RESERVED_RUN_NAMES = (store.STACK_FOLDER, store.REPORT_FOLDER, store.SUBMISSIONS_FOLDER)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
