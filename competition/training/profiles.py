@@ -68,15 +68,38 @@ class ChosenProfile:
     reason: str
 
 
+def _runs_on(arch: str, major: int, minor: int) -> bool:
+    """Whether code built for `arch` (sm_XY: binary, same major and lower minor runs; compute_XY: PTX, newer devices JIT it) runs on the device."""
+    kind, _, digits = arch.partition("_")
+    if not digits.isdigit() or len(digits) < 2:
+        return False
+    a_major, a_minor = int(digits[:-1]), int(digits[-1])
+    if kind == "sm":
+        return a_major == major and a_minor <= minor
+    return kind == "compute" and (a_major, a_minor) <= (major, minor)
+
+
 def hardware_profile() -> tuple[ProfileName, str]:
-    """`gpu` when torch sees CUDA, else `cpu` (torch imported here only, lazily)."""
+    """`gpu` when torch can run on the CUDA device found, else `cpu`, with the reason (torch imported here only, lazily).
+
+    A device whose compute capability is not among the torch build's architectures (Kaggle's P100,
+    sm_60, under a torch built for sm_75 and later) counts as none: torch would fail on it.
+    """
     try:
         import torch  # noqa: PLC0415 - heavy; only the trainer needs it
     except ImportError:
         return "cpu", "torch is not installed"
-    if torch.cuda.is_available():
-        return "gpu", f"CUDA device found ({torch.cuda.get_device_name(0)})"
-    return "cpu", "no CUDA device found"
+    if not torch.cuda.is_available():
+        return "cpu", "no CUDA device found"
+    name = torch.cuda.get_device_name(0)
+    major, minor = torch.cuda.get_device_capability(0)
+    arch = f"sm_{major}{minor}"
+    built = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    runs = any(_runs_on(a, major, minor) for a in torch.cuda.get_arch_list())
+    if built and not runs:
+        span = built[0] if len(built) == 1 else f"{built[0]}..{built[-1]}"
+        return "cpu", f"CUDA device {name} ({arch}) is not supported by this torch build ({span}); using cpu"
+    return "gpu", f"CUDA device found ({name}, {arch})"
 
 
 def load_profile(name: str | None = None, overrides: Sequence[str] = (), profiles_dir: Path = PROFILES_DIR, model: str | None = None) -> ChosenProfile:
