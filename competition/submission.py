@@ -8,6 +8,8 @@ what the ledger needs (experiment, method, CV, eps, fingerprints).
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from competition.atomic import atomic_path, write_json
 from competition.errors import DataError, MissingArtefactError
 
 HEADER = "id,is_iceberg"
+COLUMNS = ("id", "is_iceberg")
 SHOWN = 5  # offending rows named per problem
 
 
@@ -31,12 +34,88 @@ def sample_ids(sample_submission: Path) -> np.ndarray:
     """The test ids every submission must hold, in the sample submission's order."""
     if not Path(sample_submission).is_file():
         raise MissingArtefactError(f"{sample_submission} not found: run `make data` (or `make simulate`) first")
-    return pd.read_csv(sample_submission, dtype=str, keep_default_na=False)["id"].to_numpy()
+    return read_table(Path(sample_submission), f"{sample_submission} (the sample submission)")["id"].to_numpy()
+
+
+def _decode(raw: bytes, label: str) -> str:
+    """The file's text: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SubmissionError(f"{label}: UTF-16 text (Excel's 'Unicode Text'): save it as 'CSV UTF-8 (comma delimited)'")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{label}: not UTF-8 text (byte {exc.start + 1}): save it as 'CSV UTF-8 (comma delimited)'") from None
+
+
+def _check_header(header: list[str], first_line: str, label: str) -> None:
+    """Kaggle matches the columns by name, in either order; anything else is refused with what to change."""
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        sep = "semicolons" if ";" in header[0] else "tabs"
+        raise SubmissionError(
+            f"{label}: line 1: columns separated by {sep} ({first_line!r}): save it as CSV with commas "
+            "(in Excel: 'CSV UTF-8 (comma delimited)'; decimals with a point: 0.5, not 0,5)"
+        )
+    if len(header) > len(COLUMNS) and (header[0] == "" or header[0].startswith("Unnamed: ")):
+        if first_line.startswith('""'):
+            raise SubmissionError(f"{label}: line 1: the first column has no name ({first_line!r}): R's row names; write it with row.names = FALSE")
+        raise SubmissionError(f"{label}: line 1: the first column is a row index ({first_line!r}): pandas' index; write it with index=False")
+    twice = sorted({h for h in header if header.count(h) > 1})
+    missing = [c for c in COLUMNS if c not in header]
+    extra = [h for h in header if h not in COLUMNS]
+    if not (twice or missing or extra):
+        return
+    changes = [f"name column {h!r} once" for h in twice]
+    for name in extra:
+        near = next((c for c in missing if name.strip().lower() == c), None)
+        if near is not None:
+            missing.remove(near)
+            changes.append(f"rename {name!r} to {near!r}")
+        else:
+            changes.append(f"remove column {name!r}")
+    changes += [f"add column {c!r}" for c in missing]
+    raise SubmissionError(
+        f"{label}: line 1: the header must name the columns {HEADER} (in either order), got {first_line!r}: " + "; ".join(changes)
+    )
+
+
+def read_table(path: Path, label: str) -> pd.DataFrame:
+    """A submission-shaped CSV read as Kaggle's reader reads it: columns `id`, `is_iceberg` (strings, as
+    written) and `line` (the row's line in the file). Accepted: a UTF-8 byte-order mark, quoted fields,
+    CRLF line ends, the two columns in either order, a missing final newline, blank lines. Refused with
+    what to change: other separators, an index or row-name column, other column names, rows with
+    another number of fields, broken quoting."""
+    text = _decode(Path(path).read_bytes(), label)
+    if not text.strip():
+        raise SubmissionError(f"{label}: empty file: expected the header {HEADER!r} and one row per test id")
+    first_line = text.splitlines()[0]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        header = next(reader)
+        for row in reader:
+            if row:
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise SubmissionError(f"{label}: line {reader.line_num}: not readable as CSV ({exc}): check the quotes on that line") from None
+    _check_header(header, first_line, label)
+    wrong = [(line, len(row)) for line, row in zip(lines, rows) if len(row) != len(header)]
+    if wrong:
+        shown = ", ".join(f"line {line} ({n} field{'s' if n != 1 else ''})" for line, n in wrong[:SHOWN])
+        more = f" and {len(wrong) - SHOWN} more" if len(wrong) > SHOWN else ""
+        hint = "; decimal commas? write 0.5, not 0,5" if any(n > len(header) for _, n in wrong) else ""
+        raise SubmissionError(f"{label}: {len(wrong)} rows do not have the header's {len(header)} fields: {shown}{more}{hint}")
+    columns = [header.index(c) for c in COLUMNS]
+    return pd.DataFrame(
+        {"id": [r[columns[0]] for r in rows], "is_iceberg": [r[columns[1]] for r in rows], "line": np.asarray(lines, dtype=np.int64)}
+    )
 
 
 def _rows(lines: pd.Series, frame: pd.DataFrame) -> str:
     """'line 3 (id 'ab12')' for the first offending rows (line 1 is the header)."""
-    shown = [f"line {i + 2} (id {frame['id'].iloc[i]!r})" for i in lines.index[:SHOWN]]
+    numbers = frame["line"] if "line" in frame else pd.Series(frame.index + 2, index=frame.index)
+    shown = [f"line {numbers.loc[i]} (id {frame['id'].loc[i]!r})" for i in lines.index[:SHOWN]]
     more = f" and {len(lines) - SHOWN} more" if len(lines) > SHOWN else ""
     return ", ".join(shown) + more
 
@@ -56,10 +135,12 @@ def problems(frame: pd.DataFrame, expected_ids: np.ndarray) -> list[str]:
         found.append(f"{len(missing)} test ids are missing, e.g. {', '.join(repr(m) for m in missing[:SHOWN])}")
     raw = frame["is_iceberg"].str.strip()
     values = pd.to_numeric(raw, errors="coerce")
-    not_number = raw[values.isna() & ~raw.str.lower().isin(["nan", "", "-nan"])]
+    empty = raw.str.lower().isin(["nan", "", "-nan", "na"])
+    not_number = raw[values.isna() & ~empty]
     if len(not_number):
-        found.append(f"is_iceberg is not a number: {_rows(not_number, frame)}")
-    nan = raw[values.isna() & raw.str.lower().isin(["nan", "", "-nan"])]
+        comma = " (decimal commas: write 0.5, not 0,5)" if not_number.str.contains(",", regex=False).any() else ""
+        found.append(f"is_iceberg is not a number{comma}: {_rows(not_number, frame)}")
+    nan = raw[values.isna() & empty]
     if len(nan):
         found.append(f"is_iceberg is empty or NaN: {_rows(nan, frame)}")
     outside = values[values.notna() & ~values.between(0.0, 1.0)]
@@ -78,15 +159,10 @@ def validate_submission(path: Path | str, sample_submission: Path | str) -> int:
 
 
 def _validate(path: Path, expected_ids: np.ndarray, label: str) -> int:
-    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-        header = fh.readline().rstrip("\r\n")
-    if header != HEADER:
-        raise SubmissionError(f"{label}: line 1: header must be exactly {HEADER!r}, got {header!r}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SubmissionError(f"{label}: not a readable CSV of two columns ({exc})") from None
+    frame = read_table(path, label)
     found = problems(frame, expected_ids)
+    if found and len(frame) and frame["is_iceberg"].isin(pd.Index(expected_ids)).mean() > 0.5:
+        found.insert(0, "the values under 'is_iceberg' are test ids: the header names the two columns in the other order than the rows hold them")
     if found:
         raise SubmissionError(f"{label}: not a valid submission:\n  - " + "\n  - ".join(found))
     return len(frame)

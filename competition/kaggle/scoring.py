@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from competition.errors import DataError
+from competition.submission import read_table
 
 KAGGLE_EPS = 1e-15
 USAGES = ("Public", "Private", "Ignored")
@@ -52,17 +53,20 @@ def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
 
 
 def read_submission(path: Path) -> pd.DataFrame:
-    """A submission as Kaggle checks it: `id,is_iceberg`, unique ids, probabilities in [0, 1]."""
-    sub = _read_csv(path, ("id", "is_iceberg"), "submission")
+    """A submission as Kaggle reads it (quotes, byte-order mark, CRLF, columns in either order: see
+    `competition.submission.read_table`): unique ids, probabilities in [0, 1]."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: submission not found")
+    sub = read_table(Path(path), str(path))
     dup = sub["id"][sub["id"].duplicated()]
     if len(dup):
-        raise DataError(f"{path}: id {dup.iloc[0]!r} appears more than once")
-    values = pd.to_numeric(sub["is_iceberg"], errors="coerce")
+        raise DataError(f"{path}: line {sub['line'][dup.index[0]]}: id {dup.iloc[0]!r} appears more than once")
+    values = pd.to_numeric(sub["is_iceberg"].str.strip(), errors="coerce")
     bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: row {row + 2} (id {sub['id'].iloc[row]!r}), field 'is_iceberg': {sub['is_iceberg'].iloc[row]!r} is not a probability in [0, 1]")
-    return sub.assign(is_iceberg=values.astype(np.float64))
+        raise DataError(f"{path}: line {sub['line'].iloc[row]} (id {sub['id'].iloc[row]!r}), field 'is_iceberg': {sub['is_iceberg'].iloc[row]!r} is not a probability in [0, 1]")
+    return sub.drop(columns="line").assign(is_iceberg=values.astype(np.float64))
 
 
 def read_solution(path: Path) -> pd.DataFrame:
@@ -78,12 +82,17 @@ def score_submission(submission: Path, solution: Path) -> Score:
     """Score like Kaggle: every solution id must be predicted; Ignored rows do not count."""
     sub = read_submission(submission).set_index("id")
     sol = read_solution(solution).set_index("id")
+    if sol.index.duplicated().any():
+        raise DataError(f"{solution}: id {sol.index[sol.index.duplicated()][0]!r} appears more than once in the solution file")
     missing = sol.index.difference(sub.index)
-    if len(missing):
-        raise DataError(f"{submission}: {len(missing)} test id(s) missing, e.g. {missing[0]!r}")
     extra = sub.index.difference(sol.index)
-    if len(extra):
-        raise DataError(f"{submission}: {len(extra)} id(s) not in the test set, e.g. {extra[0]!r}")
+    if len(missing) or len(extra):
+        parts = [f"{len(missing)} test id(s) of the solution missing, e.g. {missing[0]!r}" if len(missing) else "",
+                 f"{len(extra)} id(s) not in the solution, e.g. {extra[0]!r}" if len(extra) else ""]  # fmt: skip
+        raise DataError(
+            f"{submission}: its ids are not the ids of the hidden solution {solution} ({'; '.join(p for p in parts if p)}): "
+            "it was made for other test data than the one this solution belongs to"
+        )
     joined = sol.join(sub.rename(columns={"is_iceberg": "prediction"}))
     parts = {usage: joined[joined["Usage"] == usage] for usage in ("Public", "Private")}
     for usage, rows in parts.items():
