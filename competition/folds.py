@@ -7,6 +7,7 @@ stacker refuses tables made on different folds.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ from competition import fingerprint
 from competition.atomic import atomic_path, write_json
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
-from competition.errors import FingerprintError, MissingArtefactError
+from competition.errors import DataError, FingerprintError, MissingArtefactError
+
+MIN_INNER_MEMBERS = 2  # of each class in every outer training part: the blenders' and the stacker's inner split
+CLASS_NAMES = {0: "ships", 1: "icebergs"}
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,101 @@ def angle_groups(angle: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1]
 
 
-def assign_folds(data: Dataset, params: FoldsConfig) -> pd.DataFrame:
-    """Stratified (optionally angle-grouped) fold of every training id for every repeat."""
+def members_needed(k: int) -> int:
+    """Fewest members a class needs with k outer folds: one in every fold, and at least
+    MIN_INNER_MEMBERS left in every outer training part (c - ceil(c / k) of them)."""
+    c = k
+    while c - math.ceil(c / k) < MIN_INNER_MEMBERS:
+        c += 1
+    return c
+
+
+def _workable_k(counts: list[int], below: int, limit: int | None = None) -> int | None:
+    """The largest k < `below` (and <= `limit`) with which every class has the members it needs."""
+    top = below - 1 if limit is None else min(below - 1, limit)
+    return next((k for k in range(top, 1, -1) if all(c >= members_needed(k) for c in counts)), None)
+
+
+def _remedy(counts: list[int], k: int) -> str:
+    """What to do: a smaller folds.k that works, else more images of the short class."""
+    better = _workable_k(counts, k)
+    if better is not None:
+        return f"use folds.k={better} (e.g. `competition folds folds.k={better}`)"
+    best_k = min(range(2, 11), key=members_needed)
+    short = CLASS_NAMES[int(np.argmin(counts))]
+    return f"no folds.k works with so few: add labelled {short} (the flow needs at least {members_needed(best_k)} of each class, with folds.k={best_k})"
+
+
+def check_learnable(data: Dataset, params: FoldsConfig, source: str = "train.json") -> None:
+    """Refuse, with one line naming the problem and what to do, training data the flow cannot learn
+    from: no images, one class only, a class with fewer members than folds or than nested CV needs
+    (each outer training part must keep MIN_INNER_MEMBERS of each class for the inner splits), and
+    with `group_by_angle` fewer distinct angles than folds."""
     if data.labels is None:
-        raise ValueError("folds need a labelled (training) dataset")
+        raise DataError(f"{source}: no is_iceberg labels; folds need the labelled training data")
+    n, k = len(data), params.k
+    if n == 0:
+        raise DataError(f"{source}: holds no training images; the flow needs labelled images of both classes (is_iceberg 0 and 1)")
+    labels = np.asarray(data.labels, dtype=np.int64)
+    counts = [int((labels == v).sum()) for v in (0, 1)]
+    present = [v for v in (0, 1) if counts[v]]
+    if len(present) == 1:
+        v = present[0]
+        who = "the only training image has" if n == 1 else f"every one of the {n} training images has"
+        raise DataError(
+            f"{source}: {who} is_iceberg {v}; the flow needs both classes: add labelled {CLASS_NAMES[1 - v]} (is_iceberg {1 - v})"
+        )
+    v = int(np.argmin(counts))
+    c = counts[v]
+    if c < k:
+        raise DataError(
+            f"{source}: only {c} of the {n} training images {'has' if c == 1 else 'have'} is_iceberg {v} ({CLASS_NAMES[v]}), fewer than folds.k={k}: "
+            f"every fold needs one of each class; {_remedy(counts, k)}"
+        )
+    left = c - math.ceil(c / k)
+    if left < MIN_INNER_MEMBERS:
+        raise DataError(
+            f"{source}: the {c} training images with is_iceberg {v} ({CLASS_NAMES[v]}) leave only {left} in an outer training part "
+            f"with folds.k={k}, and the blenders and the stacker need at least {MIN_INNER_MEMBERS} of each class there for their "
+            f"inner split (with folds.k={k} each class needs at least {members_needed(k)}); {_remedy(counts, k)}"
+        )
+    if params.group_by_angle:
+        groups = len(np.unique(angle_groups(data.angle)))
+        if groups < k:
+            better = _workable_k(counts, k + 1, groups)
+            fix = f"use folds.k={better} or folds.group_by_angle=false" if better is not None else "use folds.group_by_angle=false"
+            raise DataError(
+                f"{source}: the {n} training images have only {groups} distinct incidence angles (a missing angle counts as its own), "
+                f"fewer than folds.k={k}, and folds.group_by_angle: true keeps each angle in one fold; {fix}"
+            )
+
+
+def check_assignment(labels: np.ndarray, fold: np.ndarray, params: FoldsConfig, repeat: int, source: str = "train.json") -> None:
+    """Refuse a split (possible with `group_by_angle`, where whole scenes move together) that leaves a
+    fold empty or an outer training part with fewer than MIN_INNER_MEMBERS of a class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    grouping = " with folds.group_by_angle: true" if params.group_by_angle else ""
+    fix = "use folds.group_by_angle=false" if params.k == 2 else "use a smaller folds.k"
+    if params.group_by_angle and params.k > 2:
+        fix += " or folds.group_by_angle=false"
+    for f in range(params.k):
+        if not (fold == f).any():
+            raise DataError(f"{source}: folds.k={params.k}{grouping} leaves fold {f} of repeat {repeat} empty (too few distinct angles); {fix}")
+        for v in (0, 1):
+            left = int(((fold != f) & (labels == v)).sum())
+            if left < MIN_INNER_MEMBERS:
+                raise DataError(
+                    f"{source}: folds.k={params.k}{grouping} leaves only {left} images with is_iceberg {v} ({CLASS_NAMES[v]}) outside "
+                    f"fold {f} of repeat {repeat} (that class shares few angles), and the blenders and the stacker need at least "
+                    f"{MIN_INNER_MEMBERS} of each class in an outer training part; {fix}"
+                )
+
+
+def assign_folds(data: Dataset, params: FoldsConfig, source: str = "train.json") -> pd.DataFrame:
+    """Stratified (optionally angle-grouped) fold of every training id for every repeat; data the
+    flow cannot learn from is refused first (`check_learnable`)."""
+    check_learnable(data, params, source)
+    assert data.labels is not None
     frames = []
     for r in range(params.repeats):
         fold = np.empty(len(data), dtype=np.int16)
@@ -79,6 +174,7 @@ def assign_folds(data: Dataset, params: FoldsConfig) -> pd.DataFrame:
             splits = splitter.split(data.images[:, 0, 0, 0], data.labels)
         for f, (_, held_out) in enumerate(splits):
             fold[held_out] = f
+        check_assignment(data.labels, fold, params, r, source)
         frames.append(pd.DataFrame({"id": data.ids, "repeat": r, "fold": fold}))
     return pd.concat(frames, ignore_index=True)
 
@@ -92,13 +188,15 @@ def folds_fingerprint(data: Dataset, params: FoldsConfig) -> str:
     )
 
 
-def make_folds(data: Dataset, params: FoldsConfig) -> Folds:
-    return Folds(assign_folds(data, params), params, folds_fingerprint(data, params), data.fingerprint)
+def make_folds(data: Dataset, params: FoldsConfig, source: str = "train.json") -> Folds:
+    """The folds of `data`; `source` names the training file in refusals (`check_learnable`)."""
+    return Folds(assign_folds(data, params, source), params, folds_fingerprint(data, params), data.fingerprint)
 
 
 def write_folds(data: Dataset, cfg: CompetitionConfig) -> Folds:
-    """Write folds.csv and then folds.json (the json, written last, marks the pair complete)."""
-    folds = make_folds(data, cfg.folds)
+    """Write folds.csv and then folds.json (the json, written last, marks the pair complete);
+    nothing is written for data the flow cannot learn from."""
+    folds = make_folds(data, cfg.folds, Path(cfg.train_json).name)
     with atomic_path(cfg.folds_csv) as tmp:
         folds.table.to_csv(tmp, index=False)
     write_json(
@@ -126,8 +224,11 @@ def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
             f"{cfg.folds_json} was made from training data {meta['data_fingerprint']}, "
             f"but {cfg.train_json} is now {data.fingerprint}: run `make folds` again"
         )
+    params = FoldsConfig(**meta["params"])
+    if data is not None:
+        check_learnable(data, params, Path(cfg.train_json).name)  # a folds file written before this check existed
     table = pd.read_csv(cfg.folds_csv, dtype={"id": str, "repeat": np.int16, "fold": np.int16})
-    return Folds(table, FoldsConfig(**meta["params"]), meta["fingerprint"], meta["data_fingerprint"])
+    return Folds(table, params, meta["fingerprint"], meta["data_fingerprint"])
 
 
 def ensure_folds(data: Dataset, cfg: CompetitionConfig) -> tuple[Folds, bool]:
