@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from competition.errors import ConfigError
 from competition.fingerprint import of_json
@@ -55,15 +55,25 @@ class CompetitionConfig(Strict):
 
     slug: str = "statoil-iceberg-classifier-challenge"
     experiment: str = "baseline"
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")  # the competition's files as they are (plain, .7z, zip); only read, never written by the flow
+    work_dir: Path = Path("data")  # the harness's own derived files: cache/ (parsed arrays, extracted archives), folds; null: data_dir
     runs_dir: Path = Path("runs")
     submissions_dir: Path = Path("submissions")
     models: list[str] = Field(default_factory=lambda: ["vgg16_angle", "tf_efficientnet_lite0", "mobilenetv2_100"], min_length=1)
     simulate: SimulateConfig = SimulateConfig()
     folds: FoldsConfig = FoldsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _work_dir_default(cls, data: Any) -> Any:
+        """An absent or null `work_dir` is `data_dir` (configs/competition.yaml keeps them apart)."""
+        if isinstance(data, dict) and data.get("work_dir") is None:
+            return {**data, "work_dir": data.get("data_dir", "data")}
+        return data
+
     @property
     def train_json(self) -> Path:
+        """Where `make simulate` and `make data` write the plain training file; readers use competition.data.files."""
         return self.data_dir / "train.json"
 
     @property
@@ -81,15 +91,15 @@ class CompetitionConfig(Strict):
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.work_dir / "cache"
 
     @property
     def folds_csv(self) -> Path:
-        return self.data_dir / "folds.csv"
+        return self.work_dir / "folds.csv"
 
     @property
     def folds_json(self) -> Path:
-        return self.data_dir / "folds.json"
+        return self.work_dir / "folds.json"
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:

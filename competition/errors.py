@@ -6,6 +6,8 @@ subclass of `UserError`; everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
+
 
 class UserError(Exception):
     """A problem the user can fix; printed without a traceback."""
@@ -29,7 +31,17 @@ class MissingArtefactError(UserError):
     """A step needs a file that an earlier step has not written yet."""
 
 
+def as_json(value: object, limit: int = 60) -> str:
+    """A value as JSON writes it (null, true, "text"), shortened to about `limit` characters, for messages
+    about data the user handed in (which is JSON, not Python)."""
+    try:
+        text = json.dumps(value, allow_nan=True, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def record_error(path: str, index: int, record_id: object, field: str, problem: str) -> DataError:
     """Build the one message format every record-level check uses."""
-    rid = f"id {record_id!r}" if record_id is not None else "no id"
+    rid = f"id {as_json(record_id)}" if record_id is not None else "no id"
     return DataError(f"{path}: record {index} ({rid}), field '{field}': {problem}")

@@ -1,7 +1,8 @@
 """`make all`: the whole flow in one command, with the wall time of every step.
 
-It uses the competition files in `data_dir` when they exist (real data after `make data`, or an
-earlier simulation) and simulates the embedded default when there are none. Every step resumes:
+It uses the competition files in `data_dir` when they exist, plain or as Kaggle's archives (real
+data after `make data` or a download, an earlier simulation, or a user's own files), says first
+which data it runs on, and simulates the embedded default only into a folder that holds none. Every step resumes:
 finished folds, training units and Optuna trials are reused, so a second `make all` is quick.
 On simulated data the submission is scored offline against the hidden solution; on real data
 it is validated and left for `make submit`, since Kaggle counts every submission.
@@ -19,6 +20,7 @@ from typing import Any
 
 from competition.config import CompetitionConfig, apply_overrides, validate
 from competition.console import console, table
+from competition.errors import MissingArtefactError
 
 
 @dataclass
@@ -47,19 +49,32 @@ def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[C
     return cfg, stack, [o for o in rest if o not in ours]
 
 
-def ensure_data(cfg: CompetitionConfig) -> str:
-    """Use the competition files that are there; simulate the embedded default when there are none."""
-    if cfg.train_json.is_file() and cfg.test_json.is_file() and cfg.sample_submission.is_file():
-        return "simulated (existing files)" if cfg.solution_csv.is_file() else "existing files (real or your own)"
+def ensure_data(cfg: CompetitionConfig) -> None:
+    """Use the competition files in `data_dir` (plain or archived); simulate the embedded default only
+    into a folder that holds none. A folder with some but not all of the files is an error."""
+    from competition.data import files
+
+    found = files.locate(cfg.data_dir)
+    if found:
+        missing = [name for name in files.NAMES if name not in found]
+        if missing:
+            raise MissingArtefactError(files.missing_message(cfg, missing))
+        return
     from competition.simulate import write_simulated
 
-    console.print(f"no competition data in {cfg.data_dir}/: simulating the embedded default (`make data` fetches the real one)")
+    console.print(f"no competition data in {cfg.data_dir}/: simulating the embedded default there (`make data` fetches the real one)")
     write_simulated(cfg)
-    return "simulated now"
+
+
+def data_statement(cfg: CompetitionConfig, data: dict[str, str]) -> str:
+    """One line saying which data a run uses: simulated or real, where, fingerprints."""
+    what = "simulated competition (offline scoring on its hidden solution)" if data["kind"] == "simulated" else "real data (no offline scoring)"
+    return f"data: {what} in {data['dir']} (train {data['train']}, test {data['test']})"
 
 
 def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str | None = None) -> dict[str, Any]:
     """data -> folds -> train each model -> stack -> (offline) submit -> report; returns what it did."""
+    from competition.data.files import describe
     from competition.data.loader import load_test, load_train
     from competition.folds import ensure_folds
     from competition.report import build_report
@@ -72,8 +87,10 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     started = time.perf_counter()
     timings = Timings()
     with timings.step("data"):
-        source = ensure_data(cfg)
+        ensure_data(cfg)
         train, test = load_train(cfg), load_test(cfg)
+        source = describe(cfg, train.fingerprint, test.fingerprint)
+        console.print(data_statement(cfg, source))
     with timings.step("folds"):
         folds, written = ensure_folds(train, cfg)
         console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
@@ -85,7 +102,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     with timings.step("stack"):
         summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)
     with timings.step("submit"):
-        scores = _submit_offline(cfg, Path(summary["submission"]))
+        scores = _submit_offline(cfg, Path(summary["submission"]), test.fingerprint)
     with timings.step("report"):
         report = build_report(cfg)
     result = {"data": source, "models": cvs, "summary": summary, "scores": scores, "report": str(report),
@@ -98,9 +115,11 @@ def _cv(run_dir: Path) -> float:
     return float(json.loads((run_dir / "meta.json").read_text())["cv_logloss"])
 
 
-def _submit_offline(cfg: CompetitionConfig, submission: Path) -> tuple[float, float] | None:
-    """Score on the hidden solution (simulated data only) and record it in the ledger."""
-    if not cfg.solution_csv.is_file():
+def _submit_offline(cfg: CompetitionConfig, submission: Path, test_fingerprint: str) -> tuple[float, float] | None:
+    """Score on the hidden solution (simulated data it belongs to only) and record it in the ledger."""
+    from competition.data.files import simulated_solution
+
+    if simulated_solution(cfg, test_fingerprint) is None:
         console.print(f"real data: {submission} is validated; send it with `make submit` (Kaggle counts every submission)")
         return None
     from competition.kaggle.submit import submit

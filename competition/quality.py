@@ -28,6 +28,7 @@ from competition.atomic import atomic_path, write_json
 from competition.benchmark_doc import replace_section
 from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
 from competition.console import console, table
+from competition.data.files import simulated_solution
 from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
 from competition.training.store import SUBMISSIONS_FOLDER
@@ -180,11 +181,11 @@ def choose_budget(q: QualityConfig) -> tuple[str, Budget]:
     return name, q.budgets[name]
 
 
-def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path) -> dict[str, float] | None:
-    """Write `id,is_iceberg` and score it with the Kaggle scorer (None when there is no hidden solution)."""
+def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path | None) -> dict[str, float] | None:
+    """Write `id,is_iceberg` and score it with the Kaggle scorer (None without a hidden solution of this data)."""
     with atomic_path(path) as tmp:
         pd.DataFrame({"id": ids, "is_iceberg": predictions}).to_csv(tmp, index=False, float_format="%.8g")
-    if not solution.is_file():
+    if solution is None:
         return None
     from competition.kaggle.scoring import score_submission
 
@@ -204,7 +205,7 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     meta = json.loads((run_dir / "meta.json").read_text())
     units = meta["timings"]["units"].values()
     test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
-    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", cfg.solution_csv)
+    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", simulated_solution(cfg, meta["data_fingerprint"]["test"]))
     train_cfg = meta["config"]["model"]["train"]
     return {
         **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
@@ -234,7 +235,7 @@ def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Bud
     for name, rec in summary["methods"].items():
         if rec["kind"] == "single":
             continue
-        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"method-{name}.csv", cfg.solution_csv)
+        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint))
         rows.append({"name": name, "group": "d", "kind": rec["kind"], "cv_logloss": rec["cv_mean"], "cv_std": rec["cv_std"],
                      "eps": rec["eps"], **(scores or {"public": None, "private": None})})  # fmt: skip
     return rows, wall
@@ -380,6 +381,7 @@ def ensure_folds_file(cfg: CompetitionConfig, train: Any) -> Any:
 
 def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
     """Train every selected recipe, stack the (c) runs, score everything; write quality.json and the docs section."""
+    from competition.data.files import describe
     from competition.data.loader import load_test, load_train
     from competition.pipeline import ensure_data
     from competition.training.bench import machine
@@ -392,8 +394,9 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     if not chosen:
         raise ConfigError(f"{config}: no recipe left to run (recipes={q.recipes or budget.recipes}, skip={budget.skip})")
     started = time.perf_counter()
-    source = ensure_data(cfg)
+    ensure_data(cfg)
     train, test = load_train(cfg), load_test(cfg)
+    source = describe(cfg, train.fingerprint, test.fingerprint)
     folds = ensure_folds_file(cfg, train)
     exp_dir = cfg.runs_dir / q.experiment
     rows = [train_recipe(cfg, q.experiment, recipe, budget, trainer_overrides) for recipe in chosen]
@@ -406,7 +409,7 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "experiment": q.experiment,
-        "data": f"{source}, {len(train)} train / {len(test)} test images" + ("" if cfg.solution_csv.is_file() else " (no hidden solution: CV only)"),
+        "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images" + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
         "data_fingerprint": {"train": train.fingerprint, "test": test.fingerprint},
         "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
         "budget_name": budget_name,

@@ -35,7 +35,7 @@ def test_make_all_steps_leave_every_artefact_with_agreeing_fingerprints(tmp_path
     )  # fmt: skip
     result = run_all(cfg, TINY, profile="cpu")
 
-    assert result["data"] == "simulated now"
+    assert result["data"]["kind"] == "simulated" and result["data"]["dir"] == str(cfg.data_dir.resolve())
     for name in ("train.json", "test.json", "sample_submission.csv", "hidden/solution.csv", "folds.csv", "folds.json"):
         assert (cfg.data_dir / name).is_file(), name
     folds = load_folds(cfg)

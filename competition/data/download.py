@@ -18,14 +18,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from rich.table import Table
 
 from competition.config import CompetitionConfig
 from competition.console import console, table
-from competition.data.loader import extract_7z, load_test, load_train
+from competition.data.files import extract, marker_path
+from competition.data.loader import load_test, load_train
 from competition.errors import DataError, UserError
 from competition.kaggle.client import kaggle_command
 from competition.kaggle.credentials import has_credentials, redact
@@ -54,9 +54,10 @@ def download(cfg: CompetitionConfig) -> list[Path]:
     staging.mkdir(parents=True, exist_ok=True)
     run_client(["competitions", "download", "-c", cfg.slug, "-p", str(staging)], cfg)
     installed = unpack(staging, cfg.data_dir)
-    if cfg.solution_csv.is_file():
-        cfg.solution_csv.unlink()
-        console.print(f"removed {cfg.solution_csv}: it held the simulated test set's answers")
+    for hidden in (cfg.solution_csv, marker_path(cfg)):
+        if hidden.is_file():
+            hidden.unlink()
+            console.print(f"removed {hidden}: it described the simulated competition")
     return installed
 
 
@@ -109,11 +110,11 @@ def unpack(downloaded: Path, data_dir: Path) -> list[Path]:
         work = Path(tmp)
         for item in sorted(downloaded.iterdir()):
             if item.suffix == ".zip":
-                _unzip(item, work)
+                extract(item, work)
             elif item.is_file():
                 shutil.copy2(item, work / item.name)
         for archive in sorted(work.rglob("*.7z")):
-            extract_7z(archive, archive.parent)
+            extract(archive, archive.parent)
         found = {name: next(iter(sorted(work.rglob(name))), None) for name in FILES}
         missing = [name for name, path in found.items() if path is None]
         if missing:
@@ -134,11 +135,3 @@ def summary(cfg: CompetitionConfig) -> Table:
         ("test", len(test), "-", int(test.angle_missing.sum()), int(test.machine_generated.sum())),
     ]
     return table(f"competition data in {cfg.data_dir}", ["split", "images", "iceberg share", 'angle "na"', "angle > 4 decimals"], rows)
-
-
-def _unzip(archive: Path, dest: Path) -> None:
-    try:
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(dest)
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{archive}: not a readable zip ({exc}); delete it and run `make data` again") from None

@@ -26,9 +26,10 @@ import orjson
 from competition import fingerprint
 from competition.config import CompetitionConfig
 from competition.console import progress
+from competition.data import files
 from competition.data.cache import DatasetCache
 from competition.data.dataset import BANDS, IMAGE_SIZE, Dataset
-from competition.errors import DataError, MissingArtefactError, record_error
+from competition.errors import DataError, MissingArtefactError, as_json, record_error
 
 Split = Literal["train", "test"]
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -63,42 +64,24 @@ def read_dataset(path: Path, split: Split) -> Dataset:
 
 
 def load_train(cfg: CompetitionConfig) -> Dataset:
-    """The training set of `cfg.data_dir`, from the binary cache when the file is unchanged."""
-    return _load(cfg, cfg.train_json, "train")
+    """The training set of `cfg.data_dir` (plain or archived), from the binary cache when unchanged."""
+    return _load(cfg, "train")
 
 
 def load_test(cfg: CompetitionConfig) -> Dataset:
-    """The test set of `cfg.data_dir`, from the binary cache when the file is unchanged."""
-    return _load(cfg, cfg.test_json, "test")
+    """The test set of `cfg.data_dir` (plain or archived), from the binary cache when unchanged."""
+    return _load(cfg, "test")
 
 
-def _load(cfg: CompetitionConfig, path: Path, split: Split) -> Dataset:
-    """Use `path`, or the `.7z` Kaggle ships beside it, through the cache (see cache.py)."""
-    source = next((p for p in (path, path.with_name(path.name + ".7z")) if p.is_file()), None)
-    if source is None:
-        raise MissingArtefactError(
-            f"{path} not found: run `make simulate` for the simulated competition, "
-            "or `make data` to download the real one from Kaggle"
-        )
-    return DatasetCache(cfg.cache_dir).load_or_read(source, split, read_dataset)
-
-
-def extract_7z(archive: Path, dest: Path) -> list[Path]:
-    """Extract every file of a .7z archive into `dest`; a damaged archive is a DataError."""
-    import py7zr
-
-    try:
-        with py7zr.SevenZipFile(archive, mode="r") as z:
-            names = [info.filename for info in z.list() if not info.is_directory]
-            z.extractall(path=dest)
-    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, OSError) as exc:
-        raise DataError(f"{archive}: not a readable 7z archive ({exc.__class__.__name__}: {exc}); download it again") from None
-    return [dest / name for name in names]
+def _load(cfg: CompetitionConfig, split: Split) -> Dataset:
+    """The split's file as competition.data.files resolves it, through the cache (see cache.py)."""
+    return DatasetCache(cfg.cache_dir).load_or_read(files.resolve(cfg, f"{split}.json"), split, read_dataset)
 
 
 def _json_member(archive: Path, dest: Path) -> Path:
     """Extract the archive and return its one JSON file."""
-    members = [p for p in extract_7z(archive, dest) if p.suffix == ".json"]
+    files.extract(archive, dest)
+    members = sorted(dest.rglob("*.json"))
     if len(members) != 1:
         raise DataError(f"{archive}: expected exactly one .json file in the archive, found {len(members)}")
     return members[0]
@@ -270,7 +253,7 @@ class _Builder:
             raise self._error(index, None, "id", "missing")
         rid = record["id"]
         if not isinstance(rid, str) or not rid.strip():
-            raise self._error(index, None, "id", f"expected a non-empty string, got {rid!r}")
+            raise self._error(index, None, "id", f"expected a non-empty string, got {as_json(rid)}")
         if rid in self.first_index:
             raise self._error(index, rid, "id", f"duplicate id: record {self.first_index[rid]} has the same id")
         self.first_index[rid] = index
@@ -283,26 +266,28 @@ class _Builder:
             raise self._error(index, rid, field, f"expected {PIXELS} values (75 x 75), got {len(values)}")
         if not set(map(type, values)) <= {float, int}:
             k = next(k for k, v in enumerate(values) if type(v) not in (float, int))
-            raise self._error(index, rid, field, f"value {k} is {_kind(values[k])} ({values[k]!r}), expected a number")
+            raise self._error(index, rid, field, f"value {k} is {_kind(values[k])} ({as_json(values[k])}), expected a number")
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
             band = np.array(values, dtype=np.float32)
         finite = np.isfinite(band)
         if not finite.all():
             k = int(np.argmin(finite))
-            raise self._error(index, rid, field, f"value {k} is {values[k]!r}, expected a finite number (within float32 range)")
+            raise self._error(index, rid, field, f"value {k} is {as_json(values[k])}, expected a finite number (within float32 range)")
         return band.reshape(IMAGE_SIZE, IMAGE_SIZE)
 
     def _angle(self, index: int, rid: str, value: Any) -> tuple[float, int]:
-        if value == "na":
+        """Degrees and their decimals; "na" (Kaggle) and null (pandas' NaN written back) are a missing angle."""
+        if value == "na" or value is None:
             return math.nan, 0
         if type(value) not in (float, int) or not 0.0 < value < 90.0:
-            raise self._error(index, rid, ANGLE, f'expected a number of degrees between 0 and 90 or "na", got {value!r}')
+            raise self._error(index, rid, ANGLE, f'expected a number of degrees between 0 and 90, "na" or null, got {as_json(value)}')
         return float(value), angle_decimals(value)
 
     def _label(self, index: int, rid: str, value: Any) -> int:
-        if type(value) is not int or value not in (0, 1):
-            raise self._error(index, rid, LABEL, f"expected 0 (ship) or 1 (iceberg), got {value!r}")
-        return value
+        """0 or 1; JSON has one number type, so 0.0 and 1.0 (pandas writes labels back as floats) are 0 and 1."""
+        if type(value) not in (int, float) or value not in (0, 1):
+            raise self._error(index, rid, LABEL, f"expected 0 (ship) or 1 (iceberg), got {as_json(value)}")
+        return int(value)
 
 
 def angle_decimals(value: float | int) -> int:

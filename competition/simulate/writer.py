@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from competition import fingerprint
 from competition.atomic import atomic_path, write_text
 from competition.config import CompetitionConfig
 from competition.console import progress
+from competition.data.files import check_simulation_target, mark_simulation
 from competition.simulate.generate import Split, chips, layout, split_rows
 from competition.simulate.scenes import Layout
 
@@ -24,8 +26,16 @@ SIZE = 75
 
 
 def write_simulated(cfg: CompetitionConfig) -> None:
-    """Write train.json, test.json, sample_submission.csv and the hidden solution.csv for `cfg`."""
+    """Write train.json, test.json, sample_submission.csv and the hidden solution.csv for `cfg`.
+
+    Raises DataError (nothing written) when `cfg.data_dir` holds competition files, plain or
+    archived, that an earlier simulation did not write. The folder is marked as simulated first
+    (a killed simulation can be rerun) and gets the test file's fingerprint last, which ties the
+    hidden solution to this test data only (competition.data.files.simulated_solution).
+    """
+    check_simulation_target(cfg)
     sim = cfg.simulate
+    mark_simulation(cfg, sim.model_dump(), None)
     plan = layout(sim)
     with progress() as bar:
         for split, path in (("train", cfg.train_json), ("test", cfg.test_json)):
@@ -35,6 +45,7 @@ def write_simulated(cfg: CompetitionConfig) -> None:
     write_text(cfg.sample_submission, "id,is_iceberg\n" + "".join(f"{i},0.5\n" for i in plan.ids[test]))
     answers = zip(plan.ids[test], plan.labels[test], plan.usage[test])
     write_text(cfg.solution_csv, "id,is_iceberg,Usage\n" + "".join(f"{i},{y},{u}\n" for i, y, u in answers))
+    mark_simulation(cfg, sim.model_dump(), fingerprint.of_file(cfg.test_json))
 
 
 def _write_split(path: Path, sim: Any, plan: Layout, split: Split, advance: Any) -> None:
