@@ -4,6 +4,10 @@ For every outer (repeat, fold) a method is fitted on the outer training part onl
 tuning and its clipping eps included - and predicts the held-out fold. The reported score is
 the mean and spread of the held-out log loss over the outer folds, the same folds the base
 models' OOF predictions came from, so every figure in the stacking table is comparable.
+
+Inner folds fit themselves to the data: an inner split of rows whose smallest class has c
+members uses min(configured, c) folds, at least 2 (`inner_folds_for`); the numbers used are
+recorded on the CVResult and, when smaller than configured, said once on the console.
 """
 
 from __future__ import annotations
@@ -17,8 +21,53 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
+from competition.console import console
+from competition.errors import DataError
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.metrics import logloss
+
+MIN_INNER_FOLDS = 2
+BLENDERS_INNER = "inner folds of the blenders (eps choice)"  # how a note names an estimator without its own `inner_label`
+_said: set[str] = set()  # notes already printed in this process (each is said once)
+
+
+def smallest_class(y: np.ndarray) -> int:
+    """Members of the rarer class of `y` (0 when a class is absent)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
+    return int(counts.min())
+
+
+def inner_folds_for(configured: int, y: np.ndarray) -> int:
+    """Folds of an inner stratified split of rows labelled `y`: min(configured, smallest class), at least 2.
+
+    Refuses rows that cannot be split at all (a class with fewer than 2 members): the folds step
+    refuses such data, so this means a folds file from other data or a bug.
+    """
+    smallest = smallest_class(y)
+    if smallest < MIN_INNER_FOLDS:
+        counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
+        raise DataError(
+            f"an inner split of {len(y)} training rows holds {counts[0]} ships and {counts[1]} icebergs; stacking needs at least "
+            f"{MIN_INNER_FOLDS} of each class there: run `competition folds` again (it says which folds.k the data allows)"
+        )
+    return max(MIN_INNER_FOLDS, min(int(configured), smallest))
+
+
+def say_once(message: str) -> None:
+    """Print a note on the console the first time it comes up in this process."""
+    if message not in _said:
+        _said.add(message)
+        console.print(f"[yellow]note[/] {message}")
+
+
+def note_inner_folds(label: str, configured: int, used: np.ndarray, smallest: int, where: str) -> None:
+    """Say once when inner folds were reduced to fit the data, e.g. "inner folds: 3 instead of 5 (...)"."""
+    used = np.asarray(used)
+    if used.size == 0 or used.min() >= configured:
+        return
+    low, high = int(used.min()), int(used.max())
+    span = str(low) if low == high else f"{low}-{high}"
+    say_once(f"{label}: {span} instead of {configured} (the smallest class has {smallest} members {where})")
 
 
 class Estimator(Protocol):
@@ -31,12 +80,16 @@ class Estimator(Protocol):
 
 @dataclass(frozen=True)
 class CVResult:
-    """raw / oof: R x n held-out predictions before / after clipping; scores and eps: R x K per outer fold."""
+    """raw / oof: R x n held-out predictions before / after clipping; scores and eps: R x K per outer fold;
+    inner_folds: R x K inner folds used in each outer training part (fitted to the data, see
+    `inner_folds_for`), inner_configured: the number asked for."""
 
     raw: np.ndarray
     oof: np.ndarray
     scores: np.ndarray
     eps: np.ndarray
+    inner_folds: np.ndarray | None = None
+    inner_configured: int | None = None
 
     @property
     def mean(self) -> float:
@@ -62,13 +115,15 @@ def honest_train_predictions(estimator: Estimator, X: Any, y: np.ndarray, inner_
     """Predictions of a fitted estimator's training rows that never saw their own labels.
 
     An estimator that already computes them during its own inner CV (the stacker) exposes
-    them as `oof_`; for any other, an inner CV of clones provides them.
+    them as `oof_`; for any other, an inner CV of clones provides them, on
+    `inner_folds_for(inner_folds, y)` folds.
     """
     own = getattr(estimator, "oof_", None)
     if own is not None:
         return np.asarray(own)
     out = np.empty(len(y))
-    for fit_rows, held in StratifiedKFold(inner_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+    splitter = StratifiedKFold(inner_folds_for(inner_folds, y), shuffle=True, random_state=seed)
+    for fit_rows, held in splitter.split(np.zeros(len(y)), y):
         out[held] = clone(estimator).fit(_rows(X, fit_rows), y[fit_rows]).predict_proba(_rows(X, held))
     return out
 
@@ -82,27 +137,47 @@ def cross_validate(
     inner_folds: int,
     seed: int,
 ) -> CVResult:
-    """Nested CV of the estimator `make(repeat, fold)` builds; `tables[r]` holds repeat r's OOF features."""
+    """Nested CV of the estimator `make(repeat, fold)` builds; `tables[r]` holds repeat r's OOF features.
+
+    `inner_folds` is the blenders' number (an estimator with its own `inner_folds`, the stacker,
+    uses that one); either is fitted to each outer training part and recorded on the result.
+    """
     repeats, k = fold.shape[0], int(fold.max()) + 1
     raw = np.empty(fold.shape)
     oof = np.empty(fold.shape)
     scores = np.empty((repeats, k))
     eps = np.empty((repeats, k))
+    used = np.zeros((repeats, k), dtype=np.int64)
+    configured, label, smallest = inner_folds, BLENDERS_INNER, len(y)
     for r in range(repeats):
         for f in range(k):
             held = np.flatnonzero(fold[r] == f)
             fit_rows = np.flatnonzero(fold[r] != f)
             estimator = make(r, f)
             estimator.fit(_rows(tables[r], fit_rows), y[fit_rows])
+            configured = int(getattr(estimator, "inner_folds", inner_folds))
+            label = getattr(estimator, "inner_label", BLENDERS_INNER)
+            used[r, f] = getattr(estimator, "inner_folds_", None) or inner_folds_for(configured, y[fit_rows])
+            smallest = min(smallest, smallest_class(y[fit_rows]))
             inner = honest_train_predictions(estimator, _rows(tables[r], fit_rows), y[fit_rows], inner_folds, seed)
             eps[r, f] = choose_eps(inner, y[fit_rows], eps_grid)
             raw[r, held] = estimator.predict_proba(_rows(tables[r], held))
             oof[r, held] = clip(raw[r, held], eps[r, f])
             scores[r, f] = logloss(y[held], oof[r, held])
-    return CVResult(raw, oof, scores, eps)
+    note_inner_folds(label, configured, used, smallest, "in an outer training part")
+    return CVResult(raw, oof, scores, eps, used, configured)
 
 
 def fit_predict_test(make: Callable[[int], Estimator], tables: Sequence[Any], y: np.ndarray, tests: Sequence[Any]) -> np.ndarray:
     """Unclipped test predictions of the estimator fitted on all training rows, averaged over repeats
-    (`tests[r]` is the test table built alongside `tables[r]`)."""
-    return np.mean([make(r).fit(tables[r], y).predict_proba(tests[r]) for r in range(len(tables))], axis=0)
+    (`tests[r]` is the test table built alongside `tables[r]`). An estimator that reduced its own
+    inner folds to fit all training rows (the stacker) says so once."""
+    preds = []
+    for r in range(len(tables)):
+        estimator = make(r).fit(tables[r], y)
+        used = getattr(estimator, "inner_folds_", None)
+        if used is not None:
+            label = getattr(estimator, "inner_label", BLENDERS_INNER) + " for the final model"
+            note_inner_folds(label, int(getattr(estimator, "inner_folds", used)), np.array([used]), smallest_class(y), "in the training data")
+        preds.append(estimator.predict_proba(tests[r]))
+    return np.mean(preds, axis=0)

@@ -89,10 +89,20 @@ class GroupLabelEncoder:
         return pd.DataFrame({"group_labelled": count, "group_rate": rate})
 
 
+def group_folds_for(n_folds: int, n_rows: int) -> int:
+    """Folds of the out-of-fold group encoding: at most one per row (a plain KFold over rows, so the
+    class counts do not limit it); below 2 rows there is nothing to encode out of fold (0)."""
+    return min(n_folds, n_rows) if n_rows >= 2 else 0
+
+
 def out_of_fold_group_labels(angle: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> pd.DataFrame:
-    """Group label features of labelled rows, each computed from the labels of the other folds only."""
+    """Group label features of labelled rows, each computed from the labels of the other folds only
+    (on `group_folds_for(n_folds, rows)` folds; a single row has no other fold: no labelled neighbours)."""
     out = pd.DataFrame({"group_labelled": np.zeros(len(angle)), "group_rate": np.full(len(angle), np.nan)})
-    splitter = KFold(n_splits=min(n_folds, len(angle)), shuffle=True, random_state=seed)
+    folds = group_folds_for(n_folds, len(angle))
+    if folds == 0:
+        return out
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
     for fit_rows, apply_rows in splitter.split(angle):
         encoded = GroupLabelEncoder().fit(angle[fit_rows], y[fit_rows]).transform(angle[apply_rows])
         out.iloc[apply_rows] = encoded.to_numpy()

@@ -7,6 +7,10 @@ per inner split from that split's training labels only; then the honest inner-CV
 of the best trial (`oof_`, used to choose the clipping eps) and a final booster on all rows.
 The study lives in SQLite when `storage` is given, so an interrupted search resumes: a rerun
 only runs the trials still missing.
+
+Small data: the inner folds are min(inner_folds, smallest class count), at least 2 (recorded as
+`inner_folds_`), the group-label folds at most one per row (`group_folds_`), and the search range
+of `min_data_in_leaf` shrinks with the rows an inner split fits on, so a few rows still grow trees.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedKFold
 
-from competition.stacking.features import ANGLE, GroupLabelEncoder, out_of_fold_group_labels
+from competition.stacking.crossval import inner_folds_for, say_once
+from competition.stacking.features import ANGLE, GroupLabelEncoder, group_folds_for, out_of_fold_group_labels
 from competition.stacking.metrics import logloss
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,6 +41,9 @@ class LGBMStacker(BaseEstimator):
     are added inside fit/predict from the training labels only.
     predict_proba(X): 1-D probabilities of class 1, like every blender.
     """
+
+    inner_label = "inner folds of the LightGBM stacker"  # how crossval's notes name these inner folds
+    MIN_DATA_IN_LEAF = (5, 60)  # search range on data of ordinary size; shrunk for tiny inner splits
 
     def __init__(
         self,
@@ -74,6 +82,8 @@ class LGBMStacker(BaseEstimator):
         if not self._uses_groups(X):
             return X.to_numpy(dtype=np.float64)
         groups = out_of_fold_group_labels(X[ANGLE].to_numpy(), y, self.group_folds, self.seed)
+        used = group_folds_for(self.group_folds, len(y))
+        self.group_folds_ = min(getattr(self, "group_folds_", used), used)
         return np.hstack([X.to_numpy(dtype=np.float64), groups.to_numpy()])
 
     def _design_apply(self, encoder: GroupLabelEncoder | None, X: pd.DataFrame) -> np.ndarray:
@@ -86,11 +96,19 @@ class LGBMStacker(BaseEstimator):
         return GroupLabelEncoder().fit(X[ANGLE].to_numpy(), y) if self._uses_groups(X) else None
 
     # -- LightGBM -----------------------------------------------------------------------
+    def _leaf_range(self) -> tuple[int, int]:
+        """min_data_in_leaf's search range: at most half the rows of the smallest inner fit part
+        (so a split stays possible), at least 1; the usual 5-60 once there are 120 rows."""
+        low, high = self.MIN_DATA_IN_LEAF
+        top = max(1, min(high, getattr(self, "fit_rows_", 2 * high) // 2))
+        return min(low, top), top
+
     def _params(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        leaf_low, leaf_high = self._leaf_range()
         return {
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
             "num_leaves": trial.suggest_int("num_leaves", 2, 32, log=True),
-            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", 5, 60, log=True),
+            "min_data_in_leaf": trial.suggest_int("min_data_in_leaf", leaf_low, leaf_high, log=True),
             "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
             "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
             "lambda_l1": trial.suggest_float("lambda_l1", 1e-4, 10.0, log=True),
@@ -166,8 +184,12 @@ class LGBMStacker(BaseEstimator):
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> LGBMStacker:
         X = X.reset_index(drop=True)
         y = np.asarray(y, dtype=np.int64)
-        inner = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y)
+        self.inner_folds_ = inner_folds_for(self.inner_folds, y)
+        inner = StratifiedKFold(self.inner_folds_, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y)
         index_splits = list(inner)
+        self.fit_rows_ = min(len(a) for a, _ in index_splits)
+        if hasattr(self, "group_folds_"):
+            del self.group_folds_
         splits = [
             (self._design_fit(X.iloc[a], y[a]), y[a], self._design_apply(self._encoder(X.iloc[a], y[a]), X.iloc[b]), y[b])
             for a, b in index_splits
@@ -183,6 +205,8 @@ class LGBMStacker(BaseEstimator):
         self.columns_ = list(X.columns)
         self.feature_names_ = self.columns_ + (["group_labelled", "group_rate"] if self.encoder_ is not None else [])
         self.booster_ = lgb.train({**self._fixed(), **self.params_}, lgb.Dataset(self._design_fit(X, y), y), num_boost_round=self.rounds_)
+        if self._uses_groups(X) and self.group_folds_ < self.group_folds:
+            say_once(f"group-rate folds of the LightGBM stacker: {self.group_folds_} instead of {self.group_folds} (an inner split fits on {self.fit_rows_} rows)")
         return self
 
     @property
