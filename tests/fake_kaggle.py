@@ -43,6 +43,10 @@ class FakeKaggle:
     submissions: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, bytes] = field(default_factory=dict)
     leaderboard_csv: str = "TeamId,TeamName,SubmissionDate,Score\n"
+    # What GetDatasetStatus answers after each upload of a dataset (create or new version), one per
+    # call, before it says READY: a new version takes Kaggle a while to process.
+    statuses_after_upload: list[str] = field(default_factory=list)
+    status_queue: list[str] = field(default_factory=list)
     url: str = ""
     _server: ThreadingHTTPServer | None = None
     _tokens: Any = field(default_factory=lambda: itertools.count(1))
@@ -79,13 +83,17 @@ class FakeKaggle:
             return 200, self.new_upload(body["fileName"])
         if method == "GetDatasetStatus":
             ref = f"{body['ownerSlug']}/{body['datasetSlug']}"
-            return (200, {"status": "READY"}) if ref in self.datasets else (404, {"code": 404, "message": "Not found"})
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": "Not found"}
+            return 200, {"status": self.status_queue.pop(0) if self.status_queue else "READY"}
         if method == "CreateDataset":
             ref = f"{body['ownerSlug']}/{body['slug']}"
             self.datasets.add(ref)
+            self.status_queue = list(self.statuses_after_upload)
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
         if method == "CreateDatasetVersion":
             ref = f"{body['ownerSlug']}/{body['datasetSlug']}"
+            self.status_queue = list(self.statuses_after_upload)
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
         if method == "SaveKernel":
             n = len(self.requests("SaveKernel"))

