@@ -117,6 +117,8 @@ def submit(
 
     cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
     entry = submit_file(cfg, cfg.slug, file, kcfg.submit_target)
+    if entry.cv_mean is None:
+        console.print(f"no sidecar beside {entry.file}: recorded with CV unknown")
     scores = f"public {entry.public_score:.5f}, private {entry.private_score:.5f}" if entry.status == "complete" else "scores follow with `make lb`"
     console.print(f"[green]{entry.score_source}[/] {entry.file}: {entry.message} -> {scores} (ledger #{entry.id})")
 

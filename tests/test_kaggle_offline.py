@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from competition.config import CompetitionConfig
+from competition.data.files import mark_simulation
 from competition.errors import DataError
 from competition.kaggle.credentials import CredentialsError, find_credentials
 from competition.kaggle.ledger import Ledger
@@ -44,7 +45,8 @@ def _submission(tmp_path: Path, ids: pd.Series, p: np.ndarray, cv: float = 0.2) 
     sample.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": ids, "is_iceberg": 0.5}).to_csv(sample, index=False)
     path.with_suffix(".json").write_text(json.dumps({"experiment": "exp", "method": "mean", "cv_mean": cv, "cv_std": 0.01,
-                                                     "config_hash": "h", "folds_fingerprint": "f"}))
+                                                     "config_hash": "h", "folds_fingerprint": "f",
+                                                     "data_fingerprint": {"train": "tr", "test": "te"}}))
     return path
 
 
@@ -78,9 +80,10 @@ def test_offline_score_clips_like_kaggle_and_refuses_incomplete_files(tmp_path):
 def test_submit_on_simulated_data_scores_offline_and_records_the_ledger(tmp_path):
     sol_path, sol = _solution(tmp_path)
     cfg = CompetitionConfig(data_dir=tmp_path / "data", runs_dir=tmp_path / "runs", submissions_dir=tmp_path / "subs")
+    mark_simulation(cfg, {}, "te")  # the simulator wrote this solution for the test data "te" the sidecar names
     p = np.random.default_rng(2).uniform(0.1, 0.9, len(sol))
     path = _submission(tmp_path, sol["id"], p, cv=0.2345)
-    entry = submit(cfg, cfg.slug)  # auto: the hidden solution exists, so offline
+    entry = submit(cfg, cfg.slug)  # auto: the hidden solution of the submission's test data exists, so offline
     expected = score_submission(path, sol_path)
     (row,) = Ledger(tmp_path / "runs" / "ledger.sqlite").entries()
     assert (row.score_source, row.status, row.public_score, row.private_score) == ("offline", "complete", expected.public, expected.private)

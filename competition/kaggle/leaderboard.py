@@ -178,18 +178,20 @@ def correlation(x: list[float | None], y: list[float | None]) -> tuple[float | N
 
 
 def plot_cv_vs_lb(entries: list[Entry], path: Path) -> dict[str, tuple[float | None, int]]:
-    """Scatter CV against public and private scores with the y = x line; returns the correlations."""
+    """Scatter CV against public and private scores with the y = x line; returns the correlations.
+    Submissions with CV unknown (no sidecar) or no score yet are left out of both."""
     plt = pyplot()
     cv = [e.cv_mean for e in entries]
     stats = {board: correlation(cv, [getattr(e, f"{board}_score") for e in entries]) for board in ("public", "private")}
     fig, ax = plt.subplots(figsize=(6, 5))
+    known: list[float] = []
     for board, marker in (("public", "o"), ("private", "s")):
         pts = [(e.cv_mean, getattr(e, f"{board}_score")) for e in entries if e.cv_mean is not None and getattr(e, f"{board}_score") is not None]
         r, n = stats[board]
         label = f"{board} (n={n}, r={r:.3f})" if r is not None else f"{board} (n={n}, r n/a)"
         if pts:
             ax.scatter(*zip(*pts), marker=marker, label=label, alpha=0.8)
-    known = [v for e in entries for v in (e.cv_mean, e.public_score, e.private_score) if v is not None]
+            known += [v for pair in pts for v in pair]
     if known:
         lo, hi = min(known), max(known)
         ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="LB = CV")
@@ -241,12 +243,12 @@ def _cell(value: float | None) -> object:
 
 
 def lb_table(report: LbReport) -> Table:
-    """One row per submission: CV, public, private, where the score comes from, its placement."""
-    columns = ["#", "submitted", "experiment", "method", "CV", "CV sd", "public", "private", "from", "placed", "rank", "top %", "medal"]
+    """One row per submission: data kind, CV, public, private, where the score comes from, its placement ("-": unknown)."""
+    columns = ["#", "submitted", "experiment", "method", "data", "CV", "CV sd", "public", "private", "from", "placed", "rank", "top %", "medal"]
     rows = []
     for entry, (place, kind) in zip(report.entries, report.placements):
         rows.append([
-            entry.id, entry.submitted_at[:16], entry.experiment or "?", entry.method or "?",
+            entry.id, entry.submitted_at[:16], entry.experiment or "?", entry.method or "?", entry.data_kind or "-",
             _cell(entry.cv_mean), _cell(entry.cv_std), _cell(entry.public_score), _cell(entry.private_score),
             entry.score_source if entry.status == "complete" else f"{entry.score_source} ({entry.status})",
             kind or "-", f"{place.rank}/{place.teams}" if place else "-",

@@ -3,7 +3,9 @@
 One SQLite file (`runs/ledger.sqlite`), one row per submission. SQLite transactions make
 each change atomic, and the file survives `make clean` of a single experiment. Scores come
 from Kaggle (`kaggle competitions submissions`) or from the offline scorer when the data is
-simulated; `score_source` says which.
+simulated; `score_source` says which. `cv_mean` is NULL for a file submitted without a sidecar
+(CV unknown); `data_kind` says which data a submission was made on (simulated, real, NULL:
+unknown). A ledger written before a column existed gets it (NULL in old rows) when opened.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Entry:
     private_score: float | None = None
     status: str = "pending"
     kaggle_ref: str | None = None
+    data_kind: str | None = None  # "simulated" / "real" from the sidecar's `data`; None: unknown
     id: int | None = None
 
 
@@ -45,13 +48,26 @@ _SCHEMA = (
     "file TEXT NOT NULL, submitted_at TEXT NOT NULL, experiment TEXT, method TEXT, cv_mean REAL, cv_std REAL, "
     "config_hash TEXT, folds_fingerprint TEXT, data_fingerprint TEXT, message TEXT NOT NULL, "
     "score_source TEXT NOT NULL CHECK (score_source IN ('kaggle', 'offline')), public_score REAL, private_score REAL, "
-    "status TEXT NOT NULL, kaggle_ref TEXT)"
+    "status TEXT NOT NULL, kaggle_ref TEXT, data_kind TEXT)"
 )
+_ADDED = {"data_kind": "TEXT"}  # columns newer than the first ledgers: added to older files when opened
 
 
 def ledger_path(cfg: CompetitionConfig) -> Path:
     """Where the ledger lives: beside the experiments, shared by all of them."""
     return cfg.runs_dir / "ledger.sqlite"
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Add the columns an older ledger file lacks (existing rows get NULL: unknown)."""
+    have = {row[1] for row in con.execute("PRAGMA table_info(submissions)")}
+    for name, kind in _ADDED.items():
+        if name not in have:
+            try:
+                con.execute(f"ALTER TABLE submissions ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it in the meantime
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 class Ledger:
@@ -68,6 +84,7 @@ class Ledger:
             con.row_factory = sqlite3.Row
             with con:
                 con.execute(_SCHEMA)
+                _migrate(con)
                 yield con
 
     def add(self, entry: Entry) -> int:

@@ -1,10 +1,16 @@
 """`make submit`: send a submission to Kaggle, or score it offline on simulated data, and record it.
 
-The submission's sidecar JSON (written by the stacker beside the CSV) says what produced it;
-the Kaggle message carries the experiment, method, CV score and config hash, so the
-leaderboard's own list of submissions explains itself. Where the target is chosen:
-`auto` scores offline when the hidden solution of simulated data exists (simulated ids mean
-nothing to Kaggle) and submits to Kaggle otherwise; `kaggle` or `offline` force one.
+The submission's sidecar JSON (written beside the CSV by the stacker, and by the Kaggle kernel
+beside its `submission.csv`) says what produced it; the Kaggle message carries the experiment,
+method, CV score and config hash, so the leaderboard's own list of submissions explains itself.
+A file without a sidecar (made by hand, or elsewhere) is still submitted: it is recorded with CV
+unknown and its message says `cv unknown`.
+
+Where the target is chosen: `auto` scores offline exactly when the simulator's hidden solution
+belongs to the test data the submission was made for (the sidecar's test fingerprint, else the
+current test data's) and submits to Kaggle otherwise (simulated ids mean nothing to Kaggle, and
+real data is never scored against a solution that is not its own); `kaggle` or `offline` force
+one, and a forced `offline` without such a solution is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +30,19 @@ from competition.kaggle.scoring import score_submission
 from competition.kaggle.settings import Target
 from competition.submission import validate_submission
 
+DATA_KINDS = ("simulated", "real")
+
+
+class DataInfo(BaseModel):
+    """Which data a submission was made on (the sidecar's `data`: kind, folder, fingerprints)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str | None = None
+    dir: str | None = None
+    train: str | None = None
+    test: str | None = None
+
 
 class Sidecar(BaseModel):
     """What the stacker records beside each submission CSV (see docs/architecture.md)."""
@@ -38,7 +57,21 @@ class Sidecar(BaseModel):
     config_hash: str
     folds_fingerprint: str
     data_fingerprint: str | dict[str, str] | None = None
+    data: DataInfo | None = None
     created: str | None = None
+
+    def test_fingerprint(self) -> str | None:
+        """The fingerprint of the test data the submission was made for, when the sidecar says."""
+        if self.data is not None and self.data.test:
+            return self.data.test
+        if isinstance(self.data_fingerprint, dict):
+            return self.data_fingerprint.get("test")
+        return None
+
+    def data_kind(self) -> str | None:
+        """`simulated` or `real` when the sidecar records it, else None (unknown)."""
+        kind = self.data.kind if self.data is not None else None
+        return kind if kind in DATA_KINDS else None
 
 
 def newest_submission(cfg: CompetitionConfig) -> Path:
@@ -49,74 +82,134 @@ def newest_submission(cfg: CompetitionConfig) -> Path:
     return found[-1]
 
 
-def read_sidecar(submission: Path) -> Sidecar:
-    """The sidecar beside `submission`, validated; errors name the file and the field."""
-    path = submission.with_suffix(".json")
+def sidecar_path(submission: Path) -> Path:
+    """Where a submission's sidecar sits: beside it, same name, `.json`."""
+    return Path(submission).with_suffix(".json")
+
+
+def read_sidecar(submission: Path) -> Sidecar | None:
+    """The sidecar beside `submission`, validated (None when there is none); errors name the file and the field."""
+    path = sidecar_path(submission)
     if not path.is_file():
-        raise MissingArtefactError(f"{path}: sidecar of {submission.name} not found (the stacker writes it beside each submission)")
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Sidecar.model_validate(data)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise DataError(f"{path}: not valid JSON{where}: fix or remove the sidecar of {submission.name}") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise DataError(f"{path}: field '{key}': {err['msg']}") from None
 
 
-def message(sidecar: Sidecar) -> str:
-    """The submission description shown on Kaggle: enough to find the run again."""
+UNKNOWN_METHOD = "no sidecar"
+
+
+def message(sidecar: Sidecar | None, submission: Path | None = None) -> str:
+    """The submission description shown on Kaggle: enough to find the run again (`cv unknown` without a sidecar)."""
+    if sidecar is None:
+        name = submission.name if submission is not None else "?"
+        return f"{name} | {UNKNOWN_METHOD} | cv unknown | cfg ?"
     return f"{sidecar.experiment} | {sidecar.method} | cv {sidecar.cv_mean:.5f} +/- {sidecar.cv_std:.5f} | cfg {sidecar.config_hash}"
 
 
-_MESSAGE = re.compile(r"^(?P<experiment>.+?) \| (?P<method>.+?) \| cv (?P<cv_mean>[-\d.eE]+) \+/- (?P<cv_std>[-\d.eE]+) \| cfg (?P<config_hash>\S+)$")
+_MESSAGE = re.compile(
+    r"^(?P<experiment>.+?) \| (?P<method>.+?) \| cv (?:(?P<cv_mean>[-\d.eE]+) \+/- (?P<cv_std>[-\d.eE]+)|unknown) \| cfg (?P<config_hash>\S+)$"
+)
 
 
-def parse_message(text: str) -> dict[str, str] | None:
-    """The fields `message` wrote, read back from a Kaggle description (None if not ours)."""
+def parse_message(text: str) -> dict[str, str | None] | None:
+    """The fields `message` wrote, read back from a Kaggle description (None if not ours; unknown fields None)."""
     found = _MESSAGE.match(text.strip())
-    return found.groupdict() if found else None
+    if not found:
+        return None
+    fields: dict[str, str | None] = found.groupdict()
+    if fields["method"] == UNKNOWN_METHOD:
+        fields["experiment"] = fields["method"] = None
+    if fields["config_hash"] == "?":
+        fields["config_hash"] = None
+    return fields
 
 
-def resolve_target(cfg: CompetitionConfig, target: Target) -> Target:
-    """`auto` means offline exactly when the hidden solution of simulated data is present."""
+def matching_solution(cfg: CompetitionConfig, test_fingerprint: str | None) -> Path | None:
+    """The simulator's hidden solution, only when it was written for the test data `test_fingerprint`."""
+    from competition.data.files import simulated_solution
+
+    return simulated_solution(cfg, test_fingerprint) if test_fingerprint else None
+
+
+def submission_test_fingerprint(cfg: CompetitionConfig, sidecar: Sidecar | None) -> str | None:
+    """The test data a submission was made for: the sidecar's, else the current test data's.
+
+    Without a hidden solution file nothing can match, so the (possibly large) test data is not read.
+    """
+    recorded = sidecar.test_fingerprint() if sidecar is not None else None
+    if recorded or not cfg.solution_csv.is_file():
+        return recorded
+    from competition.data.loader import load_test
+
+    return load_test(cfg).fingerprint
+
+
+def resolve_target(cfg: CompetitionConfig, target: Target, test_fingerprint: str | None, label: str = "the submission") -> tuple[Target, Path | None]:
+    """Where to send a submission made for the test data `test_fingerprint`, and the solution to score it on.
+
+    `auto` means offline exactly when the hidden solution belongs to that test data; a forced
+    `offline` without one is refused (real data is never scored against another data set's answers).
+    """
+    if target == "kaggle":
+        return "kaggle", None
+    solution = matching_solution(cfg, test_fingerprint)
+    if solution is not None:
+        return "offline", solution
     if target == "auto":
-        return "offline" if cfg.solution_csv.is_file() else "kaggle"
-    if target == "offline" and not cfg.solution_csv.is_file():
-        raise MissingArtefactError(f"{cfg.solution_csv}: no hidden solution to score against (only simulated data has one); use target kaggle")
-    return target
+        return "kaggle", None
+    if not cfg.solution_csv.is_file():
+        why = f"{cfg.solution_csv} does not exist (only simulated data has a hidden solution)"
+    else:
+        why = f"{cfg.solution_csv} belongs to other test data than the one {label} was made for (test {test_fingerprint or 'unknown'})"
+    raise MissingArtefactError(f"no hidden solution to score {label} against offline: {why}; send it with kaggle.submit_target=kaggle")
 
 
-def _fingerprint_text(value: str | dict[str, str] | None) -> str | None:
+def _fingerprint_text(sidecar: Sidecar) -> str | None:
+    """The data fingerprint as the ledger stores it (the sidecar's `data` when it has no `data_fingerprint`)."""
+    value = sidecar.data_fingerprint
+    if value is None and sidecar.data is not None and (sidecar.data.train or sidecar.data.test):
+        value = {"train": sidecar.data.train or "", "test": sidecar.data.test or ""}
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return value
 
 
 def submit(cfg: CompetitionConfig, slug: str, file: Path | None = None, target: Target = "auto") -> Entry:
-    """Send or score one submission and add it to the ledger; returns the ledger entry."""
+    """Send or score one submission and add it to the ledger; returns the ledger entry (CV None: no sidecar)."""
+    from competition.data.files import sample_submission
+
     path = Path(file) if file is not None else newest_submission(cfg)
     if not path.is_file():
         raise MissingArtefactError(f"{path}: submission file not found")
     sidecar = read_sidecar(path)
-    validate_submission(path, cfg.sample_submission)
-    where = resolve_target(cfg, target)
+    validate_submission(path, sample_submission(cfg))
+    test_fp = None if target == "kaggle" else submission_test_fingerprint(cfg, sidecar)
+    where, solution = resolve_target(cfg, target, test_fp, str(path))
     entry = Entry(
         file=str(path),
         submitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        experiment=sidecar.experiment,
-        method=sidecar.method,
-        cv_mean=sidecar.cv_mean,
-        cv_std=sidecar.cv_std,
-        config_hash=sidecar.config_hash,
-        folds_fingerprint=sidecar.folds_fingerprint,
-        data_fingerprint=_fingerprint_text(sidecar.data_fingerprint),
-        message=message(sidecar),
+        experiment=sidecar.experiment if sidecar else None,
+        method=sidecar.method if sidecar else None,
+        cv_mean=sidecar.cv_mean if sidecar else None,
+        cv_std=sidecar.cv_std if sidecar else None,
+        config_hash=sidecar.config_hash if sidecar else None,
+        folds_fingerprint=sidecar.folds_fingerprint if sidecar else None,
+        data_fingerprint=_fingerprint_text(sidecar) if sidecar else None,
+        message=message(sidecar, path),
         score_source=where,
+        data_kind=sidecar.data_kind() if sidecar else None,
     )
-    if where == "offline":
-        score = score_submission(path, cfg.solution_csv)
+    if solution is not None:
+        score = score_submission(path, solution)
         entry.public_score, entry.private_score, entry.status = score.public, score.private, "complete"
     else:
         out = run_kaggle(["competitions", "submit", "-c", slug, "-f", str(path), "-m", entry.message])
@@ -124,4 +217,3 @@ def submit(cfg: CompetitionConfig, slug: str, file: Path | None = None, target: 
         entry.kaggle_ref = ref.group(1) if ref else None
     entry.id = Ledger(ledger_path(cfg)).add(entry)
     return entry
-
