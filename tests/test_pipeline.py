@@ -102,3 +102,40 @@ def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> No
     assert validate_submission(submission, data / "sample_submission.csv") == 18
     assert not (tmp_path / "runs" / "ledger.sqlite").exists()
     assert (tmp_path / "runs" / "baseline" / "report" / "index.html").is_file()
+
+
+def test_make_all_on_kaggles_archives_as_they_arrive(tmp_path: Path) -> None:
+    """../shared/cases archives_only: every step reads the .7z files; nothing is written beside them;
+    the run says it is real data, and nothing is scored against a hidden solution."""
+    import hashlib
+
+    import py7zr
+
+    from competition.simulate import write_simulated
+
+    source = tmp_path / "source"
+    write_simulated(CompetitionConfig(data_dir=source, simulate=SimulateConfig(n_train=48, n_test=20, seed=5)))
+    data = tmp_path / "kaggle"
+    data.mkdir()
+    for name, inner in (("train.json", "data/processed/train.json"), ("test.json", "data/processed/test.json"), ("sample_submission.csv", "sample_submission.csv")):
+        with py7zr.SevenZipFile(data / f"{name}.7z", "w") as z:
+            z.write(source / name, arcname=inner)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir()}
+    work = tmp_path / "work"
+    args = [f"data_dir={data}", f"work_dir={work}", f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'subs'}", "folds.k=3"]
+
+    done = subprocess.run([sys.executable, "-m", "competition", "all", "--profile", "cpu", *args, *TINY],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"data: real data (no offline scoring) in {data}" in said and "simulating" not in said
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir()} == before
+    assert (work / "folds.json").is_file() and not (tmp_path / "runs" / "ledger.sqlite").exists()
+    (submission,) = (tmp_path / "subs").glob("*.csv")
+    assert validate_submission(submission, source / "sample_submission.csv") == 20
+    sidecar = json.loads(submission.with_suffix(".json").read_text())
+    assert sidecar["data"]["kind"] == "real" and sidecar["data"]["dir"] == str(data)
+
+    stack = subprocess.run([sys.executable, "-m", "competition", "stack", *args, "stack.stacker.n_trials=2", "stack.stacker.inner_folds=2",
+                            "stack.features.band_stats=false", "stack.methods=[mean,lgbm]"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert stack.returncode == 0, stack.stderr[-3000:]  # `stack` alone reads the archived sample submission too
