@@ -494,6 +494,11 @@ def main():
         if step["trainer"]:
             extra += TRAINER_OVERRIDES
         run(sys.executable, "-m", "competition", *step["args"], *extra)
+    publish()
+
+
+def publish():
+    \"\"\"The newest submission and its sidecar as /kaggle/working/submission.csv and submission.json.\"\"\"
     made = newest_submission()
     shutil.copy(made, WORK / "submission.csv")
     sidecar = made.with_suffix(".json")
