@@ -76,14 +76,17 @@ def members_needed(k: int) -> int:
     return c
 
 
-def _workable_k(counts: list[int], below: int, limit: int | None = None) -> int | None:
-    """The largest k < `below` (and <= `limit`) with which every class has the members it needs."""
-    top = below - 1 if limit is None else min(below - 1, limit)
-    return next((k for k in range(top, 1, -1) if all(c >= members_needed(k) for c in counts)), None)
+def _workable_k(counts: list[int], k: int, limit: int | None = None) -> int | None:
+    """A folds.k other than `k` (at most `limit`) with which every class has the members it needs:
+    the largest smaller one, else the smallest larger one (k=2 needs 4 members, k=3 only 3)."""
+    top = min(counts) if limit is None else min(min(counts), limit)
+    below = range(min(k - 1, top), 1, -1)
+    above = range(k + 1, top + 1)
+    return next((j for j in [*below, *above] if all(c >= members_needed(j) for c in counts)), None)
 
 
 def _remedy(counts: list[int], k: int) -> str:
-    """What to do: a smaller folds.k that works, else more images of the short class."""
+    """What to do: another folds.k that works, else more images of the short class."""
     better = _workable_k(counts, k)
     if better is not None:
         return f"use folds.k={better} (e.g. `competition folds folds.k={better}`)"
@@ -128,7 +131,7 @@ def check_learnable(data: Dataset, params: FoldsConfig, source: str = "train.jso
     if params.group_by_angle:
         groups = len(np.unique(angle_groups(data.angle)))
         if groups < k:
-            better = _workable_k(counts, k + 1, groups)
+            better = _workable_k(counts, k, groups)
             fix = f"use folds.k={better} or folds.group_by_angle=false" if better is not None else "use folds.group_by_angle=false"
             raise DataError(
                 f"{source}: the {n} training images have only {groups} distinct incidence angles (a missing angle counts as its own), "
