@@ -163,6 +163,8 @@ def _validate(path: Path, expected_ids: np.ndarray, label: str) -> int:
     found = problems(frame, expected_ids)
     if found and len(frame) and frame["is_iceberg"].isin(pd.Index(expected_ids)).mean() > 0.5:
         found.insert(0, "the values under 'is_iceberg' are test ids: the header names the two columns in the other order than the rows hold them")
+    elif found and len(frame) and not frame["id"].isin(pd.Index(expected_ids)).any():
+        found.insert(0, "none of its ids is a test id of the sample submission: it was made for other test data (point data_dir=... at the data it was made for)")
     if found:
         raise SubmissionError(f"{label}: not a valid submission:\n  - " + "\n  - ".join(found))
     return len(frame)

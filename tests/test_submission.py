@@ -259,3 +259,9 @@ def test_cli_validate_accepts_the_cases_and_names_the_fix_for_row_names(tmp_path
     ko = subprocess.run([*cmd, str(r_file), f"data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert ko.returncode == 2 and "Traceback" not in ko.stderr
     assert "write it with row.names = FALSE" in " ".join(ko.stderr.split())
+
+
+def test_a_submission_for_other_test_data_says_so(tmp_path, sample):
+    path = _write(tmp_path, ["id,is_iceberg", *(f"zz{n:06d},0.5" for n in range(12))])
+    with pytest.raises(SubmissionError, match=r"none of its ids is a test id of the sample submission: it was made for other test data \(point data_dir="):
+        validate_submission(path, sample)

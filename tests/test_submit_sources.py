@@ -278,3 +278,24 @@ def test_a_file_without_sidecar_through_the_real_client_then_lb(monkeypatch, cfg
         assert table and [c.strip() for c in table[0].split("│") if c.strip()][2:7] == ["?", "?", "-", "-", "-"]
     finally:
         server.stop()
+
+
+def test_kaggles_archives_only_folder_validates_against_the_archived_sample(simulated, tmp_path, kaggle_calls):
+    """Kaggle's download as it arrives (case archives_only): the sample submission exists only inside a .7z."""
+    import py7zr
+
+    data = tmp_path / "download"
+    data.mkdir()
+    for name, inner in (("train.json", "data/processed/train.json"), ("test.json", "data/processed/test.json"),
+                        ("sample_submission.csv", "sample_submission.csv")):  # fmt: skip
+        with py7zr.SevenZipFile(data / f"{name}.7z", "w") as z:
+            z.write(simulated / name, arcname=inner)
+    cfg = CompetitionConfig(data_dir=data, work_dir=tmp_path / "work", runs_dir=tmp_path / "runs", submissions_dir=tmp_path / "subs")
+    ids = pd.read_csv(simulated / "sample_submission.csv", dtype=str)["id"]
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    pd.DataFrame({"id": ids, "is_iceberg": 0.5}).to_csv(good, index=False)
+    pd.DataFrame({"id": ids[1:], "is_iceberg": 0.5}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match="1 test ids are missing"):
+        submit(cfg, cfg.slug, bad)
+    assert submit(cfg, cfg.slug, good).score_source == "kaggle" and len(kaggle_calls) == 1  # real-looking data: no offline score
+    assert sorted(p.name for p in data.iterdir()) == ["sample_submission.csv.7z", "test.json.7z", "train.json.7z"]
