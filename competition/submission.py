@@ -1,7 +1,10 @@
 """Submission files: the writer, and the validator it always runs (and users can run on any file).
 
 A submission is `id,is_iceberg`, one row per id of the sample submission, each exactly once,
-with a finite probability in [0, 1]. The writer validates the exact bytes it is about to
+with a finite probability in [0, 1]. The validator reads a file as Kaggle's reader does (a
+standard CSV: UTF-8 with or without a byte-order mark, quoted or bare fields, LF or CRLF, the two
+columns in either order, numbers in any float notation with surrounding spaces) and refuses the
+rest with what to change (R's row names, pandas' index, semicolons or tabs, other columns). The writer validates the exact bytes it is about to
 publish and renames them into place only if they pass; beside each CSV a JSON sidecar records
 what the ledger needs (experiment, method, CV, eps, fingerprints).
 """
