@@ -1,12 +1,14 @@
-"""Atomic file writes: a killed process leaves the old file or the new one, never half of one."""
+"""Atomic writes: a killed process leaves the old file (or folder) or the new one, never half of one."""
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,99 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomically write `obj` as indented, key-sorted JSON (stable bytes for the same content)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# -- folders replaced whole ------------------------------------------------------------------
+STAGING = ".staging"  # beside the target: .staging/new/<name> is built, .staging/old/<name> is the one it replaces
+
+
+def staging_path(target: str | os.PathLike[str]) -> Path:
+    """Where the next version of `target` is built: <parent>/.staging/new/<name> (same file system, same name)."""
+    target = Path(target)
+    return target.parent / STAGING / "new" / target.name
+
+
+def _old_path(target: Path) -> Path:
+    return target.parent / STAGING / "old" / target.name
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover_folder(target: str | os.PathLike[str]) -> None:
+    """Finish a swap that a killed process left between its two renames (target moved aside, new one not yet in).
+
+    The old folder is moved aside only once the new one is complete, so the new one goes in;
+    without it, the old one comes back. Leftovers of a finished swap are removed.
+    """
+    target = Path(target)
+    old = _old_path(target)
+    if not old.exists():
+        return
+    if not target.exists():
+        new = staging_path(target)
+        os.rename(new if new.is_dir() else old, target)
+    if old.exists():
+        _remove(old)
+
+
+def _swap(new: Path, target: Path) -> None:
+    old = _old_path(target)
+    if old.exists():
+        _remove(old)
+    if target.exists():
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, old)
+    os.rename(new, target)
+    with contextlib.suppress(OSError):  # make the renames durable
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if old.exists():
+        _remove(old)  # the empty .staging/{new,old} folders stay: removing them could race another folder's swap
+
+
+@contextlib.contextmanager
+def replaced_folder(
+    target: str | os.PathLike[str], *, carry: Sequence[str] = (), keep_on_failure: Sequence[str] = ()
+) -> Iterator[Path]:
+    """Yield a staging folder to build the next `target` in; it replaces `target` whole when the block succeeds.
+
+    A block that raises (or a killed process) leaves `target` exactly as it was. The caller must
+    hold the folder's lock (competition.locks): the staging folder has a fixed name.
+    `carry`: files copied from `target` into the staging folder before the block (state the new
+    version continues, e.g. an Optuna study), unless a failed attempt kept a newer one there.
+    `keep_on_failure`: glob patterns of staging files that survive a failure for the next attempt
+    (an interrupted search resumes from them); everything else of a failed attempt is removed.
+    """
+    target = Path(target)
+    recover_folder(target)
+    new = staging_path(target)
+    if new.is_dir():
+        for child in new.iterdir():  # a failed or killed attempt's files
+            if not any(fnmatch.fnmatch(child.name, pattern) for pattern in keep_on_failure):
+                _remove(child)
+    elif new.exists():
+        _remove(new)
+    new.mkdir(parents=True, exist_ok=True)
+    for name in carry:
+        if (target / name).is_file() and not (new / name).exists():
+            shutil.copy2(target / name, new / name)
+    try:
+        yield new
+    except BaseException:
+        kept = [c for c in new.iterdir() if any(fnmatch.fnmatch(c.name, p) for p in keep_on_failure)] if new.is_dir() else []
+        if kept:
+            for child in new.iterdir():
+                if child not in kept:
+                    _remove(child)
+        else:
+            shutil.rmtree(new, ignore_errors=True)
+        raise
+    _swap(new, target)

@@ -44,9 +44,11 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
     cfg = load_competition(overrides or [], config)
+    from competition.locks import folds_lock
     from competition.simulate import write_simulated
 
-    write_simulated(cfg)
+    with folds_lock(cfg.folds_json):
+        write_simulated(cfg)
     for path in (cfg.train_json, cfg.test_json, cfg.sample_submission, cfg.solution_csv):
         console.print(f"[green]wrote[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -57,8 +59,10 @@ def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -
     cfg = load_competition(overrides or [], config)
     from competition.data.loader import load_train
     from competition.folds import write_folds
+    from competition.locks import folds_lock
 
-    folds_ = write_folds(load_train(cfg), cfg)
+    with folds_lock(cfg.folds_json):
+        folds_ = write_folds(load_train(cfg), cfg)
     console.print(f"[green]wrote[/] {cfg.folds_csv} ({folds_.describe()})")
 
 

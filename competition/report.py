@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from competition.atomic import write_text
+from competition.atomic import replaced_folder, write_text
 from competition.config import CompetitionConfig
 from competition.errors import MissingArtefactError
+from competition.locks import report_lock
 from competition.plots import pyplot, save_figure
 from competition.training.store import REPORT_FOLDER
 
@@ -131,14 +132,25 @@ def _runs_table(exp_dir: Path) -> pd.DataFrame:
 
 
 def build_report(cfg: CompetitionConfig) -> Path:
-    """runs/<experiment>/report/index.html from the runs, the stack and the ledger of `cfg`."""
+    """runs/<experiment>/report/index.html from the runs, the stack and the ledger of `cfg`.
+
+    Holds the report folder's lock; the new folder is built beside the old one and replaces it
+    whole, so a failure leaves the previous report as it was.
+    """
+    exp_dir = cfg.runs_dir / cfg.experiment
+    target = exp_dir / REPORT_FOLDER
+    with report_lock(target), replaced_folder(target) as out:
+        _build(cfg, exp_dir, out)
+    return target / "index.html"
+
+
+def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
+    """The page and its plots, written into `out` (the staging folder that replaces the report folder)."""
     from competition.data.loader import load_train
     from competition.kaggle.ledger import Ledger, ledger_path
     from competition.kaggle.leaderboard import plot_cv_vs_lb
     from competition.stacking.settings import stack_dir
 
-    exp_dir = cfg.runs_dir / cfg.experiment
-    out = exp_dir / REPORT_FOLDER
     stack = stack_dir(cfg.runs_dir, cfg.experiment)
     if not (stack / "summary.json").is_file():
         raise MissingArtefactError(f"{stack / 'summary.json'} not found: run `make stack` first")

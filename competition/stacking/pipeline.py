@@ -2,8 +2,8 @@
 
 Reads the folds file, the runs of one experiment and the train/test data (labels, angles, and
 images for band statistics); writes runs/<experiment>/stack/{oof.csv, test.csv, cv_scores.png,
-importances.csv, optuna.sqlite, summary.json (last)} and one validated submission. Imports
-neither torch nor TensorFlow.
+importances.csv, optuna.sqlite, summary.json} and one validated submission, all or nothing
+(see run_stack). Imports neither torch nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 
 from competition import fingerprint
-from competition.atomic import atomic_path
+from competition.atomic import atomic_path, replaced_folder
 from competition.config import CompetitionConfig, config_hash
 from competition.console import console, progress
+from competition.data import files
 from competition.data.dataset import Dataset
 from competition.folds import load_folds
+from competition.locks import stack_lock
 from competition.stacking.blenders import BLENDERS, MeanBlender
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.collect import Collection, collect, run_dirs
@@ -32,6 +34,7 @@ from competition.stacking.summary import MethodResult, plot_results, ranked, res
 from competition.submission import write_submission
 
 SINGLE = "single:"
+STUDY_FILE = "optuna.sqlite"  # the Optuna studies, in the stack folder; carried into each new one
 
 
 def _positions(ids: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -114,7 +117,7 @@ def _stacker(coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFr
                 n_trials=st.n_trials, timeout_s=None if st.timeout_s is None else st.timeout_s / studies,
                 inner_folds=st.inner_folds, group_folds=st.group_folds, group_labels=scfg.features.angle_groups,
                 max_rounds=st.max_rounds, early_stopping_rounds=st.early_stopping_rounds, threads=st.threads, seed=scfg.seed,
-                storage=out_dir / "optuna.sqlite", study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
+                storage=out_dir / STUDY_FILE, study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
                 on_trial=lambda n: bar.advance(task, n),
             )  # fmt: skip
 
@@ -146,30 +149,51 @@ def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) 
 
 
 def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None) -> dict[str, Any]:
-    """The whole step; `train`/`test` default to the cached competition data of `cfg`."""
+    """The whole step; `train`/`test` default to the cached competition data of `cfg`.
+
+    Holds the stack folder's lock throughout (a second `stack` of the experiment is refused at
+    once); builds the new folder beside the old one and swaps it in whole, after the submission
+    is written; a failure at any point leaves the old folder and no new submission. The Optuna
+    study travels from the old folder into the new one, and a failed attempt's study is kept for
+    the next, so an interrupted search resumes.
+    """
+    out_dir = stack_dir(cfg.runs_dir, cfg.experiment)
+    with stack_lock(out_dir):
+        return _run_stack(cfg, scfg, out_dir, train, test)
+
+
+def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None) -> dict[str, Any]:
     if train is None or test is None:
         from competition.data.loader import load_test, load_train
 
         train, test = load_train(cfg), load_test(cfg)
     folds = load_folds(cfg, train)
-    out_dir = stack_dir(cfg.runs_dir, cfg.experiment)
+    sample = files.sample_submission(cfg)  # before the search: a missing file is said at once
     coll = collect(run_dirs(cfg.runs_dir / cfg.experiment, scfg.runs), folds, test.ids, test.fingerprint)
     console.print(f"stacking {len(coll.names)} runs of '{cfg.experiment}' on {folds.describe()}: {', '.join(coll.names)}")
     y = np.asarray(train.labels, dtype=np.int64)[_positions(train.ids, coll.train_ids)]
     tables, tests = _tables(coll, train, test, scfg)
-    results = evaluate_methods(coll, tables, tests, y, scfg, out_dir)
-    chosen = ranked(results)[0]
-    stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
-    submission = write_submission(
-        cfg.submissions_dir, coll.test_ids, chosen.test, cfg.sample_submission, cfg.experiment, chosen.name, chosen.cv.mean,
-        {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
-         "data_fingerprint": coll.data_fingerprint, "runs": coll.names},
-    )  # fmt: skip
-    _write_tables(out_dir, coll, results)
-    plot_results(results, out_dir / "cv_scores.png")
-    context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
-               "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint}  # fmt: skip
-    summary = write_summary(out_dir / "summary.json", results, chosen, submission, context)
+    submission: Path | None = None
+    try:
+        with replaced_folder(out_dir, carry=[STUDY_FILE], keep_on_failure=[STUDY_FILE + "*"]) as work:
+            results = evaluate_methods(coll, tables, tests, y, scfg, work)
+            chosen = ranked(results)[0]
+            stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
+            _write_tables(work, coll, results)
+            plot_results(results, work / "cv_scores.png")
+            context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
+                       "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint}  # fmt: skip
+            submission = write_submission(
+                cfg.submissions_dir, coll.test_ids, chosen.test, sample, cfg.experiment, chosen.name, chosen.cv.mean,
+                {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
+                 "data_fingerprint": coll.data_fingerprint, "data": files.describe(cfg, train.fingerprint, test.fingerprint), "runs": coll.names},
+            )  # fmt: skip
+            summary = write_summary(work / "summary.json", results, chosen, submission, context)
+    except BaseException:
+        if submission is not None:  # written, but its stack folder did not make it: no submission without its record
+            submission.unlink(missing_ok=True)
+            submission.with_suffix(".json").unlink(missing_ok=True)
+        raise
     console.print(results_table(results, cfg.experiment))
     console.print(f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}); summary in {out_dir / 'summary.json'}")
     return summary

@@ -1,0 +1,136 @@
+"""One writer per folder: a second command is refused at once naming the holder; a killed holder frees the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stack_data import make_competition, write_predictor
+
+from competition import locks
+from competition.locks import LockedError
+from competition.report import build_report
+from competition.stacking.pipeline import run_stack
+from competition.stacking.settings import StackConfig, stack_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
+
+
+def _holder(folder: Path, lock_path: Path | None = None) -> subprocess.Popen:
+    """A second process that takes the lock of `folder` (as `competition stack` would) and sleeps."""
+    extra = "" if lock_path is None else f", lock_path=Path({str(lock_path)!r})"
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom competition.locks import hold\n"
+        f"with hold(Path({str(folder)!r}){extra}):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, "stack", "experiment=x"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture()
+def comp(tmp_path):
+    comp = make_competition(tmp_path, n_train=90, n_test=30, k=3, seed=3, via_json=True)
+    for j in range(2):
+        write_predictor(comp, f"m{j}", 1.0, 1.2, seed=j)
+    return comp
+
+
+def test_stack_and_report_refuse_while_another_process_holds_the_lock_and_run_once_it_is_killed(comp):
+    cfg = comp.cfg
+    scfg = StackConfig(methods=["mean", "lgbm"], features={"band_stats": False}, stacker=QUICK)
+    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    holder = _holder(stack)
+    try:
+        with pytest.raises(LockedError) as refused:
+            run_stack(cfg, scfg, comp.train, comp.test)
+        message = str(refused.value)
+        assert f"stack folder {stack}" in message and f"pid {holder.pid} " in message and "stack experiment=x" in message
+        assert "wait for it to finish or stop it" in message and "\n" not in message
+        assert not stack.exists() and not cfg.submissions_dir.exists()  # refused before any work
+        assert locks.is_locked(stack)
+    finally:
+        _kill(holder)
+    assert not locks.is_locked(stack)  # the kernel dropped the dead holder's lock at once
+    summary = run_stack(cfg, scfg, comp.train, comp.test)
+    assert Path(summary["submission"]).is_file()
+
+    report = cfg.runs_dir / cfg.experiment / "report"
+    holder = _holder(report)
+    try:
+        with pytest.raises(LockedError, match=rf"report folder {report} is being written by pid {holder.pid} "):
+            build_report(cfg)
+    finally:
+        _kill(holder)
+    assert build_report(cfg).is_file()
+
+
+def test_cli_prints_one_line_and_exits_2(comp):
+    cfg = comp.cfg
+    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    holder = _holder(stack)
+    try:
+        args = ["stack", f"data_dir={cfg.data_dir}", f"work_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
+        done = subprocess.run([sys.executable, "-m", "competition", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=120)
+    finally:
+        _kill(holder)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "Traceback" not in out and f"error: stack folder {stack} (and the submission it writes) is being written by pid {holder.pid} " in out
+
+
+def test_folds_lock_lives_inside_the_work_folder_and_is_reentrant(tmp_path):
+    folds_json = tmp_path / "work" / "folds.json"
+    with locks.folds_lock(folds_json), locks.folds_lock(folds_json):  # the same process may take it again
+        assert (tmp_path / "work" / ".folds.lock").read_text().startswith(f"pid {os.getpid()} ")
+    assert (tmp_path / "work" / ".folds.lock").read_text() == ""  # released: no holder named
+    holder = _holder(tmp_path / "work", lock_path=tmp_path / "work" / ".folds.lock")
+    try:
+        with pytest.raises(LockedError, match=r"work folder .*work \(folds\) is being written by pid"):
+            with locks.folds_lock(folds_json):
+                pass
+    finally:
+        _kill(holder)
+    with locks.folds_lock(folds_json):
+        pass
+
+
+def test_a_child_process_works_under_its_parents_lock_but_not_a_stranger(tmp_path):
+    """`make all` style: the parent holds a lock and starts a child (spawn), which may take it; another process may not."""
+    folder = tmp_path / "runs" / "exp" / "m"
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom competition.locks import hold, LockedError\n"
+        f"try:\n    with hold(Path({str(folder)!r})):\n        print('ran')\n"
+        "except LockedError as e:\n    print('refused', e)\n"
+    )
+    with locks.hold(folder):
+        child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert child.stdout.startswith("ran"), child.stdout + child.stderr
+        stranger_env = {k: v for k, v in os.environ.items() if k != locks.ENV}
+        stranger = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=stranger_env)
+        assert stranger.stdout.startswith("refused"), stranger.stdout + stranger.stderr
+        assert json.loads(os.environ[locks.ENV]) == {str(locks.lock_file(folder).resolve()): os.getpid()}
+    assert locks.ENV not in os.environ
+
+
+def test_the_lock_is_free_right_after_its_holder_is_killed(tmp_path):
+    folder = tmp_path / "stack"
+    holder = _holder(folder)
+    assert locks.is_locked(folder)
+    started = time.monotonic()
+    _kill(holder)
+    with locks.hold(folder):  # no waiting, no stale pid file to clean
+        assert time.monotonic() - started < 5
