@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
+from competition import fingerprint
 from competition.console import console
 from competition.errors import DataError
 from competition.stacking.clipping import choose_eps, clip
@@ -28,7 +29,7 @@ from competition.stacking.metrics import logloss
 
 MIN_INNER_FOLDS = 2
 BLENDERS_INNER = "inner folds of the blenders (eps choice)"  # how a note names an estimator without its own `inner_label`
-_said: set[str] = set()  # notes already printed in this process (each is said once)
+_said: set[tuple[str, str]] = set()  # (scope, note) already printed: each note once per data and folds
 
 
 def smallest_class(y: np.ndarray) -> int:
@@ -53,21 +54,38 @@ def inner_folds_for(configured: int, y: np.ndarray) -> int:
     return max(MIN_INNER_FOLDS, min(int(configured), smallest))
 
 
-def say_once(message: str) -> None:
-    """Print a note on the console the first time it comes up in this process."""
-    if message not in _said:
-        _said.add(message)
+def say_once(message: str, scope: str = "") -> None:
+    """Print a note on the console the first time it comes up for `scope` (the labels and folds
+    being split: every method of one stack run shares them, so the note appears once per run)."""
+    if (scope, message) not in _said:
+        _said.add((scope, message))
         console.print(f"[yellow]note[/] {message}")
 
 
-def note_inner_folds(label: str, configured: int, used: np.ndarray, smallest: int, where: str) -> None:
-    """Say once when inner folds were reduced to fit the data, e.g. "inner folds: 3 instead of 5 (...)"."""
+def _scope(*arrays: np.ndarray) -> str:
+    return fingerprint.of_bytes(*(np.ascontiguousarray(a).tobytes() for a in arrays))
+
+
+def note_folds(label: str, configured: int, used: Sequence[int] | np.ndarray, why: str, scope: str = "") -> None:
+    """Say once when folds were reduced to fit the data, e.g. "...: 3 instead of 5 (the smallest class has 3 members ...)"."""
     used = np.asarray(used)
     if used.size == 0 or used.min() >= configured:
         return
     low, high = int(used.min()), int(used.max())
     span = str(low) if low == high else f"{low}-{high}"
-    say_once(f"{label}: {span} instead of {configured} (the smallest class has {smallest} members {where})")
+    say_once(f"{label}: {span} instead of {configured} ({why})", scope)
+
+
+def _note_estimator(estimators: Sequence[Any], default: int, used: np.ndarray, smallest: int, where: str, scope: str, final: bool = False) -> None:
+    """The notes of one method: its inner folds, and (the stacker) its group-rate folds."""
+    first = estimators[0]
+    suffix = " for the final model" if final else ""
+    label = getattr(first, "inner_label", BLENDERS_INNER) + suffix
+    note_folds(label, int(getattr(first, "inner_folds", default)), used, f"the smallest class has {smallest} members {where}", scope)
+    groups = [e.group_folds_ for e in estimators if getattr(e, "group_folds_", None) is not None]
+    if groups:
+        rows = min(e.fit_rows_ for e in estimators if getattr(e, "group_folds_", None) is not None)
+        note_folds(first.group_label + suffix, int(first.group_folds), groups, f"an inner split fits on {rows} rows", scope)
 
 
 class Estimator(Protocol):
@@ -148,7 +166,7 @@ def cross_validate(
     scores = np.empty((repeats, k))
     eps = np.empty((repeats, k))
     used = np.zeros((repeats, k), dtype=np.int64)
-    configured, label, smallest = inner_folds, BLENDERS_INNER, len(y)
+    configured, smallest, fitted = inner_folds, len(y), []
     for r in range(repeats):
         for f in range(k):
             held = np.flatnonzero(fold[r] == f)
@@ -156,7 +174,7 @@ def cross_validate(
             estimator = make(r, f)
             estimator.fit(_rows(tables[r], fit_rows), y[fit_rows])
             configured = int(getattr(estimator, "inner_folds", inner_folds))
-            label = getattr(estimator, "inner_label", BLENDERS_INNER)
+            fitted.append(estimator)
             used[r, f] = getattr(estimator, "inner_folds_", None) or inner_folds_for(configured, y[fit_rows])
             smallest = min(smallest, smallest_class(y[fit_rows]))
             inner = honest_train_predictions(estimator, _rows(tables[r], fit_rows), y[fit_rows], inner_folds, seed)
@@ -164,7 +182,8 @@ def cross_validate(
             raw[r, held] = estimator.predict_proba(_rows(tables[r], held))
             oof[r, held] = clip(raw[r, held], eps[r, f])
             scores[r, f] = logloss(y[held], oof[r, held])
-    note_inner_folds(label, configured, used, smallest, "in an outer training part")
+    if fitted:
+        _note_estimator(fitted, inner_folds, used, smallest, "in an outer training part", _scope(fold, y))
     return CVResult(raw, oof, scores, eps, used, configured)
 
 
@@ -172,12 +191,13 @@ def fit_predict_test(make: Callable[[int], Estimator], tables: Sequence[Any], y:
     """Unclipped test predictions of the estimator fitted on all training rows, averaged over repeats
     (`tests[r]` is the test table built alongside `tables[r]`). An estimator that reduced its own
     inner folds to fit all training rows (the stacker) says so once."""
-    preds = []
+    preds, fitted = [], []
     for r in range(len(tables)):
         estimator = make(r).fit(tables[r], y)
-        used = getattr(estimator, "inner_folds_", None)
-        if used is not None:
-            label = getattr(estimator, "inner_label", BLENDERS_INNER) + " for the final model"
-            note_inner_folds(label, int(getattr(estimator, "inner_folds", used)), np.array([used]), smallest_class(y), "in the training data")
+        if getattr(estimator, "inner_folds_", None) is not None:
+            fitted.append(estimator)
         preds.append(estimator.predict_proba(tests[r]))
+    if fitted:
+        used = np.array([e.inner_folds_ for e in fitted])
+        _note_estimator(fitted, int(used.max()), used, smallest_class(y), "among all training rows", _scope(y), final=True)
     return np.mean(preds, axis=0)

@@ -26,7 +26,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import StratifiedKFold
 
-from competition.stacking.crossval import inner_folds_for, say_once
+from competition.stacking.crossval import inner_folds_for
 from competition.stacking.features import ANGLE, GroupLabelEncoder, group_folds_for, out_of_fold_group_labels
 from competition.stacking.metrics import logloss
 
@@ -43,6 +43,7 @@ class LGBMStacker(BaseEstimator):
     """
 
     inner_label = "inner folds of the LightGBM stacker"  # how crossval's notes name these inner folds
+    group_label = "group-rate folds of the LightGBM stacker"  # and the out-of-fold group encoding's folds
     MIN_DATA_IN_LEAF = (5, 60)  # search range on data of ordinary size; shrunk for tiny inner splits
 
     def __init__(
@@ -205,8 +206,6 @@ class LGBMStacker(BaseEstimator):
         self.columns_ = list(X.columns)
         self.feature_names_ = self.columns_ + (["group_labelled", "group_rate"] if self.encoder_ is not None else [])
         self.booster_ = lgb.train({**self._fixed(), **self.params_}, lgb.Dataset(self._design_fit(X, y), y), num_boost_round=self.rounds_)
-        if self._uses_groups(X) and self.group_folds_ < self.group_folds:
-            say_once(f"group-rate folds of the LightGBM stacker: {self.group_folds_} instead of {self.group_folds} (an inner split fits on {self.fit_rows_} rows)")
         return self
 
     @property
