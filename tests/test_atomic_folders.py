@@ -142,3 +142,54 @@ def test_a_report_that_fails_late_leaves_the_old_report(stacked, monkeypatch):
     with pytest.raises(RuntimeError, match="late failure"):
         build_report(comp.cfg)
     assert snapshot(folder) == before and not staging_path(folder).exists()
+
+
+# -- train --fresh ----------------------------------------------------------------------------
+MODEL = "mobilenetv3_small_050"  # the tiny timm setup of tests/test_trainer.py
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=1", "batch_size=16", "save_models=false", "policy=head"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    """48 simulated training images in 3 folds, 16 test images."""
+    from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+    from competition.data.loader import load_train
+    from competition.folds import write_folds
+    from competition.simulate.writer import write_simulated
+
+    root = tmp_path_factory.mktemp("fresh")
+    cfg = CompetitionConfig(
+        data_dir=root / "data", runs_dir=root / "runs", submissions_dir=root / "subs",
+        simulate=SimulateConfig(n_train=48, n_test=16, seed=1), folds=FoldsConfig(k=3, repeats=1),
+    )  # fmt: skip
+    write_simulated(cfg)
+    write_folds(load_train(cfg), cfg)
+    return cfg
+
+
+@pytest.mark.slow
+def test_a_fresh_train_that_fails_leaves_the_old_run_and_the_next_fresh_starts_over(tiny_cfg, monkeypatch):
+    from competition.training import store, trainer
+
+    run_dir = trainer.train_model(tiny_cfg, MODEL, "cpu", TINY)
+    before = snapshot(run_dir)
+    assert {"meta.json", "oof.csv", "test.csv", "units/r0_f0_s0.json"} <= set(before)
+    real, calls = trainer.run_unit, []
+
+    def second_unit_fails(plan, unit, on_epoch=None):
+        calls.append(unit.name)
+        if len(calls) > 1:
+            raise RuntimeError("unit failed")
+        return real(plan, unit, on_epoch)
+
+    monkeypatch.setattr(trainer, "run_unit", second_unit_fails)
+    with pytest.raises(RuntimeError, match="unit failed"):
+        trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, fresh=True)
+    assert calls == ["r0_f0_s0", "r0_f1_s0"]  # the first unit trained anew (in the staging folder)
+    assert snapshot(run_dir) == before and not staging_path(run_dir).exists()
+    assert store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY)).meta["trained_this_run"] == []  # the old units, untouched
+
+    monkeypatch.setattr(trainer, "run_unit", real)
+    fresh = store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, fresh=True))
+    assert fresh.path == run_dir and fresh.meta["run_name"] == run_dir.name
+    assert fresh.meta["trained_this_run"] == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"] and not staging_path(run_dir).exists()

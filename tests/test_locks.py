@@ -134,3 +134,106 @@ def test_the_lock_is_free_right_after_its_holder_is_killed(tmp_path):
     _kill(holder)
     with locks.hold(folder):  # no waiting, no stale pid file to clean
         assert time.monotonic() - started < 5
+
+
+# -- train ------------------------------------------------------------------------------------
+MODEL = "mobilenetv3_small_050"  # the tiny timm setup of tests/test_trainer.py
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=1", "batch_size=16", "save_models=false", "policy=head"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(tmp_path_factory):
+    """48 simulated training images in 3 folds, 16 test images."""
+    from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+    from competition.data.loader import load_train
+    from competition.folds import write_folds
+    from competition.simulate.writer import write_simulated
+
+    root = tmp_path_factory.mktemp("train-lock")
+    cfg = CompetitionConfig(
+        data_dir=root / "data", runs_dir=root / "runs", submissions_dir=root / "subs",
+        simulate=SimulateConfig(n_train=48, n_test=16, seed=1), folds=FoldsConfig(k=3, repeats=1),
+    )  # fmt: skip
+    write_simulated(cfg)
+    write_folds(load_train(cfg), cfg)
+    return cfg
+
+
+def test_train_refuses_while_another_process_writes_the_run(tiny_cfg):
+    from competition.training.trainer import train_model
+
+    run_dir = tiny_cfg.runs_dir / tiny_cfg.experiment / "mine"
+    holder = _holder(run_dir)
+    try:
+        with pytest.raises(LockedError, match=rf"run folder {run_dir} is being written by pid {holder.pid} "):
+            train_model(tiny_cfg, MODEL, "cpu", TINY, run_name="mine")
+    finally:
+        _kill(holder)
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_the_child_of_train_isolated_is_not_blocked_by_its_parent(tiny_cfg):
+    """`make all`: the parent may hold locks (here even the run's own) while its child trains the run."""
+    from competition.stacking.settings import stack_dir
+    from competition.training import store
+    from competition.training.trainer import train_isolated
+
+    run_dir = tiny_cfg.runs_dir / tiny_cfg.experiment / "child"
+    with locks.folds_lock(tiny_cfg.folds_json), locks.stack_lock(stack_dir(tiny_cfg.runs_dir, tiny_cfg.experiment)), locks.run_lock(run_dir):
+        assert train_isolated(tiny_cfg, MODEL, "cpu", TINY, run_name="child") == run_dir
+    assert store.load_run(run_dir).meta["trained_this_run"] == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"]
+
+
+# -- two `competition stack` at once ------------------------------------------------------------
+def _stack_args(cfg) -> list[str]:
+    return [
+        "stack", f"data_dir={cfg.data_dir}", f"work_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}",
+        "folds.k=3", "folds.seed=5", "stack.stacker.n_trials=3", "stack.stacker.inner_folds=2", "stack.stacker.max_rounds=100",
+        "stack.methods=[mean, weights, lgbm]",
+    ]  # fmt: skip
+
+
+def _two_predictors(root: Path):
+    comp = make_competition(root, n_train=100, n_test=40, k=3, seed=5, via_json=True)
+    for j, (strength, noise) in enumerate([(1.0, 1.5), (0.8, 1.2)]):
+        write_predictor(comp, f"m{j}", strength, noise, seed=30 + j)
+    return comp
+
+
+def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_path):
+    import sqlite3
+
+    comp = _two_predictors(tmp_path / "together")
+    env = {**os.environ, "COLUMNS": "400"}
+    stack = stack_dir(comp.cfg.runs_dir, comp.cfg.experiment)
+    # the second is started ahead and waits, imports done, for a line on stdin: it reaches the lock within milliseconds
+    waiting = (
+        "import sys\nfrom competition.cli import main\nimport competition.stacking.pipeline\n"
+        f"sys.argv = ['competition', *{_stack_args(comp.cfg)!r}]\nsys.stdin.readline()\nmain()\n"
+    )
+    second = subprocess.Popen([sys.executable, "-c", waiting], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    first = subprocess.Popen([sys.executable, "-m", "competition", *_stack_args(comp.cfg)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        lock = locks.lock_file(stack)
+        while not (lock.is_file() and lock.read_text().startswith(f"pid {first.pid} ")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poll() is None, "the first stack ended before the second started"
+        second_out, _ = second.communicate("go\n", timeout=120)
+        first_out, _ = first.communicate(timeout=300)
+    finally:
+        _kill(first)
+        _kill(second)
+    assert second.returncode == 2 and f"is being written by pid {first.pid} " in second_out and "Traceback" not in second_out, second_out[-2000:]
+    assert first.returncode == 0, first_out[-3000:]
+
+    solo = _two_predictors(tmp_path / "solo")
+    done = subprocess.run([sys.executable, "-m", "competition", *_stack_args(solo.cfg)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    together = json.loads((stack / "summary.json").read_text())
+    alone = json.loads((stack_dir(solo.cfg.runs_dir, solo.cfg.experiment) / "summary.json").read_text())
+    assert together["methods"] == alone["methods"] and together["chosen"] == alone["chosen"]
+    with sqlite3.connect(stack / "optuna.sqlite") as db:
+        assert db.execute("select count(*) from trials").fetchone()[0] == 3 * (3 + 1)  # one study per outer fold + the final one, 3 trials each
+    assert len(list(comp.cfg.submissions_dir.glob("*.csv"))) == 1

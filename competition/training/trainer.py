@@ -15,18 +15,20 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import log_loss
 
+from competition.atomic import recover_folder, replaced_folder, staging_path
 from competition.config import CompetitionConfig, apply_overrides, config_hash, parse_overrides, validate
 from competition.console import console, progress, table
 from competition.data.dataset import Dataset
 from competition.errors import ConfigError, UserError
 from competition.fingerprint import of_json
 from competition.folds import Folds
+from competition.locks import run_lock
 from competition.models.base import Augment, ImageModel, ModelConfig, ModelInputs, PolicyDecision
 from competition.training import dihedral, store, tta
 from competition.training.augment import Augmenter
@@ -288,18 +290,32 @@ def train_model(
     """Train `model_name` on every unit of the folds file; return the run folder.
 
     `overrides` are KEY=VALUE strings routed to the competition config, the profile or the model
-    config (see profiles.route_overrides). `fresh` deletes the run's earlier units first.
+    config (see profiles.route_overrides). `fresh` trains every unit anew in a staging folder that
+    replaces the run folder only once finished (a failed or killed fresh run leaves the old run).
+    Holds the run folder's lock: a second `train` of the same run is refused at once.
     `run_name` names the run folder (default: the model's name), so variants of one model sit side by side.
     """
     started = time.perf_counter()
     plan = plan_run(cfg, model_name, profile, overrides, run_name)
-    if fresh:
-        shutil.rmtree(plan.run_dir, ignore_errors=True)
+    with run_lock(plan.run_dir):
+        if fresh:  # train into a staging folder that replaces the run only when finished: a failed fresh run leaves the old one
+            with replaced_folder(plan.run_dir) as staging:
+                _train_units(replace(plan, run_dir=staging), run_name, started)
+        else:
+            recover_folder(plan.run_dir)
+            shutil.rmtree(staging_path(plan.run_dir), ignore_errors=True)  # what a failed or killed --fresh left
+            _train_units(plan, run_name, started)
+    console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
+    return plan.run_dir
+
+
+def _train_units(plan: Plan, run_name: str | None, started: float) -> None:
+    """Train the units not finished in plan.run_dir (resuming), then write the run's tables and meta.json."""
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
     console.print(
-        f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
+        f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
         f"{len(plan.units)} units ({len(done)} already finished)"
     )
     with progress() as bar:
@@ -312,7 +328,6 @@ def train_model(
             done[unit] = result
             bar.advance(units_task)
     _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started)
-    return plan.run_dir
 
 
 def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Unit], wall_s: float) -> None:
@@ -356,7 +371,6 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
     plot_curves(meta["curves"], plan.run_dir / CURVES_FILE, f"{plan.run_dir.name}: CV log loss {cv:.4f}")
     rows = [(r.unit.name, r.best_epoch, r.logloss, f"{r.timings['fit_s']:.1f}") for r in results]
     console.print(table(f"{plan.run_dir.name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
-    console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
 
 
 def augment_note(profile: Profile, cached: bool) -> str:
