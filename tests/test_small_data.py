@@ -180,3 +180,17 @@ def test_ten_balanced_goes_through_folds_and_stacking(tmp_path, monkeypatch, cap
     assert "Traceback" not in err
     sidecar = json.loads(Path(summary["submission"]).with_suffix(".json").read_text())
     assert sidecar["folds_fingerprint"] == folds.fingerprint
+
+
+def test_a_folds_file_written_before_the_check_is_refused_by_later_steps(tmp_path, monkeypatch):
+    """load_folds(cfg, data) (train, stack) refuses unlearnable data even when its folds file exists."""
+    import competition.folds as folds_module
+
+    cfg = _config(tmp_path, k=2)
+    train = _train([0] * 6 + [1] * 2)
+    with monkeypatch.context() as m:
+        m.setattr(folds_module, "check_learnable", lambda *a, **k: None)
+        m.setattr(folds_module, "check_assignment", lambda *a, **k: None)
+        write_folds(train, cfg)
+    with pytest.raises(DataError, match=r"the 2 training images with is_iceberg 1 \(icebergs\) leave only 1 in an outer training part"):
+        folds_module.load_folds(cfg, train)
