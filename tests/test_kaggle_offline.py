@@ -131,7 +131,7 @@ def test_submit_without_usable_credentials_exits_cleanly(monkeypatch, tmp_path, 
         (tmp_path / "kaggle-config" / "kaggle.json").write_text(kaggle_json)
     path = _submission(tmp_path, pd.Series(["a", "b"]), np.array([0.2, 0.8]))
     done = subprocess.run([sys.executable, "-m", "competition", "submit", "--file", str(path), f"runs_dir={tmp_path / 'runs'}",
-                           f"data_dir={tmp_path / 'data'}", "kaggle.submit_target=kaggle"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                           f"data_dir={tmp_path / 'data'}", f"work_dir={tmp_path / 'data'}", "kaggle.submit_target=kaggle"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert ("no Kaggle credentials" if kaggle_json is None else "not a readable JSON file") in " ".join(done.stderr.split())

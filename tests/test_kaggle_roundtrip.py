@@ -49,7 +49,7 @@ def _write_submission(folder: Path, stamp: str, cv: float) -> Path:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    overrides = [f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'subs'}", f"data_dir={tmp_path / 'data'}"]
+    overrides = [f"runs_dir={tmp_path / 'runs'}", f"submissions_dir={tmp_path / 'subs'}", f"data_dir={tmp_path / 'data'}", f"work_dir={tmp_path / 'data'}"]
     return subprocess.run([sys.executable, "-m", "competition", *args, *overrides], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

@@ -129,7 +129,7 @@ def test_cli_stack_end_to_end_without_torch_or_tensorflow(tmp_path):
     for j, (strength, noise) in enumerate(PREDICTORS[:2]):
         write_predictor(comp, f"m{j}", strength, noise, seed=j)
     args = [
-        "stack", f"data_dir={comp.cfg.data_dir}", f"runs_dir={comp.cfg.runs_dir}", f"submissions_dir={comp.cfg.submissions_dir}",
+        "stack", f"data_dir={comp.cfg.data_dir}", f"work_dir={comp.cfg.work_dir}", f"runs_dir={comp.cfg.runs_dir}", f"submissions_dir={comp.cfg.submissions_dir}",
         "folds.k=3", "folds.seed=2", "stack.stacker.n_trials=3", "stack.stacker.inner_folds=2", "stack.stacker.max_rounds=100",
         "stack.methods=[mean, weights, lgbm]",
     ]  # fmt: skip

@@ -114,10 +114,10 @@ def test_cli_validate_exit_codes(tmp_path, sample):
     bad = _write(tmp_path, [*_valid_lines(), _valid_lines()[1]], "bad.csv")
     env = {**os.environ, "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "competition", "validate"]
-    ok = subprocess.run([*cmd, str(good), f"data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    ok = subprocess.run([*cmd, str(good), f"data_dir={tmp_path}", f"work_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "valid" in ok.stderr and "12 rows" in ok.stderr
-    ko = subprocess.run([*cmd, str(bad), f"data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    ko = subprocess.run([*cmd, str(bad), f"data_dir={tmp_path}", f"work_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert ko.returncode == 2 and "appear more than once: line 14" in ko.stderr and "Traceback" not in ko.stderr
 
 
@@ -254,9 +254,9 @@ def test_cli_validate_accepts_the_cases_and_names_the_fix_for_row_names(tmp_path
     env = {**os.environ, "COLUMNS": "300"}
     cmd = [sys.executable, "-m", "competition", "validate"]
     for path in (quoted, bom):
-        ok = subprocess.run([*cmd, str(path), f"data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+        ok = subprocess.run([*cmd, str(path), f"data_dir={tmp_path}", f"work_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
         assert ok.returncode == 0 and "12 rows" in ok.stderr, ok.stderr
-    ko = subprocess.run([*cmd, str(r_file), f"data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    ko = subprocess.run([*cmd, str(r_file), f"data_dir={tmp_path}", f"work_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert ko.returncode == 2 and "Traceback" not in ko.stderr
     assert "write it with row.names = FALSE" in " ".join(ko.stderr.split())
 

@@ -120,7 +120,7 @@ def test_the_cv_unknown_message_reads_back_as_unknown_fields():
 def test_cli_submit_says_the_cv_is_unknown(cfg, tmp_path):
     path = _bare(cfg)
     done = subprocess.run(
-        [sys.executable, "-m", "competition", "submit", "--file", str(path), f"data_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}",
+        [sys.executable, "-m", "competition", "submit", "--file", str(path), f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={cfg.runs_dir}",
          f"submissions_dir={cfg.submissions_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"},
     )  # fmt: skip
@@ -260,7 +260,7 @@ def test_a_file_without_sidecar_through_the_real_client_then_lb(monkeypatch, cfg
     try:
         client_env(monkeypatch, cfg.runs_dir.parent, server, "alice", "k3y-0123456789abcdef")
         path = _bare(cfg, "submission.csv")
-        args = [f"data_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
+        args = [f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
         run = [sys.executable, "-m", "competition"]
         done = subprocess.run([*run, "submit", "--file", str(path), "kaggle.submit_target=kaggle", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
