@@ -62,6 +62,19 @@ def _describe_self() -> str:
     return f"pid {os.getpid()} (`{command}`) since {datetime.now():%Y-%m-%d %H:%M:%S}"
 
 
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}  # file systems without flock (some network mounts)
+_said: set[str] = set()
+
+
+def _say_unlocked(path: Path, exc: OSError) -> None:
+    """Work on where locking is impossible, saying so once per file system."""
+    if str(path.parent) not in _said:
+        _said.add(str(path.parent))
+        from competition.console import console  # noqa: PLC0415
+
+        console.print(f"[yellow]note:[/] {path.parent} cannot be locked ({exc.strerror}): two commands writing it at once would not be stopped")
+
+
 def _inherited() -> dict[str, int]:
     """Locks held by the processes this one descends from (lock file -> holder pid), from the environment."""
     try:
@@ -114,6 +127,10 @@ def hold(folder: Path, what: str | None = None, *, lock_path: Path | None = None
         taken = True
     except OSError as exc:
         os.close(fd)
+        if exc.errno in UNSUPPORTED:
+            _say_unlocked(path, exc)
+            yield folder
+            return
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
         taken = False

@@ -136,6 +136,19 @@ def test_the_lock_is_free_right_after_its_holder_is_killed(tmp_path):
         assert time.monotonic() - started < 5
 
 
+
+def test_a_file_system_without_flock_works_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with locks.hold(tmp_path / "stack"):
+        pass
+    assert "cannot be locked (No locks available)" in capsys.readouterr().err.replace("\n", "")
+
 # -- train ------------------------------------------------------------------------------------
 MODEL = "mobilenetv3_small_050"  # the tiny timm setup of tests/test_trainer.py
 TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=1", "batch_size=16", "save_models=false", "policy=head"]
