@@ -193,3 +193,57 @@ def test_a_fresh_train_that_fails_leaves_the_old_run_and_the_next_fresh_starts_o
     fresh = store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, fresh=True))
     assert fresh.path == run_dir and fresh.meta["run_name"] == run_dir.name
     assert fresh.meta["trained_this_run"] == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"] and not staging_path(run_dir).exists()
+
+
+def test_a_stack_killed_mid_search_leaves_the_old_folder_and_the_rerun_resumes_its_trials(tmp_path):
+    """kill -9 during the Optuna search: the old stack folder and submissions stay; the next run keeps the killed run's trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    comp = make_competition(tmp_path, n_train=100, n_test=40, k=3, seed=6, via_json=True)
+    for j, (strength, noise) in enumerate([(1.0, 1.5), (0.8, 1.2)]):
+        write_predictor(comp, f"m{j}", strength, noise, seed=40 + j)
+    cfg = comp.cfg
+    base = ["stack", f"data_dir={cfg.data_dir}", f"work_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}",
+            "folds.k=3", "folds.seed=6", "stack.stacker.inner_folds=2", "stack.stacker.max_rounds=100", "stack.methods=[mean, lgbm]",
+            "stack.features.band_stats=false"]  # fmt: skip
+    command = [sys.executable, "-m", "competition", *base]
+    first = subprocess.run([*command, "stack.stacker.n_trials=2"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = stack_dir(cfg.runs_dir, cfg.experiment)
+    before, subs = snapshot(out), sorted(p.name for p in cfg.submissions_dir.iterdir())
+
+    study = staging_path(out) / "optuna.sqlite"
+    proc = subprocess.Popen([*command, "stack.stacker.n_trials=8"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if study.is_file() and _complete(study) >= _complete(out / "optuna.sqlite") + 6:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the search ended before the kill"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert snapshot(out) == before and sorted(p.name for p in cfg.submissions_dir.iterdir()) == subs
+    done_before_kill = _complete_trials(study)
+
+    again = subprocess.run([*command, "stack.stacker.n_trials=8"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert done_before_kill <= _complete_trials(out / "optuna.sqlite")  # the killed run's trials were kept, not searched again
+    assert _complete(out / "optuna.sqlite") == 2 * 4 + 8 * 4  # per study exactly its n_trials finished: 4 studies of each search
+    assert not staging_path(out).exists() and len(list(cfg.submissions_dir.glob("*.csv"))) == 2
+
+
+def _complete(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
+
+
+def _complete_trials(path: Path) -> set[tuple]:
+    with sqlite3.connect(path) as db:
+        return set(db.execute("select study_id, number, datetime_start from trials where state in ('COMPLETE', 'PRUNED')").fetchall())
