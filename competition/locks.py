@@ -58,7 +58,9 @@ def _holder(path: Path) -> str:
 
 
 def _describe_self() -> str:
-    command = shlex.join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]])
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = program.parent.name if program.name == "__main__.py" else program.name  # `python -m competition`: competition
+    command = shlex.join([name, *sys.argv[1:]])
     return f"pid {os.getpid()} (`{command}`) since {datetime.now():%Y-%m-%d %H:%M:%S}"
 
 
@@ -122,6 +124,7 @@ def hold(folder: Path, what: str | None = None, *, lock_path: Path | None = None
         yield folder
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    unsupported = False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         taken = True
@@ -129,12 +132,14 @@ def hold(folder: Path, what: str | None = None, *, lock_path: Path | None = None
         os.close(fd)
         if exc.errno in UNSUPPORTED:
             _say_unlocked(path, exc)
-            yield folder
-            return
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        elif exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise
         taken = False
+        unsupported = exc.errno in UNSUPPORTED
     if not taken:
+        if unsupported:
+            yield folder
+            return
         if not _held_by_ancestor(key, path):
             raise LockedError(
                 f"{what or folder} is being written by {_holder(path)}: wait for it to finish or stop it "

@@ -238,7 +238,8 @@ def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_pat
     finally:
         _kill(first)
         _kill(second)
-    assert second.returncode == 2 and f"is being written by pid {first.pid} " in second_out and "Traceback" not in second_out, second_out[-2000:]
+    assert second.returncode == 2 and f"is being written by pid {first.pid} (`competition stack " in second_out.replace("\n", ""), second_out[-2000:]
+    assert "Traceback" not in second_out and "wait for it to finish or stop it" in second_out.replace("\n", "")
     assert first.returncode == 0, first_out[-3000:]
 
     solo = _two_predictors(tmp_path / "solo")
