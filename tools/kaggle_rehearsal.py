@@ -303,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "('torch','torchvision','timm','tensorflow','keras','numpy','pandas','scikit-learn','rich','pydantic','typer','lightgbm','optuna')))"],
                               capture_output=True, text=True).stdout.strip()
     say(f"venv ready in {venv_s:.0f} s: Python {versions}")
+    for old in CACHE.glob("run-*"):  # the previous run's trees and logs (kept until now for a look)
+        shutil.rmtree(old, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
     results = rehearse(py, [x for x in args.layouts.split(",") if x], work, args.overrides)
     total = time.perf_counter() - started
