@@ -119,9 +119,16 @@ def _swap(new: Path, target: Path) -> None:
         _remove(old)  # the empty .staging/{new,old} folders stay: removing them could race another folder's swap
 
 
+def _link_or_copy(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
 @contextlib.contextmanager
 def replaced_folder(
-    target: str | os.PathLike[str], *, carry: Sequence[str] = (), keep_on_failure: Sequence[str] = ()
+    target: str | os.PathLike[str], *, carry: Sequence[str] = (), link: Sequence[str] = (), keep_on_failure: Sequence[str] = ()
 ) -> Iterator[Path]:
     """Yield a staging folder to build the next `target` in; it replaces `target` whole when the block succeeds.
 
@@ -129,6 +136,8 @@ def replaced_folder(
     hold the folder's lock (competition.locks): the staging folder has a fixed name.
     `carry`: files copied from `target` into the staging folder before the block (state the new
     version continues, e.g. an Optuna study), unless a failed attempt kept a newer one there.
+    `link`: files or folders of `target` that the new version keeps unchanged, hard-linked into
+    the staging folder (copied where links are impossible); they must never be modified in place.
     `keep_on_failure`: glob patterns of staging files that survive a failure for the next attempt
     (an interrupted search resumes from them); everything else of a failed attempt is removed.
     """
@@ -145,6 +154,12 @@ def replaced_folder(
     for name in carry:
         if (target / name).is_file() and not (new / name).exists():
             shutil.copy2(target / name, new / name)
+    for name in link:
+        source = target / name
+        if source.is_dir():
+            shutil.copytree(source, new / name, copy_function=_link_or_copy)
+        elif source.is_file():
+            _link_or_copy(source, new / name)
     try:
         yield new
     except BaseException:

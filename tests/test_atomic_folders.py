@@ -247,3 +247,20 @@ def _complete(path: Path) -> int:
 def _complete_trials(path: Path) -> set[tuple]:
     with sqlite3.connect(path) as db:
         return set(db.execute("select study_id, number, datetime_start from trials where state in ('COMPLETE', 'PRUNED')").fetchall())
+
+
+@pytest.mark.slow
+def test_a_resumed_train_replaces_its_tables_whole_and_keeps_the_units_it_found(tiny_cfg, monkeypatch):
+    from competition.training import store, trainer
+
+    run_dir = trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, run_name="again")
+    before = snapshot(run_dir)
+    inodes = {p.name: p.stat().st_ino for p in (run_dir / store.UNITS_DIR).iterdir()}
+    monkeypatch.setattr(trainer, "plot_curves", _boom)  # after oof.csv, test.csv and meta.json are written
+    with pytest.raises(RuntimeError, match="late failure"):
+        trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, run_name="again")
+    assert snapshot(run_dir) == before and not staging_path(run_dir).exists()
+    monkeypatch.undo()
+    run = store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, run_name="again"))
+    assert run.meta["trained_this_run"] == [] and (run_dir / "curves.png").is_file()
+    assert {p.name: p.stat().st_ino for p in (run_dir / store.UNITS_DIR).iterdir()} == inodes  # linked, not copied

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -300,17 +301,17 @@ def train_model(
     with run_lock(plan.run_dir):
         if fresh:  # train into a staging folder that replaces the run only when finished: a failed fresh run leaves the old one
             with replaced_folder(plan.run_dir) as staging:
-                _train_units(replace(plan, run_dir=staging), run_name, started)
+                _train_units(replace(plan, run_dir=staging), run_name, started, in_place=True)
         else:
             recover_folder(plan.run_dir)
             shutil.rmtree(staging_path(plan.run_dir), ignore_errors=True)  # what a failed or killed --fresh left
-            _train_units(plan, run_name, started)
+            _train_units(plan, run_name, started, in_place=False)
     console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
     return plan.run_dir
 
 
-def _train_units(plan: Plan, run_name: str | None, started: float) -> None:
-    """Train the units not finished in plan.run_dir (resuming), then write the run's tables and meta.json."""
+def _train_units(plan: Plan, run_name: str | None, started: float, in_place: bool) -> None:
+    """Train the units not finished in plan.run_dir (resuming), then write the run's tables and meta.json (see _finish)."""
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
@@ -327,11 +328,15 @@ def _train_units(plan: Plan, run_name: str | None, started: float) -> None:
             store.write_unit(plan.run_dir, result, plan.prints)
             done[unit] = result
             bar.advance(units_task)
-    _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started)
+    _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started, in_place)
 
 
-def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Unit], wall_s: float) -> None:
-    """Assemble the OOF and test tables and meta.json from the unit results; print the per-unit table."""
+def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Unit], wall_s: float, in_place: bool) -> None:
+    """Assemble the OOF and test tables and meta.json from the unit results; print the per-unit table.
+
+    `in_place`: plan.run_dir is a staging folder already (--fresh); else the tables go into a new
+    folder beside the run, with the finished units hard-linked, that replaces the run whole.
+    """
     import pandas as pd  # noqa: PLC0415
 
     assert plan.train.labels is not None
@@ -367,8 +372,9 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "cv_logloss": cv,
         "curves": {r.unit.name: r.history for r in results},
     }
-    store.write_run(plan.run_dir, oof, test, meta)
-    plot_curves(meta["curves"], plan.run_dir / CURVES_FILE, f"{plan.run_dir.name}: CV log loss {cv:.4f}")
+    with nullcontext(plan.run_dir) if in_place else replaced_folder(plan.run_dir, link=[store.UNITS_DIR]) as out:
+        store.write_run(out, oof, test, meta)
+        plot_curves(meta["curves"], out / CURVES_FILE, f"{plan.run_dir.name}: CV log loss {cv:.4f}")
     rows = [(r.unit.name, r.best_epoch, r.logloss, f"{r.timings['fit_s']:.1f}") for r in results]
     console.print(table(f"{plan.run_dir.name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
 
