@@ -96,12 +96,14 @@ def validate(
     overrides: Overrides = None,
     config: ConfigOpt = COMPETITION_CONFIG,
 ) -> None:
-    """Check a submission: exact header, every sample-submission id once, finite probabilities in [0, 1]."""
+    """Check a submission as Kaggle reads it: columns id,is_iceberg, every sample-submission id once, probabilities in [0, 1]."""
+    from competition.data.files import sample_submission
     from competition.submission import validate_submission
 
     cfg = load_competition(overrides or [], config)
-    rows = validate_submission(file, cfg.sample_submission)
-    console.print(f"[green]valid[/] {file}: {rows} rows, every test id of {cfg.sample_submission} once")
+    sample = sample_submission(cfg)
+    rows = validate_submission(file, sample)
+    console.print(f"[green]valid[/] {file}: {rows} rows, every test id of {sample} once")
 
 
 KaggleOpt = Annotated[Path, typer.Option("--kaggle-config", help="Kaggle round-trip config (YAML); override its keys as kaggle.KEY=VALUE.")]
@@ -151,11 +153,9 @@ def lb(
 @app.command()
 def kernel(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, kaggle_config: KaggleOpt = KAGGLE_YAML) -> None:
     """Build runs/kaggle/dataset/ (wheels, configs, weights) and runs/kaggle/kernel/ (metadata + script)."""
-    from competition.kaggle.kernel import build
-    from competition.kaggle.settings import load_settings
+    from competition.kaggle.kernel import build_from_overrides
 
-    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
-    for folder in build(cfg, kcfg):
+    for folder in build_from_overrides(overrides or [], config, kaggle_config):
         console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
 
@@ -268,7 +268,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished units are kept; run the same command again to resume")
+        console.print("[yellow]interrupted[/]: finished units are kept (not those of a --fresh run); run the same command again to resume")
         sys.exit(130)
 
 

@@ -77,6 +77,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     from competition.data.files import describe
     from competition.data.loader import load_test, load_train
     from competition.folds import ensure_folds
+    from competition.locks import folds_lock
     from competition.report import build_report
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
@@ -86,14 +87,15 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     scfg, _ = load_stack_config(stack_overrides)
     started = time.perf_counter()
     timings = Timings()
-    with timings.step("data"):
-        ensure_data(cfg)
-        train, test = load_train(cfg), load_test(cfg)
-        source = describe(cfg, train.fingerprint, test.fingerprint)
-        console.print(data_statement(cfg, source))
-    with timings.step("folds"):
-        folds, written = ensure_folds(train, cfg)
-        console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
+    with folds_lock(cfg.folds_json):  # what `simulate` and `folds` take; training, stack and report lock their own folders
+        with timings.step("data"):
+            ensure_data(cfg)
+            train, test = load_train(cfg), load_test(cfg)
+            source = describe(cfg, train.fingerprint, test.fingerprint)
+            console.print(data_statement(cfg, source))
+        with timings.step("folds"):
+            folds, written = ensure_folds(train, cfg)
+            console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
     cvs = {}
     for model in cfg.models:
         with timings.step(f"train {model}"):

@@ -10,6 +10,7 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,15 @@ def build_report(cfg: CompetitionConfig) -> Path:
     return target / "index.html"
 
 
+def _data_line(summary: dict[str, Any]) -> str:
+    """Which data the stack was made on (simulated or real, where, fingerprints), from its summary."""
+    data = summary.get("data")
+    if not isinstance(data, dict):
+        return f"Data: fingerprints {summary.get('data_fingerprint')} (made before the data was recorded)."
+    kind = "the simulated competition (scored offline on its hidden solution)" if data.get("kind") == "simulated" else "real data"
+    return f"Data: {kind} in {data.get('dir')} (train {data.get('train')}, test {data.get('test')})."
+
+
 def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     """The page and its plots, written into `out` (the staging folder that replaces the report folder)."""
     from competition.data.loader import load_train
@@ -166,7 +176,8 @@ def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
         for name, rec in summary["methods"].items()
     ]).sort_values("CV mean")  # fmt: skip
     sections = [
-        ("Summary", f"<p>Experiment <b>{html.escape(cfg.experiment)}</b>: submitted <b>{html.escape(chosen)}</b>, "
+        ("Summary", f"<p>{html.escape(_data_line(summary))}</p>"
+                    f"<p>Experiment <b>{html.escape(cfg.experiment)}</b>: submitted <b>{html.escape(chosen)}</b>, "
                     f"CV log loss {summary['chosen']['cv_mean']:.4f} &plusmn; {summary['chosen']['cv_std']:.4f} "
                     f"(best single run: {summary['best_single']['method']} {summary['best_single']['cv_mean']:.4f}); "
                     f"clipped to [{summary['eps']:g}, {1 - summary['eps']:g}]. File: <code>{html.escape(summary['submission'])}</code>.</p>"),

@@ -181,12 +181,14 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
             stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
             _write_tables(work, coll, results)
             plot_results(results, work / "cv_scores.png")
+            data = files.describe(cfg, train.fingerprint, test.fingerprint)
             context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
-                       "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint}  # fmt: skip
+                       "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint,
+                       "data": data}  # fmt: skip
             submission = write_submission(
                 cfg.submissions_dir, coll.test_ids, chosen.test, sample, cfg.experiment, chosen.name, chosen.cv.mean,
                 {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
-                 "data_fingerprint": coll.data_fingerprint, "data": files.describe(cfg, train.fingerprint, test.fingerprint), "runs": coll.names},
+                 "data_fingerprint": coll.data_fingerprint, "data": data, "runs": coll.names},
             )  # fmt: skip
             summary = write_summary(work / "summary.json", results, chosen, submission, context)
     except BaseException:
