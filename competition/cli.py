@@ -224,7 +224,7 @@ def bench(
     output: Annotated[Path, typer.Option(help="Markdown file whose trainer section is (re)written.")] = Path("docs/benchmarks.md"),
 ) -> None:
     """Measure harness vs bare-loop throughput and prefix-cache speedups; write them into docs/benchmarks.md."""
-    from competition.training.bench import run_bench
+    from competition.bench.speed import run_bench
 
     run_bench(models or None, n=n, repeats=repeats, output=output)
 
@@ -237,7 +237,7 @@ def bench_quality(
 ) -> None:
     """Quality benchmark: classic VGG16, a CNN from scratch, every model x policy, blenders + stacker; docs/benchmarks.md."""
     cfg = load_competition([], config)
-    from competition.quality import run_quality
+    from competition.bench.quality import run_quality
 
     run_quality(cfg, overrides or [], quality_config)
 

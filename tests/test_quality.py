@@ -13,7 +13,7 @@ from sklearn.metrics import log_loss
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 from competition.errors import ConfigError
 from competition.config import load
-from competition.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
+from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
 
 pytestmark = pytest.mark.slow
 

@@ -295,8 +295,8 @@ def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win()
 
 
 def test_bench_rewrites_only_its_own_section(tmp_path) -> None:
-    from competition.benchmark_doc import replace_section
-    from competition.training.bench import END, START
+    from competition.bench.doc import replace_section
+    from competition.bench.speed import END, START
 
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Quality\nkept\n")

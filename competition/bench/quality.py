@@ -25,7 +25,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from competition.atomic import atomic_path, write_json
-from competition.benchmark_doc import replace_section
+from competition.bench.doc import replace_section
 from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
 from competition.console import console, table
 from competition.data.files import simulated_solution
@@ -384,7 +384,7 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     from competition.data.files import describe
     from competition.data.loader import load_test, load_train
     from competition.pipeline import ensure_data
-    from competition.training.bench import machine
+    from competition.bench.speed import machine
 
     quality_overrides, cfg, stack_overrides, trainer_overrides = split_overrides(cfg, overrides)
     q = load(config, QualityConfig, quality_overrides)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from competition.benchmark_doc import replace_section
+from competition.bench.doc import replace_section
 from competition.console import console, progress, table
 from competition.models.base import ImageModel, ModelInputs
 from competition.training.augment import Augmenter
