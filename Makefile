@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate kaggle-rehearsal
+.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate kaggle-rehearsal
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -30,6 +30,14 @@ $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 
 test: setup ## run the test suite (CPU only)
 	$(PY) -m pytest -q
+
+test-fast: setup ## the inner loop: every test not marked slow (no network training, no end-to-end runs; about a minute)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff (lint, import order, format) and mypy (with the pydantic plugin), as CI runs them
+	$(VENV)/bin/ruff check competition tests tools
+	$(VENV)/bin/ruff format --check competition tests tools
+	$(VENV)/bin/mypy
 
 simulate: setup ## write the simulated competition (the embedded default) into data/
 	$(CLI) simulate $(ARGS)
