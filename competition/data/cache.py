@@ -26,16 +26,13 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from competition import fingerprint
 from competition.atomic import atomic_path, write_json
-from competition.data.dataset import Dataset
-
-if TYPE_CHECKING:
-    from competition.data.loader import Split
+from competition.data.dataset import Dataset, Split
 
 FORMAT = 1
 INDEX = "index.json"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 IMAGE_SIZE = 75
 BANDS = ("band_1", "band_2")  # HH, HV in dB
+Split = Literal["train", "test"]  # which competition file a Dataset comes from
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -28,10 +28,9 @@ from competition.config import CompetitionConfig
 from competition.console import progress
 from competition.data import files
 from competition.data.cache import DatasetCache
-from competition.data.dataset import BANDS, IMAGE_SIZE, Dataset
+from competition.data.dataset import BANDS, IMAGE_SIZE, Dataset, Split
 from competition.errors import DataError, MissingArtefactError, as_json, record_error
 
-Split = Literal["train", "test"]
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
 ANGLE = "inc_angle"
 LABEL = "is_iceberg"
