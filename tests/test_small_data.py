@@ -148,7 +148,7 @@ def test_lightgbm_stacker_fits_eight_rows():
     stacker = LGBMStacker(n_trials=3, inner_folds=5, max_rounds=100).fit(X, y)
     assert stacker.inner_folds_ == 4 and stacker.fit_rows_ == 6 and stacker.params_["min_data_in_leaf"] <= 3
     p = stacker.predict_proba(X)
-    assert p.shape == (8,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert p.shape == (8, 2) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert np.isfinite(stacker.oof_).all()
 
 

@@ -33,23 +33,24 @@ Y = np.array([0, 1, 0])
     ],
 )
 def test_fixed_blenders_compute_their_formula(blender, expected):
-    assert np.allclose(blender.fit(P, Y).predict_proba(P), expected)
+    assert np.allclose(blender.fit(P, Y).predict_proba(P)[:, 1], expected)
 
 
 def test_logit_mean_of_opposite_logits_is_one_half_and_geometric_mean_is_not_symmetric():
     X = np.array([[0.9, 0.1], [0.25, 1.0]])
-    assert LogitMeanBlender().fit(X, [0, 1]).predict_proba(X)[0] == pytest.approx(0.5)
-    assert GeometricMeanBlender().fit(X, [0, 1]).predict_proba(X) == pytest.approx([0.3, 0.5])
+    assert LogitMeanBlender().fit(X, [0, 1]).predict_proba(X)[0, 1] == pytest.approx(0.5)
+    assert GeometricMeanBlender().fit(X, [0, 1]).predict_proba(X)[:, 1] == pytest.approx([0.3, 0.5])
 
 
-def test_every_blender_returns_one_probability_per_row_and_refuses_other_widths():
+def test_every_blender_returns_two_class_probabilities_per_row_and_refuses_other_widths():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     X = np.clip(0.5 + 0.3 * (2 * y[:, None] - 1) + rng.normal(0, 0.2, (200, 3)), 0.01, 0.99)
     for name, cls in BLENDERS.items():
         fitted = cls().fit(X, y)
         out = fitted.predict_proba(X[:7])
-        assert out.shape == (7,) and np.all((out >= 0) & (out <= 1)), name
+        assert out.shape == (7, 2) and np.all((out >= 0) & (out <= 1)) and np.allclose(out.sum(axis=1), 1.0), name
+        assert fitted.predict(X[:7]).tolist() == (out[:, 1] > 0.5).astype(int).tolist(), name
         with pytest.raises(ValueError):
             fitted.predict_proba(X[:, :2])
 
@@ -60,8 +61,8 @@ def test_rank_mean_depends_only_on_ranks_and_is_calibrated():
     score = y + rng.normal(0, 1.0, 2000)
     X = np.column_stack([sigmoid(score), sigmoid(3 * score + 1)])  # one signal, two monotone transforms
     X_same_ranks = np.column_stack([sigmoid(score), sigmoid(score)])
-    a = RankMeanBlender().fit(X, y).predict_proba(X)
-    b = RankMeanBlender().fit(X_same_ranks, y).predict_proba(X_same_ranks)
+    a = RankMeanBlender().fit(X, y).predict_proba(X)[:, 1]
+    b = RankMeanBlender().fit(X_same_ranks, y).predict_proba(X_same_ranks)[:, 1]
     assert np.allclose(a, b)
     assert abs(a.mean() - y.mean()) < 0.01  # Platt scaling makes the mean rank a probability
 
@@ -80,9 +81,9 @@ def test_minmax_bestbase_cut_logic_with_fixed_cuts():
     blender.fit(X, y)
     # column 2 is the best base on these rows (most confident in the right direction)
     assert blender.best_ == 2
-    assert np.allclose(blender.predict_proba(X), [0.95, 0.05, 0.95, 0.05])
+    assert np.allclose(blender.predict_proba(X)[:, 1], [0.95, 0.05, 0.95, 0.05])
     blender.best_ = 1
-    assert np.allclose(blender.predict_proba(X), [0.95, 0.05, 0.70, 0.25])
+    assert np.allclose(blender.predict_proba(X)[:, 1], [0.95, 0.05, 0.70, 0.25])
 
 
 def test_minmax_bestbase_chooses_cuts_on_oof_and_can_decline_them():
@@ -92,7 +93,7 @@ def test_minmax_bestbase_chooses_cuts_on_oof_and_can_decline_them():
     X = np.clip(sigmoid(2.5 * (2 * y[:, None] - 1) + rng.normal(0, 1.5, (3000, 3))), 0.0, 1.0)
     fitted = MinMaxBestBaseBlender().fit(X, y)
     assert fitted.lower_ > 0 and fitted.upper_ < 1
-    assert logloss(y, fitted.predict_proba(X)) < logloss(y, X[:, fitted.best_])
+    assert logloss(y, fitted.predict_proba(X)[:, 1]) < logloss(y, X[:, fitted.best_])
     # where unanimous confidence is wrong, the cuts would hurt: "never" (0, 1) is chosen
     flipped = np.where((X > 0.5).all(axis=1) | (X < 0.5).all(axis=1), 1 - y, y)
     declined = MinMaxBestBaseBlender().fit(X, flipped)
@@ -121,7 +122,7 @@ def test_caruana_selects_the_complementary_pair_and_ignores_noise():
     fitted = CaruanaBlender(iterations=20).fit(np.column_stack([a, junk, b]), y)
     assert fitted.counts_.sum() == 20 and fitted.counts_[1] == 0
     assert fitted.weights_[0] > 0.3 and fitted.weights_[2] > 0.3
-    assert logloss(y, fitted.predict_proba(np.column_stack([a, junk, b]))) < min(logloss(y, a), logloss(y, b))
+    assert logloss(y, fitted.predict_proba(np.column_stack([a, junk, b]))[:, 1]) < min(logloss(y, a), logloss(y, b))
 
 
 def test_choose_eps_prefers_clipping_only_when_confident_mistakes_exist():

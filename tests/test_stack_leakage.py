@@ -7,7 +7,7 @@ import pytest
 from stack_data import make_competition, noisy
 
 from competition.stacking.crossval import cross_validate
-from competition.stacking.features import GroupLabelEncoder, group_neighbour_mean, group_size, out_of_fold_group_labels, stack_tables
+from competition.stacking.features import GroupTargetEncoder, group_neighbour_mean, group_size, stack_tables
 from competition.stacking.metrics import logloss
 from competition.stacking.stacker import LGBMStacker
 
@@ -36,7 +36,7 @@ def test_group_features_known_answers():
     assert group_size(angle).tolist() == [3, 3, 3, 2, 1, 1, 2]
     values = np.array([0.1, 0.2, 0.6, 0.9, 0.5, 0.5, 0.3])
     assert np.allclose(group_neighbour_mean(angle, values), [0.4, 0.35, 0.15, 0.3, np.nan, np.nan, 0.9], equal_nan=True)
-    enc = GroupLabelEncoder().fit(angle[:4], np.array([1, 1, 0, 1])).transform(np.array([30.0, 41.5, 33.0, np.nan]))
+    enc = GroupTargetEncoder().set_output(transform="pandas").fit(angle[:4, None], np.array([1, 1, 0, 1])).transform(np.array([[30.0], [41.5], [33.0], [np.nan]]))
     assert enc["group_labelled"].tolist() == [3, 1, 0, 0]
     assert np.allclose(enc["group_rate"], [2 / 3, 1.0, np.nan, np.nan], equal_nan=True)
 
@@ -48,7 +48,7 @@ def test_permuted_labels_give_no_better_than_the_prior_and_a_leaky_encoding_woul
     honest = cross_validate(_stacker(), [X], y_perm, fold, EPS, 3, 0)
     assert honest.mean > prior - 0.02, (honest.mean, prior)
     # control: the classic mistake (a group rate computed from all labels before CV) must be caught
-    leaky = X.assign(leaky_rate=GroupLabelEncoder().fit(X["angle"].to_numpy(), y_perm).transform(X["angle"].to_numpy())["group_rate"].to_numpy())
+    leaky = X.assign(leaky_rate=GroupTargetEncoder().fit(X[["angle"]], y_perm).transform(X[["angle"]])[:, 1])
     cheated = cross_validate(_stacker(group_labels=False), [leaky], y_perm, fold, EPS, 3, 0)
     assert cheated.mean < prior - 0.04, (cheated.mean, prior)
 
@@ -57,12 +57,13 @@ def test_out_of_fold_group_rate_of_a_row_never_reads_its_own_label(signals):
     """Flip one row's label: its own group features stay, its group mates' features move."""
     X, y, _ = signals
     angle = X["angle"].to_numpy()
-    before = out_of_fold_group_labels(angle, y, n_folds=5, seed=3)
+    encoder = GroupTargetEncoder(cv=5, random_state=3).set_output(transform="pandas")
+    before = encoder.fit_transform(angle[:, None], y)
     moved_others = 0
     for i in np.flatnonzero(group_size(angle) > 2)[:10]:
         y1 = y.copy()
         y1[i] = 1 - y1[i]
-        after = out_of_fold_group_labels(angle, y1, n_folds=5, seed=3)
+        after = encoder.fit_transform(angle[:, None], y1)
         assert after.iloc[i].equals(before.iloc[i])
         moved_others += int(not after.equals(before))
     assert moved_others > 0  # the flipped labels do reach other rows (so the check can fail)

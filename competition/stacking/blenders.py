@@ -1,44 +1,74 @@
-"""Blenders of base-model probabilities, with the scikit-learn estimator contract.
+"""Blenders of base-model probabilities: scikit-learn binary classifiers.
 
-Every blender takes X: an (n_samples, n_runs) matrix of probabilities of class 1 (one column
-per run, OOF rows for `fit`, test rows for `predict_proba`). `__init__` only stores
-parameters, `fit(X, y)` does the work and returns self, fitted state ends in `_`, and
-`predict_proba(X)` returns a 1-D array of probabilities of class 1 (iceberg) - the same
-meaning as the OOF and test tables, and the same for the LightGBM stacker.
+Every blender takes X: an (n_samples, n_runs) matrix (array or DataFrame) of probabilities of
+the positive class (one column per run, OOF rows for `fit`, test rows for `predict_proba`).
+They keep the scikit-learn classifier contract (`ClassifierMixin` + `BaseEstimator`, checked
+by `parametrize_with_checks` in tests/test_estimators.py): `__init__` only stores parameters,
+`fit(X, y)` validates X and y, sets `classes_`, `n_features_in_` (and `feature_names_in_` for
+a DataFrame) and returns self; `predict_proba(X)` returns shape (n, 2), columns in the order of
+`classes_` (column 1: the positive class, iceberg for labels 0/1); `predict(X)` the class of the
+larger probability; either before `fit` raises `NotFittedError`. They are binary only: y must
+hold exactly two classes, the larger (`classes_[1]`) is the one whose probability X holds.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from competition.stacking.metrics import logit, logloss, sigmoid
 
 
-class Blender(BaseEstimator):
-    """Shared input checks; subclasses implement `_fit` (optional) and `_blend`."""
+def binary_targets(estimator: BaseEstimator, y: Any) -> np.ndarray:
+    """Checks y as a binary classifier's target; sets `classes_` and returns y as 0/1 (1: `classes_[1]`)."""
+    check_classification_targets(y)
+    kind = type_of_target(y, input_name="y", raise_unknown=True)
+    if kind != "binary":
+        raise ValueError(f"Only binary classification is supported. The type of the target is {kind}.")
+    estimator.classes_, encoded = np.unique(y, return_inverse=True)
+    if len(estimator.classes_) != 2:
+        raise ValueError(
+            f"{type(estimator).__name__} is a binary classifier: y must hold exactly 2 classes, got {len(estimator.classes_)} class(es) {estimator.classes_.tolist()}"
+        )
+    return encoded.astype(np.int64)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> Blender:
-        P = self._matrix(X)
-        self.n_features_in_ = P.shape[1]
-        self._fit(P, np.asarray(y, dtype=np.float64))
+
+def two_columns(p: np.ndarray) -> np.ndarray:
+    """(n, 2) probabilities [1 - p, p] from the positive class's probability p."""
+    return np.column_stack([1.0 - p, p])
+
+
+class Blender(ClassifierMixin, BaseEstimator):
+    """Shared input checks and outputs; subclasses implement `_fit` (optional) and `_blend`."""
+
+    def fit(self, X: Any, y: Any) -> Blender:
+        P, y = validate_data(self, X, y, dtype=np.float64)
+        self._fit(P, binary_targets(self, y).astype(np.float64))
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Probability of class 1 for each row (1-D)."""
-        P = self._matrix(X)
-        if P.shape[1] != getattr(self, "n_features_in_", None):
-            raise ValueError(f"{type(self).__name__}: fitted on {getattr(self, 'n_features_in_', 'no')} runs, got {P.shape[1]}")
-        return np.clip(self._blend(P), 0.0, 1.0)
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities of `classes_[0]` and `classes_[1]`, shape (n, 2); column 1 is the blend."""
+        check_is_fitted(self)
+        P = validate_data(self, X, dtype=np.float64, reset=False)
+        return two_columns(np.clip(self._blend(P), 0.0, 1.0))
 
-    @staticmethod
-    def _matrix(X: np.ndarray) -> np.ndarray:
-        P = np.asarray(X, dtype=np.float64)
-        if P.ndim != 2 or P.shape[1] == 0:
-            raise ValueError(f"expected a 2-D matrix of probabilities (rows x runs), got shape {P.shape}")
-        return P
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of the larger probability (the positive class on a tie above 0.5 only)."""
+        check_is_fitted(self)
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        # X is meant to hold probabilities; on arbitrary features a blend is no classifier
+        tags.classifier_tags.poor_score = True
+        return tags
 
     def _fit(self, P: np.ndarray, y: np.ndarray) -> None:
         """Nothing to learn by default."""

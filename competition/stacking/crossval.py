@@ -89,11 +89,20 @@ def _note_estimator(estimators: Sequence[Any], default: int, used: np.ndarray, s
 
 
 class Estimator(Protocol):
-    """What a stacking method provides (blenders and the LightGBM stacker alike)."""
+    """What a stacking method provides (blenders and the LightGBM stacker alike): a scikit-learn
+    binary classifier, `predict_proba` of shape (n, 2) in the order of `classes_`."""
+
+    classes_: np.ndarray
 
     def fit(self, X: Any, y: np.ndarray) -> Any: ...
 
     def predict_proba(self, X: Any) -> np.ndarray: ...
+
+
+def positive_proba(estimator: Estimator, X: Any) -> np.ndarray:
+    """Probability of class 1 (iceberg) of each row of X: the `predict_proba` column of that class."""
+    column = int(np.flatnonzero(np.asarray(estimator.classes_) == 1)[0])
+    return np.asarray(estimator.predict_proba(X))[:, column]
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,7 @@ def honest_train_predictions(estimator: Estimator, X: Any, y: np.ndarray, inner_
     out = np.empty(len(y))
     splitter = StratifiedKFold(inner_folds_for(inner_folds, y), shuffle=True, random_state=seed)
     for fit_rows, held in splitter.split(np.zeros(len(y)), y):
-        out[held] = clone(estimator).fit(_rows(X, fit_rows), y[fit_rows]).predict_proba(_rows(X, held))
+        out[held] = positive_proba(clone(estimator).fit(_rows(X, fit_rows), y[fit_rows]), _rows(X, held))
     return out
 
 
@@ -179,7 +188,7 @@ def cross_validate(
             smallest = min(smallest, smallest_class(y[fit_rows]))
             inner = honest_train_predictions(estimator, _rows(tables[r], fit_rows), y[fit_rows], inner_folds, seed)
             eps[r, f] = choose_eps(inner, y[fit_rows], eps_grid)
-            raw[r, held] = estimator.predict_proba(_rows(tables[r], held))
+            raw[r, held] = positive_proba(estimator, _rows(tables[r], held))
             oof[r, held] = clip(raw[r, held], eps[r, f])
             scores[r, f] = logloss(y[held], oof[r, held])
     if fitted:
@@ -196,7 +205,7 @@ def fit_predict_test(make: Callable[[int], Estimator], tables: Sequence[Any], y:
         estimator = make(r).fit(tables[r], y)
         if getattr(estimator, "inner_folds_", None) is not None:
             fitted.append(estimator)
-        preds.append(estimator.predict_proba(tests[r]))
+        preds.append(positive_proba(estimator, tests[r]))
     if fitted:
         used = np.array([e.inner_folds_ for e in fitted])
         _note_estimator(fitted, int(used.max()), used, smallest_class(y), "among all training rows", _scope(y), final=True)

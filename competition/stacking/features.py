@@ -5,19 +5,23 @@ Images that share an exact incidence angle come from one radar scene and tend to
 - `group_size`: how many train + test images share the exact angle (label-free);
 - `group_pred`: the mean base-model prediction of the *other* images of the group (label-free);
 - `group_labelled`, `group_rate`: how many labelled training rows share the angle and their
-  iceberg rate. These read labels, so they are never part of the stored table: the stacker
-  computes them inside `fit` from its own training rows only - out of fold for those rows
-  (`out_of_fold_group_labels`), and from all of them for the rows it predicts
-  (`GroupLabelEncoder`) - so no row's feature ever sees its own label.
+  iceberg rate - a target encoding of the angle group (`GroupTargetEncoder`). These read labels,
+  so they are never part of the stored table: the stacker computes them inside `fit` from its own
+  training rows only - cross-fitted (inner OOF) for those rows (`fit_transform`), and from all of
+  them for the rows it predicts (`transform`) - so no row's feature ever sees its own label.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
 from competition.stacking.metrics import logit
 
@@ -70,43 +74,91 @@ def label_free_group_features(angle_train: np.ndarray, angle_test: np.ndarray, p
     return frame.iloc[:n].reset_index(drop=True), frame.iloc[n:].reset_index(drop=True)
 
 
-class GroupLabelEncoder:
-    """Iceberg rate of the labelled rows that share each exact angle, learned from (angle, label) pairs."""
+GROUP_TARGET_FEATURES = ["group_labelled", "group_rate"]
 
-    def fit(self, angle: np.ndarray, y: np.ndarray) -> GroupLabelEncoder:
-        frame = pd.DataFrame({"a": angle, "y": np.asarray(y, dtype=np.float64)}).dropna(subset=["a"])
+
+class GroupTargetEncoder(TransformerMixin, BaseEstimator):
+    """Target encoding of the exact-angle group, in the manner of scikit-learn's `TargetEncoder`.
+
+    X: one column, the incidence angle (NaN: missing, no group). Each row is encoded as
+    `group_labelled`, how many labelled rows share its exact angle (0 when none does), and
+    `group_rate`, their iceberg rate - the group's target mean (NaN when no labelled row shares
+    the angle; no shrinkage towards the prior: LightGBM learns what a small group is worth).
+
+    - `fit(X, y)` learns the encoding from all labels; `transform(X)` applies it (rows to predict).
+    - `fit_transform(X, y)` also fits on all labels, but returns the cross-fitted (inner OOF)
+      encoding of the training rows: on `cv` shuffled folds (a plain KFold over rows, so the class
+      counts do not limit it; at most one per row, `n_splits_`), each row is encoded from the
+      labels of the other folds only, so no row's feature reads its own label. A single row has
+      no other fold: it is encoded as having no labelled neighbours.
+    `fit_transform(X, y)` is therefore not `fit(X, y).transform(X)`, exactly as for `TargetEncoder`.
+    """
+
+    def __init__(self, cv: int = 5, random_state: int | None = 0) -> None:
+        self.cv = cv
+        self.random_state = random_state
+
+    def _angle(self, X: Any, reset: bool) -> np.ndarray:
+        A = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=reset)
+        if A.shape[1] != 1:
+            raise ValueError(f"{type(self).__name__} encodes one column (the angle), got {A.shape[1]}")
+        return A[:, 0]
+
+    @staticmethod
+    def _stats(angle: np.ndarray, y: np.ndarray) -> tuple[pd.Series, pd.Series]:
+        frame = pd.DataFrame({"a": angle, "y": y}).dropna(subset=["a"])
         stats = frame.groupby("a")["y"].agg(["sum", "count"])
-        self.sum_, self.count_ = stats["sum"], stats["count"]
-        return self
+        return stats["sum"], stats["count"]
 
-    def transform(self, angle: np.ndarray) -> pd.DataFrame:
-        """`group_labelled` (0 when no labelled row shares the angle) and `group_rate` (NaN then)."""
+    @staticmethod
+    def _encode(angle: np.ndarray, sums: pd.Series, counts: pd.Series) -> np.ndarray:
         a = pd.Series(angle)
-        count = a.map(self.count_).fillna(0.0).to_numpy(dtype=np.float64)
-        total = a.map(self.sum_).fillna(0.0).to_numpy(dtype=np.float64)
+        count = a.map(counts).fillna(0.0).to_numpy(dtype=np.float64)
+        total = a.map(sums).fillna(0.0).to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             rate = np.where(count > 0, total / count, np.nan)
-        return pd.DataFrame({"group_labelled": count, "group_rate": rate})
+        return np.column_stack([count, rate])
+
+    def fit(self, X: Any, y: Any) -> GroupTargetEncoder:
+        """Learn each group's labelled count and target mean from all rows."""
+        angle = self._angle(X, reset=True)
+        target = column_or_1d(y).astype(np.float64)
+        check_consistent_length(angle, target)
+        self.sum_, self.count_ = self._stats(angle, target)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """(n, 2): `group_labelled`, `group_rate` of each row from the labels seen in `fit`."""
+        check_is_fitted(self)
+        return self._encode(self._angle(X, reset=False), self.sum_, self.count_)
+
+    def fit_transform(self, X: Any, y: Any, **fit_params: Any) -> np.ndarray:
+        """Fit on all rows; return the inner-OOF encoding of these rows (see the class docstring)."""
+        self.fit(X, y)
+        angle = self._angle(X, reset=False)
+        target = column_or_1d(y).astype(np.float64)
+        self.n_splits_ = group_folds_for(self.cv, len(angle))
+        out = np.column_stack([np.zeros(len(angle)), np.full(len(angle), np.nan)])
+        if self.n_splits_ == 0:
+            return out
+        for fit_rows, apply_rows in KFold(n_splits=self.n_splits_, shuffle=True, random_state=self.random_state).split(angle):
+            out[apply_rows] = self._encode(angle[apply_rows], *self._stats(angle[fit_rows], target[fit_rows]))
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return np.asarray(GROUP_TARGET_FEATURES, dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.target_tags.required = True
+        return tags
 
 
 def group_folds_for(n_folds: int, n_rows: int) -> int:
-    """Folds of the out-of-fold group encoding: at most one per row (a plain KFold over rows, so the
-    class counts do not limit it); below 2 rows there is nothing to encode out of fold (0)."""
+    """Folds of the inner-OOF group target encoding: at most one per row (a plain KFold over rows, so
+    the class counts do not limit it); below 2 rows there is nothing to encode out of fold (0)."""
     return min(n_folds, n_rows) if n_rows >= 2 else 0
-
-
-def out_of_fold_group_labels(angle: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> pd.DataFrame:
-    """Group label features of labelled rows, each computed from the labels of the other folds only
-    (on `group_folds_for(n_folds, rows)` folds; a single row has no other fold: no labelled neighbours)."""
-    out = pd.DataFrame({"group_labelled": np.zeros(len(angle)), "group_rate": np.full(len(angle), np.nan)})
-    folds = group_folds_for(n_folds, len(angle))
-    if folds == 0:
-        return out
-    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fit_rows, apply_rows in splitter.split(angle):
-        encoded = GroupLabelEncoder().fit(angle[fit_rows], y[fit_rows]).transform(angle[apply_rows])
-        out.iloc[apply_rows] = encoded.to_numpy()
-    return out
 
 
 def stack_tables(

@@ -6,7 +6,15 @@ after every inner fold, so a hopeless trial is pruned early); the group iceberg 
 per inner split from that split's training labels only; then the honest inner-CV predictions
 of the best trial (`oof_`, used to choose the clipping eps) and a final booster on all rows.
 The study lives in SQLite when `storage` is given, so an interrupted search resumes: a rerun
-only runs the trials still missing.
+only runs the trials still missing. A study belongs to its data and its search: its name is
+`study_name` plus a fingerprint of X (values and feature names), y and the search settings
+(`search_key`; `n_trials`, `timeout_s`, `storage` and `on_trial` aside, so a search asked for more
+trials, or cut short by a timeout, resumes), so other data or settings start a new study.
+
+X is an array or a DataFrame. The group target-encoding features read the angle column,
+`angle_column`: a name (found among a DataFrame's columns; an array has no names, so none) or a
+position (arrays and DataFrames alike); None, a name X lacks, or `group_labels=False`: no group
+features.
 
 Small data: the inner folds are min(inner_folds, smallest class count), at least 2 (recorded as
 `inner_folds_`), the group-label folds at most one per row (`group_folds_`), and the search range
@@ -23,23 +31,28 @@ import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from competition import fingerprint
+from competition.stacking.blenders import binary_targets, two_columns
 from competition.stacking.crossval import inner_folds_for
-from competition.stacking.features import ANGLE, GroupLabelEncoder, group_folds_for, out_of_fold_group_labels
+from competition.stacking.features import ANGLE, GROUP_TARGET_FEATURES, GroupTargetEncoder, group_folds_for
 from competition.stacking.metrics import logloss
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class LGBMStacker(BaseEstimator):
-    """Gradient-boosted stacker over a table of run predictions and side features.
+class LGBMStacker(ClassifierMixin, BaseEstimator):
+    """Gradient-boosted stacker over a table of run predictions and side features: a scikit-learn
+    binary classifier, like every blender.
 
-    X: a DataFrame of label-free features (see competition.stacking.features.stack_tables);
-    when `group_labels` is true and X has an `angle` column, the group iceberg-rate features
-    are added inside fit/predict from the training labels only.
-    predict_proba(X): 1-D probabilities of class 1, like every blender.
+    X: an array or DataFrame of label-free features (see competition.stacking.features.stack_tables;
+    NaN allowed, LightGBM splits on it); when `group_labels` is true and X has the angle column
+    (`angle_column`, see the module docstring), the group target-encoding features are added inside
+    fit/predict from the training labels only (`GroupTargetEncoder`).
+    predict_proba(X): shape (n, 2) in the order of `classes_`; predict(X): the likelier class.
     """
 
     inner_label = "inner folds of the LightGBM stacker"  # how crossval's notes name these inner folds
@@ -60,6 +73,7 @@ class LGBMStacker(BaseEstimator):
         storage: Path | None = None,
         study_name: str = "stacker",
         on_trial: Callable[[int], None] | None = None,
+        angle_column: str | int | None = ANGLE,
     ) -> None:
         self.n_trials = n_trials
         self.timeout_s = timeout_s
@@ -73,28 +87,40 @@ class LGBMStacker(BaseEstimator):
         self.storage = storage
         self.study_name = study_name
         self.on_trial = on_trial
+        self.angle_column = angle_column
 
     # -- features that read labels -------------------------------------------------------
-    def _uses_groups(self, X: pd.DataFrame) -> bool:
-        return self.group_labels and ANGLE in X.columns
+    def _angle_index(self, names: list[str] | None, n_features: int) -> int | None:
+        """Position of the angle column in X, or None: no group target-encoding features."""
+        col = self.angle_column
+        if not self.group_labels or col is None:
+            return None
+        if isinstance(col, (int, np.integer)) and not isinstance(col, bool):
+            if not -n_features <= int(col) < n_features:
+                raise ValueError(f"LGBMStacker: angle_column={col} is not a column of X ({n_features} features)")
+            return int(col) % n_features
+        return names.index(col) if names is not None and col in names else None
 
-    def _design_fit(self, X: pd.DataFrame, y: np.ndarray) -> np.ndarray:
-        """Training rows' matrix: group label features out of fold, so no row sees its own label."""
-        if not self._uses_groups(X):
-            return X.to_numpy(dtype=np.float64)
-        groups = out_of_fold_group_labels(X[ANGLE].to_numpy(), y, self.group_folds, self.seed)
+    def _design_fit(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Training rows' matrix: group target encoding cross-fitted (inner OOF), so no row sees its own label."""
+        if self.angle_index_ is None:
+            return X
+        encoder = GroupTargetEncoder(cv=self.group_folds, random_state=self.seed)
+        groups = encoder.fit_transform(X[:, [self.angle_index_]], y)
         used = group_folds_for(self.group_folds, len(y))
         self.group_folds_ = min(getattr(self, "group_folds_", used), used)
-        return np.hstack([X.to_numpy(dtype=np.float64), groups.to_numpy()])
+        return np.hstack([X, groups])
 
-    def _design_apply(self, encoder: GroupLabelEncoder | None, X: pd.DataFrame) -> np.ndarray:
-        """Matrix of rows to predict: group label features from the fitted training labels."""
+    def _design_apply(self, encoder: GroupTargetEncoder | None, X: np.ndarray) -> np.ndarray:
+        """Matrix of rows to predict: group target encoding from the fitted training labels."""
         if encoder is None:
-            return X.to_numpy(dtype=np.float64)
-        return np.hstack([X.to_numpy(dtype=np.float64), encoder.transform(X[ANGLE].to_numpy()).to_numpy()])
+            return X
+        return np.hstack([X, encoder.transform(X[:, [self.angle_index_]])])
 
-    def _encoder(self, X: pd.DataFrame, y: np.ndarray) -> GroupLabelEncoder | None:
-        return GroupLabelEncoder().fit(X[ANGLE].to_numpy(), y) if self._uses_groups(X) else None
+    def _encoder(self, X: np.ndarray, y: np.ndarray) -> GroupTargetEncoder | None:
+        if self.angle_index_ is None:
+            return None
+        return GroupTargetEncoder(cv=self.group_folds, random_state=self.seed).fit(X[:, [self.angle_index_]], y)
 
     # -- LightGBM -----------------------------------------------------------------------
     def _leaf_range(self) -> tuple[int, int]:
@@ -141,12 +167,26 @@ class LGBMStacker(BaseEstimator):
         return booster.predict(X_val, num_iteration=booster.best_iteration), max(1, booster.best_iteration)
 
     # -- the search ---------------------------------------------------------------------
-    def _study(self) -> optuna.Study:
+    SEARCH_SETTINGS = ("inner_folds", "group_folds", "group_labels", "angle_column", "max_rounds", "early_stopping_rounds", "threads", "seed")
+
+    def search_key(self, X: np.ndarray, y: np.ndarray) -> str:
+        """Fingerprint of what a study's trials depend on: X (values and feature names), y, the search
+        settings, the search space. Not `n_trials` or `timeout_s`: more trials, or a search cut short,
+        resume the same study."""
+        names = getattr(self, "feature_names_in_", None)
+        settings = {k: getattr(self, k) for k in self.SEARCH_SETTINGS}
+        space = {"min_data_in_leaf": list(self._leaf_range()), "features": None if names is None else [str(n) for n in names]}
+        return fingerprint.of_json(
+            {"X": fingerprint.of_array(np.ascontiguousarray(X)), "y": fingerprint.of_array(np.ascontiguousarray(y)), "settings": settings, "space": space}
+        )
+
+    def _study(self, key: str) -> optuna.Study:
         storage = None if self.storage is None else f"sqlite:///{Path(self.storage).resolve()}"
         if self.storage is not None:
             Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
+        self.study_name_ = f"{self.study_name}-{key[:16]}"
         return optuna.create_study(
-            study_name=self.study_name,
+            study_name=self.study_name_,
             storage=storage,
             load_if_exists=True,
             direction="minimize",
@@ -154,8 +194,8 @@ class LGBMStacker(BaseEstimator):
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
         )
 
-    def _search(self, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> optuna.trial.FrozenTrial:
-        study = self._study()
+    def _search(self, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], key: str) -> optuna.trial.FrozenTrial:
+        study = self._study(key)
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
         if self.on_trial is not None and done:
@@ -182,9 +222,11 @@ class LGBMStacker(BaseEstimator):
             study.optimize(objective, n_trials=self.n_trials - done, timeout=self.timeout_s, callbacks=[tick])
         return study.best_trial
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> LGBMStacker:
-        X = X.reset_index(drop=True)
-        y = np.asarray(y, dtype=np.int64)
+    def fit(self, X: Any, y: Any) -> LGBMStacker:
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
+        y = binary_targets(self, y)
+        names = None if not hasattr(self, "feature_names_in_") else [str(n) for n in self.feature_names_in_]
+        self.angle_index_ = self._angle_index(names, X.shape[1])
         self.inner_folds_ = inner_folds_for(self.inner_folds, y)
         inner = StratifiedKFold(self.inner_folds_, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y)
         index_splits = list(inner)
@@ -192,10 +234,10 @@ class LGBMStacker(BaseEstimator):
         if hasattr(self, "group_folds_"):
             del self.group_folds_
         splits = [
-            (self._design_fit(X.iloc[a], y[a]), y[a], self._design_apply(self._encoder(X.iloc[a], y[a]), X.iloc[b]), y[b])
+            (self._design_fit(X[a], y[a]), y[a], self._design_apply(self._encoder(X[a], y[a]), X[b]), y[b])
             for a, b in index_splits
         ]
-        best = self._search(splits)
+        best = self._search(splits, self.search_key(X, y))
         self.params_ = dict(best.params)
         self.rounds_ = int(best.user_attrs["rounds"])
         self.search_score_ = float(best.value)
@@ -203,18 +245,30 @@ class LGBMStacker(BaseEstimator):
         for (_, held), split in zip(index_splits, splits, strict=True):
             self.oof_[held] = self._train_split(self.params_, split)[0]
         self.encoder_ = self._encoder(X, y)
-        self.columns_ = list(X.columns)
-        self.feature_names_ = self.columns_ + (["group_labelled", "group_rate"] if self.encoder_ is not None else [])
+        self.columns_ = names if names is not None else [f"x{i}" for i in range(X.shape[1])]
+        self.feature_names_ = self.columns_ + (GROUP_TARGET_FEATURES if self.encoder_ is not None else [])
         self.booster_ = lgb.train({**self._fixed(), **self.params_}, lgb.Dataset(self._design_fit(X, y), y), num_boost_round=self.rounds_)
         return self
 
     @property
     def feature_importances_(self) -> pd.Series:
         """Total gain of each feature in the final booster (label-derived group features included)."""
+        check_is_fitted(self)
         return pd.Series(self.booster_.feature_importance("gain"), index=self.feature_names_)
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """Probability of class 1 for each row (1-D)."""
-        if list(X.columns) != self.columns_:
-            raise ValueError(f"LGBMStacker: fitted on columns {self.columns_}, got {list(X.columns)}")
-        return np.asarray(self.booster_.predict(self._design_apply(self.encoder_, X.reset_index(drop=True))))
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities of `classes_[0]` and `classes_[1]`, shape (n, 2)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
+        return two_columns(np.asarray(self.booster_.predict(self._design_apply(self.encoder_, X))))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of the larger probability."""
+        check_is_fitted(self)
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        tags.input_tags.allow_nan = True
+        return tags
