@@ -14,9 +14,9 @@ import pytest
 
 from competition.data.dataset import Dataset
 from competition.models import weights
-from competition.models.base import ImageModel, ModelInputs
 from competition.models.keras_vgg import hed_conv_weights
-from competition.models.registry import create_model
+from competition.models.registry import create_model, load_model
+from competition.models.schema import ModelInputs
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_builds_trains_one_step_predicts_and_round_trips(sar: Dataset, tmp_path:
     p = model.predict(test)
     assert p.shape == (6,) and np.all((p >= 0) & (p <= 1))
     model.save(tmp_path / "vgg")
-    loaded = ImageModel.load(tmp_path / "vgg")
+    loaded = load_model(tmp_path / "vgg")
     assert loaded.weight_source == "hed-bsds500" and loaded.policy == model.policy
     np.testing.assert_allclose(loaded.predict(test), p, rtol=0, atol=1e-6)
     again = create_model("vgg16_angle", policy="all", **TINY)

@@ -9,8 +9,9 @@ import pytest
 
 from competition.errors import ConfigError
 from competition.models import policies, weights
-from competition.models.base import AutoPolicyConfig, ModelConfig, log_loss
+from competition.models.base import log_loss
 from competition.models.registry import MODELS_DIR, list_models, load_model_config
+from competition.models.schema import AutoPolicyConfig, ModelConfig
 
 
 def test_every_registered_model_has_a_valid_config_and_vice_versa() -> None:

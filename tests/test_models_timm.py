@@ -11,7 +11,7 @@ import torch  # noqa: F401 - before anything that may load TensorFlow
 from competition.data.dataset import Dataset
 from competition.models import weights
 from competition.models.base import ImageModel, ModelInputs, log_loss
-from competition.models.registry import create_model
+from competition.models.registry import create_model, load_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
 from competition.models.timm_net import imagenet_classifier
 
@@ -80,7 +80,7 @@ def test_builds_trains_one_step_predicts_and_round_trips(name: str, overrides: d
     assert p.shape == (6,) and p.dtype == np.float64 and np.all((p >= 0) & (p <= 1))
     model.save(tmp_path / "m")
     model.save(tmp_path / "m")  # replacing an existing save is atomic too
-    loaded = ImageModel.load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     assert type(loaded) is type(model) and loaded.weight_source == model.weight_source and loaded.policy == model.policy
     np.testing.assert_allclose(loaded.predict(test), p, rtol=0, atol=1e-6)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["m"]  # no temporary directory left behind

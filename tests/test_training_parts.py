@@ -11,7 +11,7 @@ import pytest
 
 from competition.config import CompetitionConfig
 from competition.errors import ConfigError, FingerprintError, MissingArtefactError
-from competition.models.base import ModelConfig
+from competition.models.schema import ModelConfig
 from competition.training import dihedral, store
 from competition.training.augment import AugmentConfig, Augmenter, draw, speckle_db, warp
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache

@@ -1,8 +1,10 @@
 """The contract between the model zoo and the fold trainer.
 
 Every model (Keras or timm) is an `ImageModel`: built from a `ModelConfig` by
-`competition.models.registry.create_model`, fitted on arrays, saved to and loaded from a
-directory. The trainer and the tests treat all models alike through this interface only.
+`competition.models.registry.create_model`, fitted on arrays, saved to a directory (`save`) and
+read back by `competition.models.registry.load_model`. The trainer and the tests treat all
+models alike through this interface only. Its value types and config live in
+`competition.models.schema`.
 
 Frozen prefix: after `apply_policy`, the bottom `frozen_prefix()` blocks are frozen *and*
 run in inference mode (batch-norm uses its running statistics, no dropout), so their output
@@ -16,7 +18,7 @@ caches prefix features calls `prepare` once first, so the cached and the raw pat
 statistics; `fit` never refits them.
 
 Beyond the first published sketch: `prepare`, `domain_divergence` (what `auto` measures),
-`load_dir` (used by `load`), and the module helpers `check_fit_inputs` and `log_loss`.
+`load_dir` (used by `registry.load_model`), and the module helpers `check_fit_inputs` and `log_loss`.
 """
 
 from __future__ import annotations
@@ -27,113 +29,22 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
 
-from competition.config import Strict
+from competition.models import policies, similarity
 from competition.models.inputs import InputPipeline
-
-# (x_batch, row_indices_into_train, rng) -> augmented x_batch; applied per batch inside fit, raw images only.
-Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
-
-
-class HeadConfig(Strict):
-    """The fusion head: pooled features + angle (+ missing flag) -> MLP -> P(iceberg)."""
-
-    pooling: Literal["max", "avg"] = "avg"
-    hidden: list[int] = Field(default_factory=lambda: [256])
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-
-
-class OptimizerConfig(Strict):
-    """Optimiser of the trainable blocks; `block_lr_decay` < 1 gives lower blocks smaller rates."""
-
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(0.0, ge=0.0)
-    block_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="lr of block b = lr * decay ** (blocks above b); 1 = one rate")
-
-
-class AutoPolicyConfig(Strict):
-    """Thresholds of the `auto` policy (the seed's 2 x 2 table: dataset size x domain similarity)."""
-
-    large_n: int = Field(5000, ge=1, description="training sets with at least this many images count as large")
-    different_above: float = Field(1.5, gt=0.0, description="domain counts as different when its divergence exceeds this many times that of natural photos")
-    top_k: int = Field(3, ge=1, description="K of `top:K` for large, similar data")
-    sample: int = Field(256, ge=8, description="training images used to measure similarity")
-
-
-class TrainDefaults(Strict):
-    """Per-model defaults for the trainer (its profile may override them)."""
-
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
-    patience: int | None = Field(8, ge=1)
-    unfreeze_every: int | None = Field(None, ge=1, description="gradual unfreezing: one more block every N epochs (None = off)")
-
-
-class ModelConfig(Strict):
-    """One model's YAML (configs/models/<name>.yaml); any key can be overridden as KEY=VALUE."""
-
-    name: str
-    framework: Literal["keras", "timm"]
-    architecture: str = Field(description="timm model name, or 'vgg16' for Keras")
-    weights: Literal["pretrained", "none"] = "pretrained"
-    weights_file: Path | None = Field(None, description="a local weight file; first in the resolution order")
-    channels: list[Literal["hh", "hv", "mean", "ratio", "difference"]] = Field(default_factory=lambda: ["hh", "hv", "mean"], min_length=1)
-    image_size: int = Field(75, ge=32, description="images are resized to this inside the model (75 = as they are)")
-    policy: str = Field("auto", pattern=r"^(head|top:[1-9][0-9]*|all_but_stem|all|auto)$", description="head | top:K | all_but_stem | all | auto")
-    auto: AutoPolicyConfig = AutoPolicyConfig()
-    head: HeadConfig = HeadConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    train: TrainDefaults = TrainDefaults()
-    seed: int = Field(0, description="initialises what has no pretrained weights when the model is built")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="timm: cuda when present under auto; Keras uses TensorFlow's device placement")
-    mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_float16 policy (Keras, GPU only)")
-
-
-@dataclass
-class ModelInputs:
-    """What fit/predict take. The model builds the angle and missing-flag inputs itself (imputing inside)."""
-
-    x: np.ndarray  # raw images N x 75 x 75 x 2 float32 (HH, HV in dB), or cached prefix features when is_features
-    angle: np.ndarray  # N floats, NaN = missing
-    y: np.ndarray | None = None  # N labels in {0, 1} (1 = iceberg)
-    is_features: bool = False
-
-    def __len__(self) -> int:
-        return len(self.angle)
-
-
-@dataclass
-class PolicyDecision:
-    """Which fine-tuning case was applied and why (recorded in the run's meta.json)."""
-
-    name: str  # "head" | "top:K" | "all_but_stem" | "all"
-    requested: str  # what the config asked for, e.g. "auto"
-    reason: str
-    numbers: dict[str, Any] = field(default_factory=dict)  # n_train, similarity, thresholds
-
-
-@dataclass
-class FitResult:
-    """Learning curves (per epoch) and the epoch whose weights were kept."""
-
-    history: dict[str, list[float]]  # train_loss, val_loss
-    best_epoch: int
+from competition.models.schema import MODEL_FILE, Augment, FitResult, ModelConfig, ModelInputs, PolicyDecision
 
 
 class ImageModel(ABC):
     """A two-input (image, angle) binary classifier with a declared block structure.
 
     Subclasses (one per framework) build the network in `__init__` (resolving weights unless
-    `pretrained=False`, which `load` uses) and implement the framework hooks at the bottom.
+    `pretrained=False`, which `load_dir` uses) and implement the framework hooks at the bottom.
     Policy bookkeeping, input statistics and saving are shared here.
     """
 
@@ -156,8 +67,6 @@ class ImageModel(ABC):
 
     def apply_policy(self, policy: str, images: np.ndarray | None = None) -> PolicyDecision:
         """Freeze/unfreeze blocks per `policy`; "auto" measures similarity on `images` (training images)."""
-        from competition.models import policies
-
         policies.check_policy(policy)
         if policy == "auto" and self.weight_source == "none":
             decision = PolicyDecision(name="all", requested="auto", reason="random init (weights: none): nothing pretrained to keep, every block trains")
@@ -172,8 +81,6 @@ class ImageModel(ABC):
 
     def _auto_policy(self, images: np.ndarray | None) -> PolicyDecision:
         """Measure the training images' divergence in units of natural photos' and apply the 2 x 2 table."""
-        from competition.models import policies, similarity
-
         if images is None or len(images) == 0:
             raise ValueError("policy 'auto' needs the training images to measure domain similarity")
         sample = np.sort(np.random.default_rng(0).permutation(len(images))[: self.config.auto.sample])
@@ -190,9 +97,7 @@ class ImageModel(ABC):
 
     def frozen_prefix(self) -> int:
         """How many bottom blocks are frozen and in inference mode (0 = none); their output can be cached."""
-        from competition.models.policies import frozen_prefix
-
-        return frozen_prefix(self._trainable) if self._trainable else 0
+        return policies.frozen_prefix(self._trainable) if self._trainable else 0
 
     def prepare(self, images: np.ndarray, angle: np.ndarray | None = None) -> None:
         """Fit the input statistics (channel standardiser, angle scaling) on training rows only."""
@@ -236,8 +141,6 @@ class ImageModel(ABC):
 
     def save(self, path: Path) -> None:
         """Write the model to directory `path` atomically (a temporary directory, then rename)."""
-        from competition.models.registry import MODEL_FILE
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -261,13 +164,6 @@ class ImageModel(ABC):
                 shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    @classmethod
-    def load(cls, path: Path) -> ImageModel:
-        """Read a directory written by `save` (any registered model)."""
-        from competition.models.registry import load_model
-
-        return load_model(Path(path))
 
     @classmethod
     def load_dir(cls, path: Path, meta: dict[str, Any]) -> ImageModel:

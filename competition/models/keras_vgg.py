@@ -27,10 +27,10 @@ from keras import layers
 
 from competition.errors import ConfigError
 from competition.models import weights as wt
-from competition.models.base import Augment, FitResult, ImageModel, ModelConfig, ModelInputs, check_fit_inputs, log_loss
+from competition.models.base import ImageModel, check_fit_inputs, log_loss
 from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import unfrozen_at_epoch
-from competition.models.registry import register_framework, register_model
+from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
 from competition.models.similarity import RELATIVE_EPS, REFERENCE_PHOTOS, channel_stats, layer_average, natural_patches, symmetric_kl
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -71,7 +71,6 @@ def _adapt_stem(kernel: np.ndarray, in_chans: int) -> np.ndarray:
     return np.tile(kernel, (1, 1, reps, 1))[:, :, :in_chans] * (kernel.shape[2] / in_chans)
 
 
-@register_framework
 class KerasVgg16(ImageModel):
     """VGG16 + angle, as the classic public kernels built it."""
 
@@ -344,9 +343,3 @@ def _has_gpu() -> bool:
     import tensorflow as tf  # noqa: PLC0415 - only asked when mixed precision is requested
 
     return bool(tf.config.list_physical_devices("GPU"))
-
-
-@register_model("vgg16_angle")
-def vgg16_angle(config: ModelConfig) -> ImageModel:
-    """The classic Kaggle VGG16 + angle model (weights: hed-bsds500 offline, ImageNet when provided or online)."""
-    return KerasVgg16(config)

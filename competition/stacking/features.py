@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import KFold
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from competition.stacking.metrics import logit
 
@@ -78,12 +78,14 @@ GROUP_TARGET_FEATURES = ["group_labelled", "group_rate"]
 
 
 class GroupTargetEncoder(TransformerMixin, BaseEstimator):
-    """Target encoding of the exact-angle group, in the manner of scikit-learn's `TargetEncoder`.
+    """Target encoding of exact-value groups (the angle), in the manner of scikit-learn's `TargetEncoder`.
 
-    X: one column, the incidence angle (NaN: missing, no group). Each row is encoded as
-    `group_labelled`, how many labelled rows share its exact angle (0 when none does), and
-    `group_rate`, their iceberg rate - the group's target mean (NaN when no labelled row shares
-    the angle; no shrinkage towards the prior: LightGBM learns what a small group is worth).
+    Each column of X is a group key (the stacker passes one: the incidence angle; NaN: missing, no
+    group). Each row is encoded, per column, as `group_labelled`, how many labelled rows share its
+    exact value (0 when none does), and `group_rate`, their target mean - the iceberg rate for 0/1
+    labels (NaN when no labelled row shares the value; no shrinkage towards the prior: LightGBM
+    learns what a small group is worth). With several columns the names are prefixed by the
+    column's (`angle_group_rate`, ...); with one they are `group_labelled`, `group_rate`.
 
     - `fit(X, y)` learns the encoding from all labels; `transform(X)` applies it (rows to predict).
     - `fit_transform(X, y)` also fits on all labels, but returns the cross-fitted (inner OOF)
@@ -98,55 +100,59 @@ class GroupTargetEncoder(TransformerMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    def _angle(self, X: Any, reset: bool) -> np.ndarray:
-        A = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=reset)
-        if A.shape[1] != 1:
-            raise ValueError(f"{type(self).__name__} encodes one column (the angle), got {A.shape[1]}")
-        return A[:, 0]
+    @staticmethod
+    def _stats(keys: np.ndarray, y: np.ndarray) -> list[tuple[pd.Series, pd.Series]]:
+        """(sum, count) of y per exact value, for each column of keys."""
+        out = []
+        for j in range(keys.shape[1]):
+            frame = pd.DataFrame({"a": keys[:, j], "y": y}).dropna(subset=["a"])
+            stats = frame.groupby("a")["y"].agg(["sum", "count"])
+            out.append((stats["sum"], stats["count"]))
+        return out
 
     @staticmethod
-    def _stats(angle: np.ndarray, y: np.ndarray) -> tuple[pd.Series, pd.Series]:
-        frame = pd.DataFrame({"a": angle, "y": y}).dropna(subset=["a"])
-        stats = frame.groupby("a")["y"].agg(["sum", "count"])
-        return stats["sum"], stats["count"]
-
-    @staticmethod
-    def _encode(angle: np.ndarray, sums: pd.Series, counts: pd.Series) -> np.ndarray:
-        a = pd.Series(angle)
-        count = a.map(counts).fillna(0.0).to_numpy(dtype=np.float64)
-        total = a.map(sums).fillna(0.0).to_numpy(dtype=np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.where(count > 0, total / count, np.nan)
-        return np.column_stack([count, rate])
+    def _encode(keys: np.ndarray, stats: list[tuple[pd.Series, pd.Series]]) -> np.ndarray:
+        parts = []
+        for j, (sums, counts) in enumerate(stats):
+            a = pd.Series(keys[:, j])
+            count = a.map(counts).fillna(0.0).to_numpy(dtype=np.float64)
+            total = a.map(sums).fillna(0.0).to_numpy(dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rate = np.where(count > 0, total / count, np.nan)
+            parts += [count, rate]
+        return np.column_stack(parts)
 
     def fit(self, X: Any, y: Any) -> GroupTargetEncoder:
         """Learn each group's labelled count and target mean from all rows."""
-        angle = self._angle(X, reset=True)
-        target = column_or_1d(y).astype(np.float64)
-        check_consistent_length(angle, target)
-        self.sum_, self.count_ = self._stats(angle, target)
+        keys, target = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan", y_numeric=True)
+        self.stats_ = self._stats(keys, target.astype(np.float64))
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """(n, 2): `group_labelled`, `group_rate` of each row from the labels seen in `fit`."""
+        """(n, 2 per column): `group_labelled`, `group_rate` of each row from the labels seen in `fit`."""
         check_is_fitted(self)
-        return self._encode(self._angle(X, reset=False), self.sum_, self.count_)
+        return self._encode(validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False), self.stats_)
 
-    def fit_transform(self, X: Any, y: Any, **fit_params: Any) -> np.ndarray:
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """Fit on all rows; return the inner-OOF encoding of these rows (see the class docstring)."""
         self.fit(X, y)
-        angle = self._angle(X, reset=False)
+        keys = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
         target = column_or_1d(y).astype(np.float64)
-        self.n_splits_ = group_folds_for(self.cv, len(angle))
-        out = np.column_stack([np.zeros(len(angle)), np.full(len(angle), np.nan)])
+        self.n_splits_ = group_folds_for(self.cv, len(keys))
+        out = np.empty((len(keys), 2 * keys.shape[1]))
+        out[:, 0::2], out[:, 1::2] = 0.0, np.nan
         if self.n_splits_ == 0:
             return out
-        for fit_rows, apply_rows in KFold(n_splits=self.n_splits_, shuffle=True, random_state=self.random_state).split(angle):
-            out[apply_rows] = self._encode(angle[apply_rows], *self._stats(angle[fit_rows], target[fit_rows]))
+        for fit_rows, apply_rows in KFold(n_splits=self.n_splits_, shuffle=True, random_state=self.random_state).split(keys):
+            out[apply_rows] = self._encode(keys[apply_rows], self._stats(keys[fit_rows], target[fit_rows]))
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return np.asarray(GROUP_TARGET_FEATURES, dtype=object)
+        check_is_fitted(self, "n_features_in_")
+        if self.n_features_in_ == 1:
+            return np.asarray(GROUP_TARGET_FEATURES, dtype=object)
+        names = getattr(self, "feature_names_in_", [f"x{j}" for j in range(self.n_features_in_)])
+        return np.asarray([f"{n}_{f}" for n in names for f in GROUP_TARGET_FEATURES], dtype=object)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

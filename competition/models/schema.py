@@ -1,0 +1,111 @@
+"""The models' value types and config schemas: what the trainer, the registry and every adapter share.
+
+A leaf module (no other module of `competition.models` is imported here): `ModelConfig` and its
+parts (one YAML under configs/models/), the inputs and results of `ImageModel.fit`, and
+`PolicyDecision` (recorded in a run's meta.json).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from competition.config import Strict
+
+MODEL_FILE = "model.json"  # what `ImageModel.save` writes beside the weights; `registry.load_model` reads it
+
+# (x_batch, row_indices_into_train, rng) -> augmented x_batch; applied per batch inside fit, raw images only.
+Augment = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+
+
+class HeadConfig(Strict):
+    """The fusion head: pooled features + angle (+ missing flag) -> MLP -> P(iceberg)."""
+
+    pooling: Literal["max", "avg"] = "avg"
+    hidden: list[int] = Field(default_factory=lambda: [256])
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(Strict):
+    """Optimiser of the trainable blocks; `block_lr_decay` < 1 gives lower blocks smaller rates."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0.0)
+    block_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="lr of block b = lr * decay ** (blocks above b); 1 = one rate")
+
+
+class AutoPolicyConfig(Strict):
+    """Thresholds of the `auto` policy (the seed's 2 x 2 table: dataset size x domain similarity)."""
+
+    large_n: int = Field(5000, ge=1, description="training sets with at least this many images count as large")
+    different_above: float = Field(1.5, gt=0.0, description="domain counts as different when its divergence exceeds this many times that of natural photos")
+    top_k: int = Field(3, ge=1, description="K of `top:K` for large, similar data")
+    sample: int = Field(256, ge=8, description="training images used to measure similarity")
+
+
+class TrainDefaults(Strict):
+    """Per-model defaults for the trainer (its profile may override them)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    patience: int | None = Field(8, ge=1)
+    unfreeze_every: int | None = Field(None, ge=1, description="gradual unfreezing: one more block every N epochs (None = off)")
+
+
+class ModelConfig(Strict):
+    """One model's YAML (configs/models/<name>.yaml); any key can be overridden as KEY=VALUE."""
+
+    name: str
+    framework: Literal["keras", "timm"]
+    architecture: str = Field(description="timm model name, or 'vgg16' for Keras")
+    weights: Literal["pretrained", "none"] = "pretrained"
+    weights_file: Path | None = Field(None, description="a local weight file; first in the resolution order")
+    channels: list[Literal["hh", "hv", "mean", "ratio", "difference"]] = Field(default_factory=lambda: ["hh", "hv", "mean"], min_length=1)
+    image_size: int = Field(75, ge=32, description="images are resized to this inside the model (75 = as they are)")
+    policy: str = Field("auto", pattern=r"^(head|top:[1-9][0-9]*|all_but_stem|all|auto)$", description="head | top:K | all_but_stem | all | auto")
+    auto: AutoPolicyConfig = AutoPolicyConfig()
+    head: HeadConfig = HeadConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainDefaults = TrainDefaults()
+    seed: int = Field(0, description="initialises what has no pretrained weights when the model is built")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="timm: cuda when present under auto; Keras uses TensorFlow's device placement")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_float16 policy (Keras, GPU only)")
+
+
+@dataclass
+class ModelInputs:
+    """What fit/predict take. The model builds the angle and missing-flag inputs itself (imputing inside)."""
+
+    x: np.ndarray  # raw images N x 75 x 75 x 2 float32 (HH, HV in dB), or cached prefix features when is_features
+    angle: np.ndarray  # N floats, NaN = missing
+    y: np.ndarray | None = None  # N labels in {0, 1} (1 = iceberg)
+    is_features: bool = False
+
+    def __len__(self) -> int:
+        return len(self.angle)
+
+
+@dataclass
+class PolicyDecision:
+    """Which fine-tuning case was applied and why (recorded in the run's meta.json)."""
+
+    name: str  # "head" | "top:K" | "all_but_stem" | "all"
+    requested: str  # what the config asked for, e.g. "auto"
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)  # n_train, similarity, thresholds
+
+
+@dataclass
+class FitResult:
+    """Learning curves (per epoch) and the epoch whose weights were kept."""
+
+    history: dict[str, list[float]]  # train_loss, val_loss
+    best_epoch: int
