@@ -6,7 +6,6 @@ stacker refuses tables made on different folds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from competition import fingerprint
+from competition.artefact import read_json
 from competition.atomic import atomic_path, write_json
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
@@ -24,6 +25,18 @@ from competition.errors import DataError, FingerprintError, MissingArtefactError
 
 MIN_INNER_MEMBERS = 2  # of each class in every outer training part: the blenders' and the stacker's inner split
 CLASS_NAMES = {0: "ships", 1: "icebergs"}
+
+
+class FoldsMeta(BaseModel):
+    """`<work_dir>/folds.json` (docs/architecture.md): written by `write_folds` after folds.csv, read by `load_folds`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params: FoldsConfig
+    fingerprint: str
+    data_fingerprint: str
+    csv_fingerprint: str
+    n_ids: int
 
 
 @dataclass(frozen=True)
@@ -202,16 +215,9 @@ def write_folds(data: Dataset, cfg: CompetitionConfig) -> Folds:
     folds = make_folds(data, cfg.folds, Path(cfg.train_json).name)
     with atomic_path(cfg.folds_csv) as tmp:
         folds.table.to_csv(tmp, index=False)
-    write_json(
-        cfg.folds_json,
-        {
-            "params": cfg.folds.model_dump(),
-            "fingerprint": folds.fingerprint,
-            "data_fingerprint": folds.data_fingerprint,
-            "csv_fingerprint": fingerprint.of_file(cfg.folds_csv),
-            "n_ids": len(data),
-        },
-    )
+    meta = FoldsMeta(params=cfg.folds, fingerprint=folds.fingerprint, data_fingerprint=folds.data_fingerprint,
+                     csv_fingerprint=fingerprint.of_file(cfg.folds_csv), n_ids=len(data))  # fmt: skip
+    write_json(cfg.folds_json, meta.model_dump(mode="json"))
     return folds
 
 
@@ -219,19 +225,18 @@ def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
     """Read the folds file; with `data`, refuse it if it was made from other training data."""
     if not cfg.folds_json.is_file() or not cfg.folds_csv.is_file():
         raise MissingArtefactError(f"{cfg.folds_json} not found: run `make folds` first")
-    meta = json.loads(Path(cfg.folds_json).read_text())
-    if fingerprint.of_file(cfg.folds_csv) != meta["csv_fingerprint"]:
+    meta = read_json(cfg.folds_json, FoldsMeta, "written by another version or edited; run `make folds` again", FingerprintError)
+    if fingerprint.of_file(cfg.folds_csv) != meta.csv_fingerprint:
         raise FingerprintError(f"{cfg.folds_csv} was changed after {cfg.folds_json} was written: run `make folds` again")
-    if data is not None and data.fingerprint != meta["data_fingerprint"]:
+    if data is not None and data.fingerprint != meta.data_fingerprint:
         raise FingerprintError(
-            f"{cfg.folds_json} was made from training data {meta['data_fingerprint']}, "
+            f"{cfg.folds_json} was made from training data {meta.data_fingerprint}, "
             f"but {cfg.train_json} is now {data.fingerprint}: run `make folds` again"
         )
-    params = FoldsConfig(**meta["params"])
     if data is not None:
-        check_learnable(data, params, Path(cfg.train_json).name)  # a folds file written before this check existed
+        check_learnable(data, meta.params, Path(cfg.train_json).name)  # a folds file written before this check existed
     table = pd.read_csv(cfg.folds_csv, dtype={"id": str, "repeat": np.int16, "fold": np.int16})
-    return Folds(table, params, meta["fingerprint"], meta["data_fingerprint"])
+    return Folds(table, meta.params, meta.fingerprint, meta.data_fingerprint)
 
 
 def ensure_folds(data: Dataset, cfg: CompetitionConfig) -> tuple[Folds, bool]:

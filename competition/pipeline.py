@@ -10,7 +10,6 @@ it is validated and left for `make submit`, since Kaggle counts every submission
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -114,7 +113,10 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
 
 
 def _cv(run_dir: Path) -> float:
-    return float(json.loads((run_dir / "meta.json").read_text())["cv_logloss"])
+    """The run's CV log loss, from its meta.json as `load_run` reads and checks it."""
+    from competition.training.store import load_run
+
+    return load_run(run_dir).meta.cv_logloss
 
 
 def _submit_offline(cfg: CompetitionConfig, submission: Path, test_fingerprint: str) -> tuple[float, float] | None:

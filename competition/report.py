@@ -7,19 +7,17 @@ rebuilt at any time with `competition report`.
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from competition.atomic import replaced_folder, write_text
 from competition.config import CompetitionConfig
-from competition.errors import MissingArtefactError
 from competition.locks import report_lock
 from competition.plots import pyplot, save_figure
+from competition.stacking.summary import StackSummary, read_summary
 from competition.training.store import REPORT_FOLDER
 
 
@@ -108,26 +106,28 @@ def img(path: Path, page_dir: Path) -> str:
     return f'<img src="{html.escape(str(path.relative_to(page_dir)))}" alt="{html.escape(path.stem)}">'
 
 
-def _fold_scores(summary: dict) -> pd.DataFrame:
+def _fold_scores(summary: StackSummary) -> pd.DataFrame:
     """Long table (model, repeat, fold, logloss) of every method's nested-CV fold scores."""
-    rows = [{"model": name, **score} for name, rec in summary["methods"].items() for score in rec["fold_scores"]]
+    rows = [{"model": name, **score} for name, rec in summary.methods.items() for score in rec.fold_scores]
     return pd.DataFrame(rows)
 
 
 def _runs_table(exp_dir: Path) -> pd.DataFrame:
-    """One row per run (folder): its model, CV, weights, fine-tuning policy and wall time."""
+    """One row per run (folder): its model, CV, weights, fine-tuning policy and wall time (each read by `load_run`)."""
+    from competition.stacking.collect import run_dirs
+    from competition.training.store import load_run
+
     rows = []
-    for meta_path in sorted(exp_dir.glob("*/meta.json")):
-        meta = json.loads(meta_path.read_text())
-        units = meta.get("timings", {}).get("units", {})
+    for run in (load_run(path) for path in run_dirs(exp_dir, [])):
+        meta = run.meta
         rows.append({
-            "run": meta_path.parent.name,
-            "model": meta["model"],
-            "CV log loss": meta["cv_logloss"],
-            "weights": meta["weight_source"],
-            "policy": f"{meta['policy']} (asked: {meta.get('policy_requested', meta['policy'])})",
-            "units": len(meta["fold_scores"]),
-            "fit s (all units)": round(sum(t.get("fit_s", 0.0) for t in units.values()), 1),
+            "run": run.name,
+            "model": meta.model,
+            "CV log loss": meta.cv_logloss,
+            "weights": meta.weight_source,
+            "policy": f"{meta.policy} (asked: {meta.policy_requested or meta.policy})",
+            "units": len(meta.fold_scores),
+            "fit s (all units)": round(sum(t.get("fit_s", 0.0) for t in meta.timings.units.values()), 1),
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -145,13 +145,13 @@ def build_report(cfg: CompetitionConfig) -> Path:
     return target / "index.html"
 
 
-def _data_line(summary: dict[str, Any]) -> str:
+def _data_line(summary: StackSummary) -> str:
     """Which data the stack was made on (simulated or real, where, fingerprints), from its summary."""
-    data = summary.get("data")
-    if not isinstance(data, dict):
-        return f"Data: fingerprints {summary.get('data_fingerprint')} (made before the data was recorded)."
-    kind = "the simulated competition (scored offline on its hidden solution)" if data.get("kind") == "simulated" else "real data"
-    return f"Data: {kind} in {data.get('dir')} (train {data.get('train')}, test {data.get('test')})."
+    data = summary.data
+    if data is None:
+        return f"Data: fingerprints {summary.data_fingerprint.model_dump()} (made before the data was recorded)."
+    kind = "the simulated competition (scored offline on its hidden solution)" if data.kind == "simulated" else "real data"
+    return f"Data: {kind} in {data.dir} (train {data.train}, test {data.test})."
 
 
 def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
@@ -162,25 +162,25 @@ def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     from competition.stacking.settings import stack_dir
 
     stack = stack_dir(cfg.runs_dir, cfg.experiment)
-    if not (stack / "summary.json").is_file():
-        raise MissingArtefactError(f"{stack / 'summary.json'} not found: run `make stack` first")
-    summary = json.loads((stack / "summary.json").read_text())
+    summary = read_summary(stack)
     oof = pd.read_csv(stack / "oof.csv", dtype={"id": str})
     train = load_train(cfg)
     labels = pd.Series(train.labels, index=train.ids).loc[oof["id"]].to_numpy()
-    singles = [name for name, rec in summary["methods"].items() if rec["kind"] == "single"]
-    chosen = summary["chosen"]["method"]
+    singles = [name for name, rec in summary.methods.items() if rec.kind == "single"]
+    chosen = summary.chosen.method
+    best = summary.best_single
+    best_text = "none" if best is None else f"{best.method} {best.cv_mean:.4f}"
 
     methods = pd.DataFrame([
-        {"method": name, "kind": rec["kind"], "CV mean": rec["cv_mean"], "CV sd": rec["cv_std"], "eps": rec["eps"]}
-        for name, rec in summary["methods"].items()
+        {"method": name, "kind": rec.kind, "CV mean": rec.cv_mean, "CV sd": rec.cv_std, "eps": rec.eps}
+        for name, rec in summary.methods.items()
     ]).sort_values("CV mean")  # fmt: skip
     sections = [
         ("Summary", f"<p>{html.escape(_data_line(summary))}</p>"
                     f"<p>Experiment <b>{html.escape(cfg.experiment)}</b>: submitted <b>{html.escape(chosen)}</b>, "
-                    f"CV log loss {summary['chosen']['cv_mean']:.4f} &plusmn; {summary['chosen']['cv_std']:.4f} "
-                    f"(best single run: {summary['best_single']['method']} {summary['best_single']['cv_mean']:.4f}); "
-                    f"clipped to [{summary['eps']:g}, {1 - summary['eps']:g}]. File: <code>{html.escape(summary['submission'])}</code>.</p>"),
+                    f"CV log loss {summary.chosen.cv_mean:.4f} &plusmn; {summary.chosen.cv_std:.4f} "
+                    f"(best single run: {html.escape(best_text)}); "
+                    f"clipped to [{summary.eps:g}, {1 - summary.eps:g}]. File: <code>{html.escape(summary.submission)}</code>.</p>"),
         ("Models", html_table(_runs_table(exp_dir))),
         ("Methods (nested CV over the same outer folds)", html_table(methods)),
         ("Fold scores", img(plot_fold_scores(_fold_scores(summary), out / "fold_scores.png"), out)),

@@ -20,13 +20,72 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
+from competition.artefact import read_json
 from competition.atomic import atomic_path, write_json
 from competition.errors import DataError, MissingArtefactError
 
 HEADER = "id,is_iceberg"
 COLUMNS = ("id", "is_iceberg")
 SHOWN = 5  # offending rows named per problem
+DATA_KINDS = ("simulated", "real")
+
+
+class DataInfo(BaseModel):
+    """Which data a submission or a stack was made on (`data`: kind, folder, fingerprints; `files.describe`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: str | None = None
+    dir: str | None = None
+    train: str | None = None
+    test: str | None = None
+
+
+class Sidecar(BaseModel):
+    """The JSON beside each submission CSV (docs/architecture.md): written by `write_submission`, read by
+    `read_sidecar` (the ledger records it when the file is submitted). Keys it does not name (`runs`) are
+    written and ignored on reading (`extra="ignore"`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    experiment: str
+    method: str
+    cv_mean: float
+    cv_std: float
+    eps: float | None = None
+    config_hash: str
+    folds_fingerprint: str
+    data_fingerprint: str | dict[str, str] | None = None
+    data: DataInfo | None = None
+    created: str | None = None
+
+    def test_fingerprint(self) -> str | None:
+        """The fingerprint of the test data the submission was made for, when the sidecar says."""
+        if self.data is not None and self.data.test:
+            return self.data.test
+        if isinstance(self.data_fingerprint, dict):
+            return self.data_fingerprint.get("test")
+        return None
+
+    def data_kind(self) -> str | None:
+        """`simulated` or `real` when the sidecar records it, else None (unknown)."""
+        kind = self.data.kind if self.data is not None else None
+        return kind if kind in DATA_KINDS else None
+
+
+def sidecar_path(submission: Path) -> Path:
+    """Where a submission's sidecar sits: beside it, same name, `.json`."""
+    return Path(submission).with_suffix(".json")
+
+
+def read_sidecar(submission: Path) -> Sidecar | None:
+    """The sidecar beside `submission`, validated (None when there is none: CV unknown); errors name the file and the field."""
+    path = sidecar_path(submission)
+    if not path.is_file():
+        return None
+    return read_json(path, Sidecar, f"fix or remove the sidecar of {Path(submission).name}", DataError)
 
 
 class SubmissionError(DataError):
@@ -205,8 +264,7 @@ def write_submission(
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.8g")
         _validate(tmp, expected, f"{path} (not written)")
-        write_json(
-            path.with_suffix(".json"),
-            {**sidecar, "experiment": experiment, "method": method, "cv_mean": cv_mean, "created": when.isoformat(timespec="seconds")},
-        )
+        record = {**sidecar, "experiment": experiment, "method": method, "cv_mean": cv_mean, "created": when.isoformat(timespec="seconds")}
+        Sidecar.model_validate(record)  # what read_sidecar will require (a failure here is a bug in the caller)
+        write_json(sidecar_path(path), record)
     return path

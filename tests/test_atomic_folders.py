@@ -187,12 +187,12 @@ def test_a_fresh_train_that_fails_leaves_the_old_run_and_the_next_fresh_starts_o
         trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, fresh=True)
     assert calls == ["r0_f0_s0", "r0_f1_s0"]  # the first unit trained anew (in the staging folder)
     assert snapshot(run_dir) == before and not staging_path(run_dir).exists()
-    assert store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY)).meta["trained_this_run"] == []  # the old units, untouched
+    assert store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY)).meta.trained_this_run == []  # the old units, untouched
 
     monkeypatch.setattr(trainer, "run_unit", real)
     fresh = store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, fresh=True))
-    assert fresh.path == run_dir and fresh.meta["run_name"] == run_dir.name
-    assert fresh.meta["trained_this_run"] == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"] and not staging_path(run_dir).exists()
+    assert fresh.path == run_dir and fresh.meta.run_name == run_dir.name
+    assert fresh.meta.trained_this_run == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"] and not staging_path(run_dir).exists()
 
 
 def test_a_stack_killed_mid_search_leaves_the_old_folder_and_the_rerun_resumes_its_trials(tmp_path):
@@ -262,5 +262,5 @@ def test_a_resumed_train_replaces_its_tables_whole_and_keeps_the_units_it_found(
     assert snapshot(run_dir) == before and not staging_path(run_dir).exists()
     monkeypatch.undo()
     run = store.load_run(trainer.train_model(tiny_cfg, MODEL, "cpu", TINY, run_name="again"))
-    assert run.meta["trained_this_run"] == [] and (run_dir / "curves.png").is_file()
+    assert run.meta.trained_this_run == [] and (run_dir / "curves.png").is_file()
     assert {p.name: p.stat().st_ino for p in (run_dir / store.UNITS_DIR).iterdir()} == inodes  # linked, not copied

@@ -195,7 +195,7 @@ def test_the_child_of_train_isolated_is_not_blocked_by_its_parent(tiny_cfg):
     run_dir = tiny_cfg.runs_dir / tiny_cfg.experiment / "child"
     with locks.folds_lock(tiny_cfg.folds_json), locks.stack_lock(stack_dir(tiny_cfg.runs_dir, tiny_cfg.experiment)), locks.run_lock(run_dir):
         assert train_isolated(tiny_cfg, MODEL, "cpu", TINY, run_name="child") == run_dir
-    assert store.load_run(run_dir).meta["trained_this_run"] == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"]
+    assert store.load_run(run_dir).meta.trained_this_run == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"]
 
 
 # -- two `competition stack` at once ------------------------------------------------------------

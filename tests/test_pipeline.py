@@ -41,9 +41,9 @@ def test_make_all_steps_leave_every_artefact_with_agreeing_fingerprints(tmp_path
     folds = load_folds(cfg)
     runs = [load_run(cfg.runs_dir / cfg.experiment / m) for m in MODELS]
     for run in runs:
-        assert run.meta["folds_fingerprint"] == folds.fingerprint
-        assert run.meta["data_fingerprint"]["train"] == folds.data_fingerprint
-    assert len({json.dumps(r.meta["data_fingerprint"], sort_keys=True) for r in runs}) == 1
+        assert run.meta.folds_fingerprint == folds.fingerprint
+        assert run.meta.data_fingerprint.train == folds.data_fingerprint
+    assert len({json.dumps(r.meta.data_fingerprint.model_dump(), sort_keys=True) for r in runs}) == 1
 
     summary = result["summary"]
     assert summary["folds_fingerprint"] == folds.fingerprint

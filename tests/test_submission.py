@@ -77,9 +77,12 @@ def test_all_problems_of_a_file_are_reported_together_with_the_first_rows(tmp_pa
     assert "line 2 (id '00000000')" in text and "and 3 more" in text  # five rows named, the rest counted
 
 
+SIDECAR = {"cv_std": 0.01, "eps": 0.001, "config_hash": "cafe", "folds_fingerprint": "ff"}  # what the stacker passes, at least
+
+
 def test_writer_writes_a_valid_file_in_sample_order_with_its_sidecar(tmp_path, sample):
     probs = np.linspace(0.05, 0.95, len(IDS))
-    path = write_submission(tmp_path / "subs", np.array(IDS[::-1]), probs[::-1], sample, "exp_1", "logit_mean", 0.21234, {"eps": 0.001})
+    path = write_submission(tmp_path / "subs", np.array(IDS[::-1]), probs[::-1], sample, "exp_1", "logit_mean", 0.21234, SIDECAR)
     assert path.name.endswith("_exp-1_logit-mean_cv0.2123.csv")
     datetime.strptime(path.name.split("_")[0], "%Y%m%d-%H%M%S")
     assert path.read_text().splitlines()[0] == "id,is_iceberg"
@@ -244,7 +247,7 @@ def test_what_kaggle_would_not_read_is_refused_with_what_to_change(tmp_path, sam
 
 
 def test_the_writer_output_is_unchanged(tmp_path, sample):
-    path = write_submission(tmp_path / "subs", np.array(IDS), np.full(len(IDS), 0.25), sample, "e", "m", 0.2, {})
+    path = write_submission(tmp_path / "subs", np.array(IDS), np.full(len(IDS), 0.25), sample, "e", "m", 0.2, SIDECAR)
     assert path.read_bytes() == ("id,is_iceberg\n" + "".join(f"{i},0.25\n" for i in IDS)).encode()
 
 

@@ -70,8 +70,8 @@ def test_oof_covers_every_training_id_once_per_repeat(cfg: CompetitionConfig, re
     assert reference.unit_columns == [f"r{r}_f{f}_s0" for r in (0, 1) for f in range(3)]
     labels = pd.Series(train.labels, index=train.ids)
     expected = np.mean([log_loss(labels.loc[g["id"]], g["prediction"]) for _, g in oof.groupby("repeat")])
-    assert reference.meta["cv_logloss"] == pytest.approx(expected)
-    assert len(reference.meta["fold_scores"]) == 6 and set(reference.meta["curves"]) == set(reference.unit_columns)
+    assert reference.meta.cv_logloss == pytest.approx(expected)
+    assert len(reference.meta.fold_scores) == 6 and set(reference.meta.curves) == set(reference.unit_columns)
 
 
 def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig, reference: store.Run) -> None:
@@ -79,14 +79,14 @@ def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig,
 
     folds_meta = json.loads(cfg.folds_json.read_text())
     meta = reference.meta
-    assert meta["folds_fingerprint"] == folds_meta["fingerprint"]
-    assert meta["data_fingerprint"] == {"train": load_train(cfg).fingerprint, "test": load_test(cfg).fingerprint}
-    assert meta["data_fingerprint"]["train"] == folds_meta["data_fingerprint"]
-    assert meta["policy"] == "head" and meta["policy_source"] == "command line" and meta["weight_source"] == "none" and meta["prefix_cache"]
-    assert meta["profile"]["name"] == "cpu" and meta["config"]["model"]["train"]["epochs"] == 2
+    assert meta.folds_fingerprint == folds_meta["fingerprint"]
+    assert meta.data_fingerprint.model_dump() == {"train": load_train(cfg).fingerprint, "test": load_test(cfg).fingerprint}
+    assert meta.data_fingerprint.train == folds_meta["data_fingerprint"]
+    assert meta.policy == "head" and meta.policy_source == "command line" and meta.weight_source == "none" and meta.prefix_cache
+    assert meta.profile["name"] == "cpu" and meta.config["model"]["train"]["epochs"] == 2
     views = load_profile("cpu").profile.augment.dihedral_support()
-    assert len(views) > 1 and f"random dihedral view among {views}" in meta["augment"]  # the cpu profile's flips reach the cached training
-    assert {"torch", "timm", "numpy", "python"} <= set(meta["versions"])
+    assert len(views) > 1 and f"random dihedral view among {views}" in meta.augment  # the cpu profile's flips reach the cached training
+    assert {"torch", "timm", "numpy", "python"} <= set(meta.versions)
 
 
 def test_kill_9_then_resume_trains_only_missing_units_and_matches(cfg: CompetitionConfig, reference: store.Run, tmp_path: Path) -> None:
@@ -106,26 +106,26 @@ def test_kill_9_then_resume_trains_only_missing_units_and_matches(cfg: Competiti
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in units_dir.iterdir() if p.stem in finished}
 
     run = store.load_run(train_model(_at(cfg, runs), MODEL, "cpu", TINY))
-    assert sorted(run.meta["trained_this_run"]) == sorted(set(reference.unit_columns) - set(finished))
+    assert sorted(run.meta.trained_this_run) == sorted(set(reference.unit_columns) - set(finished))
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in units_dir.iterdir() if p.name in before} == before
     pd.testing.assert_frame_equal(run.oof, reference.oof)
     pd.testing.assert_frame_equal(run.test, reference.test)
 
     again = store.load_run(train_model(_at(cfg, runs), MODEL, "cpu", TINY))
-    assert again.meta["trained_this_run"] == []
+    assert again.meta.trained_this_run == []
 
 
 def test_finished_units_from_other_settings_are_refused(cfg: CompetitionConfig, reference: store.Run) -> None:
     with pytest.raises(FingerprintError, match="config_hash"):
         train_model(cfg, MODEL, "cpu", [*TINY, "optimizer.lr=0.01"])
-    assert store.load_run(reference.path).meta["config_hash"] == reference.meta["config_hash"]
+    assert store.load_run(reference.path).meta.config_hash == reference.meta.config_hash
 
 
 def test_cached_and_uncached_prefix_give_the_same_predictions(cfg: CompetitionConfig, tmp_path: Path) -> None:
     one_repeat = [*TINY, "epochs=1", "tta=[id, flip]"]  # flips on: a random cached view per sample = the same flip of the image
     cached = store.load_run(train_model(_at(cfg, tmp_path / "a"), MODEL, "cpu", [*one_repeat, "cache_prefix=true"]))
     plain = store.load_run(train_model(_at(cfg, tmp_path / "b"), MODEL, "cpu", [*one_repeat, "cache_prefix=false"]))
-    assert cached.meta["prefix_cache"] and plain.meta["prefix_cache"] is None
+    assert cached.meta.prefix_cache and plain.meta.prefix_cache is None
     np.testing.assert_allclose(cached.oof["prediction"], plain.oof["prediction"], atol=1e-4)
     np.testing.assert_allclose(cached.test["mean"], plain.test["mean"], atol=1e-4)
 
@@ -177,7 +177,7 @@ def test_unscored_test_rows_can_be_skipped_and_get_the_training_rate(cfg: Compet
     skipped = table[test.machine_generated]
     assert np.allclose(skipped.to_numpy(), train.labels.mean())
     assert table[~test.machine_generated]["mean"].nunique() > 1  # the scored rows are really predicted
-    assert run.meta["test_rows_predicted"].startswith(f"{(~test.machine_generated).sum()} of {len(test)}")
+    assert run.meta.test_rows_predicted.startswith(f"{(~test.machine_generated).sum()} of {len(test)}")
 
 
 def test_gpu_profile_runs_on_cpu_with_seeds_full_augmentation_and_eight_tta_views(cfg: CompetitionConfig, tmp_path: Path) -> None:
@@ -186,13 +186,13 @@ def test_gpu_profile_runs_on_cpu_with_seeds_full_augmentation_and_eight_tta_view
     from competition.data.loader import load_train
 
     run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "gpu", [*TINY, "epochs=1", "seeds=2"]))
-    assert run.meta["profile"]["name"] == "gpu" and run.meta["prefix_cache"] is None
-    assert len(run.meta["tta"]) == 8 and run.meta["config"]["profile"]["mixed_precision"] is True
-    assert run.meta["augment"].endswith("rotate, shift, zoom, speckle (on images)")  # image-space augmentation, not cached views
-    assert len(run.meta["units"]) == 3 * 2 * 2 and {u["seed"] for u in run.meta["fold_scores"]} == {0, 1}
+    assert run.meta.profile["name"] == "gpu" and run.meta.prefix_cache is None
+    assert len(run.meta.tta) == 8 and run.meta.config["profile"]["mixed_precision"] is True
+    assert run.meta.augment.endswith("rotate, shift, zoom, speckle (on images)")  # image-space augmentation, not cached views
+    assert len(run.meta.units) == 3 * 2 * 2 and {u.seed for u in run.meta.fold_scores} == {0, 1}
     train = load_train(cfg)
     assert sorted(run.oof["id"].unique()) == sorted(train.ids) and len(run.oof) == 2 * len(train.ids)
-    assert np.isfinite(run.meta["cv_logloss"]) and run.test["mean"].between(0, 1).all()
+    assert np.isfinite(run.meta.cv_logloss) and run.test["mean"].between(0, 1).all()
 
 
 def test_named_runs_of_one_model_sit_side_by_side_and_stack_as_two_inputs(cfg: CompetitionConfig, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_named_runs_of_one_model_sit_side_by_side_and_stack_as_two_inputs(cfg: C
     top = train_model(where, MODEL, "cpu", [*TINY, "epochs=1", "policy=top:1"], run_name="small-top1")
     assert (head, top) == (tmp_path / cfg.experiment / "small-head", tmp_path / cfg.experiment / "small-top1")
     metas = [store.load_run(p).meta for p in (head, top)]
-    assert [(m["model"], m["run_name"], m["policy"]) for m in metas] == [(MODEL, "small-head", "head"), (MODEL, "small-top1", "top:1")]
+    assert [(m.model, m.run_name, m.policy) for m in metas] == [(MODEL, "small-head", "head"), (MODEL, "small-top1", "top:1")]
     test = load_test(cfg)
     coll = collect(run_dirs(tmp_path / cfg.experiment, []), load_folds(cfg, load_train(cfg)), test.ids, test.fingerprint)
     assert coll.names == ["small-head", "small-top1"] and coll.oof.shape[-1] == 2

@@ -12,7 +12,6 @@ first), runs/<experiment>/quality.json and a section of docs/benchmarks.md betwe
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -195,6 +194,7 @@ def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path |
 
 def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budget, trainer_overrides: Sequence[str]) -> dict[str, Any]:
     """Train (or resume) one recipe; its row of the results: budget as run, policy, CV, times, scores."""
+    from competition.training.store import load_run
     from competition.training.trainer import train_isolated
 
     console.rule(f"[bold]({recipe.group}) {recipe.name}")
@@ -202,17 +202,17 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     started = time.perf_counter()
     run_dir = train_isolated(cfg.model_copy(update={"experiment": exp}), recipe.model, budget.profile, overrides, run_name=recipe.name)
     wall = time.perf_counter() - started
-    meta = json.loads((run_dir / "meta.json").read_text())
-    units = meta["timings"]["units"].values()
-    test = pd.read_csv(run_dir / "test.csv", dtype={"id": str})
-    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", simulated_solution(cfg, meta["data_fingerprint"]["test"]))
-    train_cfg = meta["config"]["model"]["train"]
+    run = load_run(run_dir)  # meta.json and the tables, checked against each other
+    meta, test = run.meta, run.test
+    units = meta.timings.units.values()
+    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", simulated_solution(cfg, meta.data_fingerprint.test))
+    train_cfg = meta.config["model"]["train"]
     return {
         **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
-        "epochs": train_cfg["epochs"], "batch_size": train_cfg["batch_size"], "seeds": meta["config"]["profile"]["seeds"],
-        "tta": meta["tta"], "units": len(meta["units"]), "weight_source": meta["weight_source"], "augment": meta["augment"],
-        "policy_requested": meta["policy_requested"], "policy": meta["policy"], "policy_reason": meta["policy_reason"],
-        "cv_logloss": meta["cv_logloss"], "units_s": sum(sum(t.values()) for t in units),
+        "epochs": train_cfg["epochs"], "batch_size": train_cfg["batch_size"], "seeds": meta.config["profile"]["seeds"],
+        "tta": meta.tta, "units": len(meta.units), "weight_source": meta.weight_source, "augment": meta.augment,
+        "policy_requested": meta.policy_requested, "policy": meta.policy, "policy_reason": meta.policy_reason,
+        "cv_logloss": meta.cv_logloss, "units_s": sum(sum(t.values()) for t in units),
         "cache_s": sum(t.get("cache_s", 0.0) for t in units), "wall_s_this_run": wall,
         **(scores or {"public": None, "private": None}),
     }  # fmt: skip

@@ -20,58 +20,13 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from competition.config import CompetitionConfig
-from competition.errors import DataError, MissingArtefactError
+from competition.errors import MissingArtefactError
 from competition.kaggle.client import run_kaggle
 from competition.kaggle.ledger import Entry, Ledger, ledger_path
 from competition.kaggle.scoring import score_submission
 from competition.kaggle.settings import Target
-from competition.submission import validate_submission
-
-DATA_KINDS = ("simulated", "real")
-
-
-class DataInfo(BaseModel):
-    """Which data a submission was made on (the sidecar's `data`: kind, folder, fingerprints)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    kind: str | None = None
-    dir: str | None = None
-    train: str | None = None
-    test: str | None = None
-
-
-class Sidecar(BaseModel):
-    """What the stacker records beside each submission CSV (see docs/architecture.md)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    experiment: str
-    method: str
-    cv_mean: float
-    cv_std: float
-    eps: float | None = None
-    config_hash: str
-    folds_fingerprint: str
-    data_fingerprint: str | dict[str, str] | None = None
-    data: DataInfo | None = None
-    created: str | None = None
-
-    def test_fingerprint(self) -> str | None:
-        """The fingerprint of the test data the submission was made for, when the sidecar says."""
-        if self.data is not None and self.data.test:
-            return self.data.test
-        if isinstance(self.data_fingerprint, dict):
-            return self.data_fingerprint.get("test")
-        return None
-
-    def data_kind(self) -> str | None:
-        """`simulated` or `real` when the sidecar records it, else None (unknown)."""
-        kind = self.data.kind if self.data is not None else None
-        return kind if kind in DATA_KINDS else None
+from competition.submission import Sidecar, read_sidecar, validate_submission
 
 
 def newest_submission(cfg: CompetitionConfig) -> Path:
@@ -80,28 +35,6 @@ def newest_submission(cfg: CompetitionConfig) -> Path:
     if not found:
         raise MissingArtefactError(f"no submission in {cfg.submissions_dir}/: run `make stack` first, or name one with FILE=...")
     return found[-1]
-
-
-def sidecar_path(submission: Path) -> Path:
-    """Where a submission's sidecar sits: beside it, same name, `.json`."""
-    return Path(submission).with_suffix(".json")
-
-
-def read_sidecar(submission: Path) -> Sidecar | None:
-    """The sidecar beside `submission`, validated (None when there is none); errors name the file and the field."""
-    path = sidecar_path(submission)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Sidecar.model_validate(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise DataError(f"{path}: not valid JSON{where}: fix or remove the sidecar of {submission.name}") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise DataError(f"{path}: field '{key}': {err['msg']}") from None
 
 
 UNKNOWN_METHOD = "no sidecar"

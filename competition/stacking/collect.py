@@ -58,17 +58,15 @@ def check_fingerprints(runs: Sequence[Run], folds: Folds, test_fingerprint: str)
     """Every run must have been made on the current folds, training data and test data."""
     for run in runs:
         folds.check(run.folds_fingerprint, f"run {run.path}")
-        data = run.meta["data_fingerprint"]
-        if not isinstance(data, dict) or not {"train", "test"} <= data.keys():
-            raise DataError(f"{run.path / META_FILE}: key 'data_fingerprint': expected {{train, test}}, got {data!r}")
-        if data["train"] != folds.data_fingerprint:
+        data = run.meta.data_fingerprint  # {train, test}: load_run validated it
+        if data.train != folds.data_fingerprint:
             raise FingerprintError(
-                f"run {run.path} was trained on training data {data['train']}, but the folds file was made from "
+                f"run {run.path} was trained on training data {data.train}, but the folds file was made from "
                 f"{folds.data_fingerprint}: retrain it on the current data"
             )
-        if data["test"] != test_fingerprint:
+        if data.test != test_fingerprint:
             raise FingerprintError(
-                f"run {run.path} predicted test data {data['test']}, but the current test data is {test_fingerprint}: "
+                f"run {run.path} predicted test data {data.test}, but the current test data is {test_fingerprint}: "
                 "retrain it (or predict the current test file)"
             )
 
@@ -138,5 +136,5 @@ def collect(paths: Sequence[Path], folds: Folds, test_ids: np.ndarray, test_fing
         test=np.column_stack([align_test(r, np.asarray(test_ids)) for r in runs]),
         folds_fingerprint=folds.fingerprint,
         data_fingerprint={"train": folds.data_fingerprint, "test": test_fingerprint},
-        config_hashes={r.name: str(r.meta["config_hash"]) for r in runs},
+        config_hashes={r.name: r.meta.config_hash for r in runs},
     )

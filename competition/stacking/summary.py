@@ -4,16 +4,80 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
+from competition.artefact import read_json
 from competition.atomic import write_json
+from competition.errors import FingerprintError, MissingArtefactError
 from competition.plots import pyplot, save_figure
 from competition.console import table
 from competition.stacking.crossval import CVResult
+from competition.submission import DataInfo
+from competition.training.store import DataFingerprints
 
 KIND_COLOURS = {"single": "#bdbdbd", "blend": "#6baed6", "stack": "#31a354"}
+SUMMARY_FILE = "summary.json"
+
+
+class MethodRecord(BaseModel):
+    """One method in `summary.json`'s `methods`: its nested-CV score, eps and per-fold scores."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: Literal["single", "blend", "stack"]
+    cv_mean: float
+    cv_std: float
+    eps: float
+    fold_scores: list[dict[str, float]]
+
+
+class MethodScore(BaseModel):
+    """A method named with its CV (`best_single`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str
+    cv_mean: float
+    cv_std: float
+
+
+class ChosenMethod(MethodScore):
+    """The method submitted, with the eps its predictions were clipped to."""
+
+    eps: float
+
+
+class StackSummary(BaseModel):
+    """`runs/<experiment>/stack/summary.json` (docs/architecture.md): written by `write_summary`, read by
+    `read_summary`. `data` (which data, `files.describe`) is optional: summaries written before it was
+    recorded still read. Unknown keys are kept (`extra="allow"`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    experiment: str
+    created: str
+    runs: list[str]
+    config_hash: str
+    folds_fingerprint: str
+    data_fingerprint: DataFingerprints  # of the data the stacked runs were made on
+    data: DataInfo | None = None
+    methods: dict[str, MethodRecord]
+    ranking: list[str]
+    best_single: MethodScore | None
+    chosen: ChosenMethod
+    eps: float
+    submission: str
+
+
+def read_summary(stack_dir: Path) -> StackSummary:
+    """The stack's summary.json, validated; refused (one line) when missing, malformed or from another version."""
+    path = Path(stack_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise MissingArtefactError(f"{path} not found: run `make stack` first")
+    return read_json(path, StackSummary, "written by another version or edited; run `make stack` again", FingerprintError)
 
 
 @dataclass(frozen=True)
@@ -74,5 +138,6 @@ def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult,
         "eps": chosen.eps,
         "submission": str(submission),
     }
+    StackSummary.model_validate(summary)  # what read_summary will require (a failure here is a bug in the stacker)
     write_json(path, summary)
     return summary

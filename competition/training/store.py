@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import log_loss
 
 from competition import fingerprint
+from competition.artefact import read_json
 from competition.atomic import atomic_path, write_json
 from competition.errors import FingerprintError, MissingArtefactError
 
@@ -29,11 +31,80 @@ OOF_FILE, TEST_FILE, META_FILE, UNITS_DIR = "oof.csv", "test.csv", "meta.json", 
 # Folders beside the runs in runs/<experiment>/ (stacker, report, bench-quality's scored CSVs): never run names.
 STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER = "stack", "report", "submissions"
 OOF_COLUMNS = ["id", "repeat", "fold", "prediction"]
-REQUIRED_META = (
-    "model", "config", "config_hash", "folds_fingerprint", "data_fingerprint", "weight_source", "policy",
-    "policy_reason", "versions", "timings", "fold_scores", "cv_logloss", "curves", "units",
-    "oof_fingerprint", "test_fingerprint",
-)  # fmt: skip
+
+
+class DataFingerprints(BaseModel):
+    """The content hashes of the training and test data an artefact was made from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: str
+    test: str
+
+
+class FoldScore(BaseModel):
+    """One unit's held-out score in `meta.json`'s `fold_scores` (the trainer adds `best_epoch`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    repeat: int
+    fold: int
+    seed: int
+    logloss: float
+
+
+class Timings(BaseModel):
+    """`meta.json`'s `timings`: seconds per unit and phase (`fit_s`, `cache_s`, ...), the run's wall time."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    units: dict[str, dict[str, float]] = Field(default_factory=dict)
+    wall_s_this_run: float | None = None
+
+
+class RunMeta(BaseModel):
+    """A run's `meta.json` (docs/architecture.md): the typed owner every reader goes through (`load_run`).
+
+    Required fields are what the stacker and the report rely on; a folder written before one of them
+    existed is refused with one line saying to retrain it. Keys the trainer records for people
+    (policy numbers, the profile chosen, ...) are kept as they are (`extra="allow"`).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str
+    config: dict[str, Any]
+    config_hash: str
+    folds_fingerprint: str
+    data_fingerprint: DataFingerprints
+    weight_source: str
+    policy: str
+    policy_reason: str
+    versions: dict[str, Any]
+    timings: Timings
+    fold_scores: list[FoldScore]
+    cv_logloss: float
+    curves: dict[str, dict[str, list[float]]]
+    units: list[str]
+    oof_fingerprint: str
+    test_fingerprint: str
+    # recorded by today's trainer; optional so that folders the stacker accepted before still read
+    run_name: str | None = None
+    policy_requested: str | None = None
+    augment: str | None = None
+    tta: list[str] | None = None
+    prefix_cache: str | None = None
+    trained_this_run: list[str] | None = None
+
+
+REQUIRED_META = tuple(name for name, f in RunMeta.model_fields.items() if f.is_required())
+
+
+def retrain_hint(run_dir: Path, meta: object = None) -> str:
+    """What to do about a run folder whose meta.json (`meta`, as parsed) cannot be read: train it again from scratch."""
+    model = meta.get("model") if isinstance(meta, dict) else None
+    model = model if isinstance(model, str) and model else run_dir.name
+    return f"run folder {run_dir} was written by another version or edited; retrain it with `competition train {model} --name {run_dir.name} --fresh`"
 
 
 @dataclass(frozen=True, order=True)
@@ -188,7 +259,9 @@ def write_run(run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame, meta: dict[s
         with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
         hashes[name] = fingerprint.of_file(run_dir / name)
-    write_json(run_dir / META_FILE, {**meta, "oof_fingerprint": hashes[OOF_FILE], "test_fingerprint": hashes[TEST_FILE]})
+    payload = {**meta, "oof_fingerprint": hashes[OOF_FILE], "test_fingerprint": hashes[TEST_FILE]}
+    RunMeta.model_validate(payload)  # what the readers will require (a failure here is a bug in the trainer)
+    write_json(run_dir / META_FILE, payload)
 
 
 @dataclass(frozen=True)
@@ -198,7 +271,7 @@ class Run:
     path: Path
     oof: pd.DataFrame
     test: pd.DataFrame
-    meta: dict[str, Any]
+    meta: RunMeta
 
     @property
     def name(self) -> str:
@@ -207,7 +280,7 @@ class Run:
 
     @property
     def folds_fingerprint(self) -> str:
-        return str(self.meta["folds_fingerprint"])
+        return self.meta.folds_fingerprint
 
     @property
     def unit_columns(self) -> list[str]:
@@ -220,15 +293,12 @@ def load_run(run_dir: Path | str) -> Run:
     meta_path = run_dir / META_FILE
     if not meta_path.is_file():
         raise MissingArtefactError(f"{meta_path} not found: the run is not finished; run `make train MODEL=<model> NAME={run_dir.name}` (NAME can be left out when it is the model)")
-    meta = json.loads(meta_path.read_text())
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise FingerprintError(f"{meta_path}: missing keys {', '.join(missing)}: written by another version; train again")
-    for name, key in ((OOF_FILE, "oof_fingerprint"), (TEST_FILE, "test_fingerprint")):
+    meta = read_json(meta_path, RunMeta, lambda raw: retrain_hint(run_dir, raw), FingerprintError)
+    for name, recorded in ((OOF_FILE, meta.oof_fingerprint), (TEST_FILE, meta.test_fingerprint)):
         path = run_dir / name
         if not path.is_file():
             raise MissingArtefactError(f"{path} not found although {meta_path} exists: train again")
-        if fingerprint.of_file(path) != meta[key]:
+        if fingerprint.of_file(path) != recorded:
             raise FingerprintError(f"{path} was changed after {meta_path} was written: train again")
     oof = pd.read_csv(run_dir / OOF_FILE, dtype={"id": str})
     test = pd.read_csv(run_dir / TEST_FILE, dtype={"id": str})
@@ -236,11 +306,11 @@ def load_run(run_dir: Path | str) -> Run:
     return Run(run_dir, oof, test, meta)
 
 
-def _check_tables(run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame, meta: dict[str, Any]) -> None:
+def _check_tables(run_dir: Path, oof: pd.DataFrame, test: pd.DataFrame, meta: RunMeta) -> None:
     """The contract the stacker relies on: columns, one row per id and repeat, probabilities."""
     if list(oof.columns) != OOF_COLUMNS:
         raise FingerprintError(f"{run_dir / OOF_FILE}: columns {list(oof.columns)}, expected {OOF_COLUMNS}")
-    expected = ["id", *meta["units"], "mean"]
+    expected = ["id", *meta.units, "mean"]
     if list(test.columns) != expected:
         raise FingerprintError(f"{run_dir / TEST_FILE}: columns {list(test.columns)}, expected {expected}")
     if oof.duplicated(["id", "repeat"]).any():
