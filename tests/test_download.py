@@ -175,3 +175,16 @@ def test_damaged_zip_is_a_data_error(tmp_path: Path) -> None:
     (staging / "statoil-iceberg-classifier-challenge.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(DataError, match="not a readable zip"):
         unpack(staging, tmp_path / "data")
+
+
+def test_download_uses_only_the_kaggle_client_interface() -> None:
+    """competition/data/download.py imports nothing of competition.kaggle but its client, and never the `kaggle` package."""
+    import ast
+
+    import competition.data.download as module
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {m for m in imported if m.startswith("competition.kaggle")} == {"competition.kaggle.client"}
+    assert not {m for m in imported if m == "kaggle" or m.startswith("kaggle.")}

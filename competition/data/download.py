@@ -1,6 +1,7 @@
 """`make data`: download the real competition with the official Kaggle client and unpack it.
 
-The client is run as a subprocess (importing `kaggle` authenticates, and exits, at import time).
+The client is run as a subprocess through `competition.kaggle.client`, the only part of
+`competition.kaggle` used here (importing `kaggle` authenticates, and exits, at import time).
 Kaggle serves one zip holding train.json.7z, test.json.7z and sample_submission.csv.7z; it is
 kept in `<data_dir>/download/` so that a rerun downloads again only when Kaggle's copy is newer
 (the client's own check). The unpacked files replace `train.json`, `test.json` and
@@ -11,12 +12,9 @@ Credentials are only ever looked for, never read into messages or copied.
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +25,7 @@ from competition.console import console, table
 from competition.data.files import extract, marker_path
 from competition.data.loader import load_test, load_train
 from competition.errors import DataError, UserError
-from competition.kaggle.client import kaggle_command
-from competition.kaggle.credentials import has_credentials, redact
+from competition.kaggle.client import has_credentials, redact, stream_kaggle
 
 FILES = ("train.json", "test.json", "sample_submission.csv")
 _TAIL_BYTES = 4000
@@ -63,21 +60,9 @@ def download(cfg: CompetitionConfig) -> list[Path]:
 
 def run_client(args: list[str], cfg: CompetitionConfig) -> None:
     """Run `kaggle ARGS`, showing its output; a failure becomes a UserError with its last lines."""
-    command = [*kaggle_command(), *args]
-    try:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    except OSError as exc:
-        raise UserError(f"could not start the Kaggle client ({exc}): run `make setup`") from None
-    assert proc.stdout is not None
-    tail: collections.deque[bytes] = collections.deque()
-    while chunk := proc.stdout.read1(1 << 14):
-        sys.stderr.buffer.write(chunk)
-        sys.stderr.flush()
-        tail.append(chunk)
-        while sum(map(len, tail)) > _TAIL_BYTES and len(tail) > 1:
-            tail.popleft()
-    if proc.wait() != 0:
-        raise UserError(client_failure(b"".join(tail).decode("utf-8", "replace"), proc.returncode, cfg))
+    returncode, tail = stream_kaggle(args, _TAIL_BYTES)
+    if returncode != 0:
+        raise UserError(client_failure(tail, returncode, cfg))
 
 
 def client_failure(output: str, returncode: int, cfg: CompetitionConfig) -> str:

@@ -8,6 +8,7 @@ is checked as well as the exit code.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import subprocess
@@ -16,7 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from competition.errors import UserError
-from competition.kaggle.credentials import HOW_TO, CredentialsError, find_credentials, redact
+from competition.kaggle.credentials import HOW_TO, CredentialsError, find_credentials, has_credentials, redact
+
+# The interface the rest of the harness uses (competition/data/download.py needs nothing else of competition.kaggle).
+__all__ = ["KaggleClientError", "has_credentials", "kaggle_command", "redact", "run_kaggle", "stream_kaggle"]
 
 # Lines the client prints, exit code 0 or not, when an operation did not happen.
 _FAILURE_MARKERS = ("Kernel push error", "Dataset creation error", "Dataset version creation error", "Could not submit")
@@ -58,3 +62,21 @@ def run_kaggle(args: Sequence[str], timeout_s: float = 1800) -> str:
         tail = "\n".join(out.splitlines()[-8:]) or f"exit code {proc.returncode}"
         raise KaggleClientError(f"`{shown}` failed:\n{tail}")
     return redact(proc.stdout)
+
+
+def stream_kaggle(args: Sequence[str], tail_bytes: int = 4000) -> tuple[int, str]:
+    """Run `kaggle ARGS` with its output shown live on stderr (progress bars); return its exit code and
+    the last `tail_bytes` of its output, credentials redacted. Starting the client failing is a UserError."""
+    try:
+        proc = subprocess.Popen([*kaggle_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_quiet_env())
+    except OSError as exc:
+        raise UserError(f"could not start the Kaggle client ({exc}): run `make setup`") from None
+    assert proc.stdout is not None
+    tail: collections.deque[bytes] = collections.deque()
+    while chunk := proc.stdout.read1(1 << 14):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail.append(chunk)
+        while sum(map(len, tail)) > tail_bytes and len(tail) > 1:
+            tail.popleft()
+    return proc.wait(), redact(b"".join(tail).decode("utf-8", "replace"))
