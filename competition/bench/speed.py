@@ -24,7 +24,9 @@ import numpy as np
 
 from competition.bench.doc import replace_section
 from competition.console import console, progress, table
-from competition.models.base import ImageModel, ModelInputs
+from competition.models.base import ImageModel
+from competition.models.registry import create_model, list_models, load_model_config
+from competition.models.schema import ModelInputs
 from competition.training.augment import Augmenter
 from competition.training.profiles import load_profile
 
@@ -114,8 +116,6 @@ def bare_keras(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], Callab
 
 
 def harness_model(name: str, policy: str, x: np.ndarray, angle: np.ndarray) -> ImageModel:
-    from competition.models.registry import create_model  # noqa: PLC0415
-
     model = create_model(name, weights="none")
     model.prepare(x, angle)
     model.apply_policy(policy)
@@ -153,8 +153,6 @@ def augment_ms(profile: str, repeats: int) -> float:
 
 def bench_model(name: str, n: int, repeats: int) -> dict[str, Any]:
     """All figures of one model."""
-    from competition.models.registry import load_model_config  # noqa: PLC0415
-
     cfg = load_model_config(name)
     x, angle, y = bench_images(n)
     images = ModelInputs(x, angle, y)
@@ -239,8 +237,6 @@ def markdown(rows: Sequence[dict[str, Any]], augment: dict[str, float], n: int, 
 def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Path) -> list[dict[str, Any]]:
     """Measure every model, print the tables, write the section into `output`."""
     import torch  # noqa: F401, PLC0415 - torch before TensorFlow in one process
-
-    from competition.models.registry import list_models  # noqa: PLC0415
 
     names = list(models or list_models())
     rows = []
