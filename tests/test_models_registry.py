@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from competition.errors import ConfigError
+from competition.metrics import logloss
 from competition.models import policies, weights
-from competition.models.base import log_loss
 from competition.models.registry import MODELS_DIR, list_models, load_model_config
 from competition.models.schema import AutoPolicyConfig, ModelConfig
 
@@ -129,5 +129,5 @@ def test_auto_fills_the_seed_table(n_train: int, divergence: float, expected: st
 
 def test_log_loss_matches_its_definition() -> None:
     y, p = np.array([1.0, 0.0]), np.array([0.8, 0.3])
-    assert log_loss(y, p) == pytest.approx(-(np.log(0.8) + np.log(0.7)) / 2)
+    assert logloss(y, p) == pytest.approx(-(np.log(0.8) + np.log(0.7)) / 2)
     assert ModelConfig(name="m", framework="timm", architecture="resnet18").policy == "auto"

@@ -9,8 +9,9 @@ import pytest
 import torch  # noqa: F401 - before anything that may load TensorFlow
 
 from competition.data.dataset import Dataset
+from competition.metrics import logloss
 from competition.models import weights
-from competition.models.base import ImageModel, ModelInputs, log_loss
+from competition.models.base import ImageModel, ModelInputs
 from competition.models.registry import create_model, load_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
 from competition.models.timm_net import imagenet_classifier
@@ -203,6 +204,6 @@ def test_fit_restores_the_best_epoch_when_only_the_head_trains(sar: Dataset) -> 
     result = model.fit(train, valid, epochs=6, batch_size=7, seed=1)
     best = result.history["val_loss"][result.best_epoch]
     assert min(result.history["val_loss"]) == best
-    assert abs(log_loss(valid.y, model.predict(valid)) - best) < 1e-5
+    assert abs(logloss(valid.y, model.predict(valid)) - best) < 1e-5
     frozen_after = dict(model.net.named_parameters())
     assert frozen_before and all(torch.equal(frozen_after[n], t) for n, t in frozen_before.items())

@@ -2,8 +2,8 @@
 
 The solution file has Kaggle's layout, `id,is_iceberg,Usage` with Usage Public, Private or
 Ignored (machine-generated test images are Ignored). The score is log loss with Kaggle's
-clipping of probabilities to [1e-15, 1 - 1e-15], computed separately on the Public and the
-Private rows, as the two leaderboards do.
+clipping of probabilities to [1e-15, 1 - 1e-15] (`competition.metrics.logloss`, the harness's one
+metric), computed separately on the Public and the Private rows, as the two leaderboards do.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from competition.errors import DataError
+from competition.metrics import logloss
 from competition.submission import read_table
 
-KAGGLE_EPS = 1e-15
 USAGES = ("Public", "Private", "Ignored")
 
 
@@ -29,13 +29,6 @@ class Score:
     private: float
     n_public: int
     n_private: int
-
-
-def kaggle_log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Binary log loss with Kaggle's clipping (so a confident 0 or 1 costs 34.5, not infinity)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), KAGGLE_EPS, 1.0 - KAGGLE_EPS)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
 
 
 def _read_csv(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -100,8 +93,8 @@ def score_submission(submission: Path, solution: Path) -> Score:
             raise DataError(f"{solution}: no {usage} rows to score")
     public, private = parts["Public"], parts["Private"]
     return Score(
-        public=kaggle_log_loss(public["is_iceberg"], public["prediction"]),
-        private=kaggle_log_loss(private["is_iceberg"], private["prediction"]),
+        public=logloss(public["is_iceberg"], public["prediction"]),
+        private=logloss(private["is_iceberg"], private["prediction"]),
         n_public=len(public),
         n_private=len(private),
     )

@@ -18,7 +18,7 @@ caches prefix features calls `prepare` once first, so the cached and the raw pat
 statistics; `fit` never refits them.
 
 Beyond the first published sketch: `prepare`, `domain_divergence` (what `auto` measures),
-`load_dir` (used by `registry.load_model`), and the module helpers `check_fit_inputs` and `log_loss`.
+`load_dir` (used by `registry.load_model`), and the module helper `check_fit_inputs` (the metric is `competition.metrics.logloss`).
 """
 
 from __future__ import annotations
@@ -199,9 +199,3 @@ def check_fit_inputs(train: ModelInputs, valid: ModelInputs, augment: Augment | 
         raise ValueError("fit needs labels in both train.y and valid.y")
     if train.is_features != valid.is_features:
         raise ValueError("train and valid must both be raw images or both be prefix features")
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Binary log loss (the competition metric) with probabilities clipped to [1e-7, 1 - 1e-7]."""
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -26,8 +26,9 @@ import keras
 from keras import layers
 
 from competition.errors import ConfigError
+from competition.metrics import logloss
 from competition.models import weights as wt
-from competition.models.base import ImageModel, check_fit_inputs, log_loss
+from competition.models.base import ImageModel, check_fit_inputs
 from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import unfrozen_at_epoch
 from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
@@ -256,7 +257,7 @@ class KerasVgg16(ImageModel):
                 model = self._compile(start)
                 batches = _Batches(train, angles, labels, rng.permutation(len(train)), batch_size, self._network_input, augment, rng)
                 train_loss = float(model.fit(batches, epochs=1, verbose=0).history["loss"][-1])
-                val_loss = log_loss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
+                val_loss = logloss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
                 history["train_loss"].append(train_loss)
                 history["val_loss"].append(val_loss)
                 if on_epoch is not None:

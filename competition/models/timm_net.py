@@ -22,8 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from competition.errors import ConfigError
+from competition.metrics import logloss
 from competition.models import weights as wt
-from competition.models.base import ImageModel, check_fit_inputs, log_loss
+from competition.models.base import ImageModel, check_fit_inputs
 from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import block_learning_rates, unfrozen_at_epoch
 from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
@@ -295,7 +296,7 @@ class TimmModel(ImageModel):
                     loss.backward()
                     optimizer.step()
                     total += float(loss.detach()) * len(idx)
-                val_loss = log_loss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
+                val_loss = logloss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
                 history["train_loss"].append(total / len(order))
                 history["val_loss"].append(val_loss)
                 if on_epoch is not None:

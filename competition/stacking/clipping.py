@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from competition.stacking.metrics import logloss
+from competition.metrics import logloss
 
 
 def clip(p: np.ndarray, eps: float) -> np.ndarray:

@@ -1,17 +1,16 @@
-"""The competition metric, in plain numpy (fast enough to call thousands of times in a search)."""
+"""Log-odds helpers of the stacking features and blenders.
+
+The metric itself lives in `competition.metrics` (one definition for the whole harness); `logloss`
+is imported here only so existing `from competition.stacking.metrics import logloss` keep working.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-FLOOR = 1e-15  # Kaggle's clipping of submitted probabilities before taking logs
+from competition.metrics import logloss
 
-
-def logloss(y: np.ndarray, p: np.ndarray) -> float:
-    """Binary log loss of probabilities `p` of class 1 against labels `y` (Kaggle's definition)."""
-    q = np.clip(np.asarray(p, dtype=np.float64), FLOOR, 1 - FLOOR)
-    t = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(t * np.log(q) + (1 - t) * np.log1p(-q)))
+__all__ = ["logit", "logloss", "sigmoid"]
 
 
 def logit(p: np.ndarray, floor: float = 1e-6) -> np.ndarray:

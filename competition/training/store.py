@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import log_loss
 
 from competition import fingerprint
 from competition.artefact import read_json
 from competition.atomic import atomic_path, write_json
 from competition.errors import FingerprintError, MissingArtefactError
+from competition.metrics import logloss
 
 OOF_FILE, TEST_FILE, META_FILE, UNITS_DIR = "oof.csv", "test.csv", "meta.json", "units"
 # Folders beside the runs in runs/<experiment>/ (stacker, report, bench-quality's scored CSVs): never run names.
@@ -246,8 +246,8 @@ def build_test(results: list[UnitResult], predicted_ids: np.ndarray, all_ids: np
 
 
 def cv_logloss(oof: pd.DataFrame, labels: pd.Series) -> float:
-    """Log loss of the OOF predictions, averaged over repeats (`labels` indexed by id)."""
-    scores = [log_loss(labels.loc[g["id"]].to_numpy(), g["prediction"].to_numpy(), labels=[0, 1]) for _, g in oof.groupby("repeat")]
+    """Log loss (`competition.metrics.logloss`) of the OOF predictions, averaged over repeats (`labels` indexed by id)."""
+    scores = [logloss(labels.loc[g["id"]].to_numpy(), g["prediction"].to_numpy()) for _, g in oof.groupby("repeat")]
     return float(np.mean(scores))
 
 

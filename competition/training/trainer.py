@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import log_loss
 
 from competition.atomic import recover_folder, replaced_folder, staging_path
 from competition.config import CompetitionConfig, apply_overrides, config_hash, parse_overrides, validate
@@ -30,6 +29,7 @@ from competition.errors import ConfigError, UserError
 from competition.fingerprint import of_json
 from competition.folds import Folds
 from competition.locks import run_lock
+from competition.metrics import logloss
 from competition.models.base import Augment, ImageModel, ModelConfig, ModelInputs, PolicyDecision
 from competition.training import dihedral, store, tta
 from competition.training.augment import Augmenter
@@ -226,7 +226,7 @@ def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, fl
         oof_ids=plan.train.ids[held_rows],
         oof=oof,
         test=test_pred,
-        logloss=float(log_loss(valid_in.y, oof, labels=[0, 1])),
+        logloss=logloss(valid_in.y, oof),
         best_epoch=result.best_epoch,
         history={k: [float(v) for v in vals] for k, vals in result.history.items()},
         timings={"setup_s": t1 - t0 - cache_s, "cache_s": cache_s, "fit_s": t2 - t1, "predict_s": t3 - t2},
