@@ -9,16 +9,15 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from competition.stacking.blenders import BLENDERS
+from competition.stacking.features import GroupTargetEncoder
+from competition.stacking.stacker import LGBMStacker
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
-
-from competition.stacking.blenders import BLENDERS
-from competition.stacking.features import GroupTargetEncoder
-from competition.stacking.stacker import LGBMStacker
 
 FAST_STACKER = {"n_trials": 2, "inner_folds": 2, "max_rounds": 20, "early_stopping_rounds": 5}
 
@@ -111,7 +110,9 @@ def test_stacker_takes_arrays_with_the_angle_named_by_position():
 
 def _trials(storage) -> dict[str, int]:
     with sqlite3.connect(storage) as db:
-        rows = db.execute("select s.study_name, count(t.trial_id) from studies s left join trials t on t.study_id = s.study_id group by s.study_name").fetchall()
+        rows = db.execute(
+            "select s.study_name, count(t.trial_id) from studies s left join trials t on t.study_id = s.study_id group by s.study_name"
+        ).fetchall()
     return dict(rows)
 
 

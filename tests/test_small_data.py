@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stack_data import TEST_FP, TRAIN_FP, Competition, _dataset, _write_json, write_predictor
-
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
 from competition.errors import DataError
@@ -26,6 +24,8 @@ from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig
 from competition.stacking.stacker import LGBMStacker
 from competition.submission import validate_submission
+
+from stack_data import TEST_FP, TRAIN_FP, Competition, _dataset, _write_json, write_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stack_data import make_competition, noisy
-
 from competition.stacking.crossval import cross_validate
 from competition.stacking.features import GroupTargetEncoder, group_neighbour_mean, group_size, stack_tables
 from competition.stacking.metrics import logloss
 from competition.stacking.stacker import LGBMStacker
+
+from stack_data import make_competition, noisy
 
 EPS = [1e-4, 1e-3, 1e-2, 2e-2]
 

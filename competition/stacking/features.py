@@ -14,7 +14,6 @@ Images that share an exact incidence angle come from one radar scene and tend to
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import Any
 
 import numpy as np

@@ -101,12 +101,19 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
             return int(col) % n_features
         return names.index(col) if names is not None and col in names else None
 
+    def _angle(self, X: np.ndarray) -> np.ndarray:
+        """The angle column of X, as the group target encoder's one-column input."""
+        column = self.angle_index_
+        if column is None:
+            raise RuntimeError("LGBMStacker: no angle column to encode")
+        return X[:, [column]]
+
     def _design_fit(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Training rows' matrix: group target encoding cross-fitted (inner OOF), so no row sees its own label."""
         if self.angle_index_ is None:
             return X
         encoder = GroupTargetEncoder(cv=self.group_folds, random_state=self.seed)
-        groups = encoder.fit_transform(X[:, [self.angle_index_]], y)
+        groups = encoder.fit_transform(self._angle(X), y)
         used = group_folds_for(self.group_folds, len(y))
         self.group_folds_ = min(getattr(self, "group_folds_", used), used)
         return np.hstack([X, groups])
@@ -115,12 +122,12 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
         """Matrix of rows to predict: group target encoding from the fitted training labels."""
         if encoder is None:
             return X
-        return np.hstack([X, encoder.transform(X[:, [self.angle_index_]])])
+        return np.hstack([X, encoder.transform(self._angle(X))])
 
     def _encoder(self, X: np.ndarray, y: np.ndarray) -> GroupTargetEncoder | None:
         if self.angle_index_ is None:
             return None
-        return GroupTargetEncoder(cv=self.group_folds, random_state=self.seed).fit(X[:, [self.angle_index_]], y)
+        return GroupTargetEncoder(cv=self.group_folds, random_state=self.seed).fit(self._angle(X), y)
 
     # -- LightGBM -----------------------------------------------------------------------
     def _leaf_range(self) -> tuple[int, int]:
