@@ -21,87 +21,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
 
 from competition.atomic import atomic_path, write_json
 from competition.bench.doc import replace_section
-from competition.config import CONFIG_DIR, CompetitionConfig, Strict, load
+from competition.bench.settings import QUALITY_CONFIG, Budget, QualityConfig
+from competition.config import CompetitionConfig, load
 from competition.console import console, table
 from competition.data.files import simulated_solution
 from competition.errors import ConfigError
-from competition.training.augment import AugmentConfig
 from competition.training.store import SUBMISSIONS_FOLDER
 
-QUALITY_CONFIG = CONFIG_DIR / "quality.yaml"
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 GROUPS = {"a": "classic", "b": "scratch", "c": "grid"}
-
-
-class RecipeConfig(Strict):
-    """One hand-made recipe: a model and the trainer overrides that make it."""
-
-    model: str
-    overrides: list[str] = Field(default_factory=list)
-
-
-class GridConfig(Strict):
-    """(c): every model under every policy; extra trainer overrides per policy."""
-
-    models: list[str] = Field(min_length=1)
-    policies: list[str] = Field(min_length=1)
-    overrides: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("policies")
-    @classmethod
-    def _known(cls, policies: list[str]) -> list[str]:
-        from competition.models.policies import check_policy
-
-        for policy in policies:
-            try:
-                check_policy(policy)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
-        return policies
-
-
-class PerKind(Strict):
-    """A number per kind of recipe, by what it trains (`top` = top:K): epochs per unit, or early-stopping patience."""
-
-    classic: int = Field(ge=1)
-    scratch: int = Field(ge=1)
-    head: int = Field(ge=1)
-    top: int = Field(ge=1)
-    all_but_stem: int = Field(ge=1)
-    all: int = Field(ge=1)
-    auto: int = Field(ge=1)
-
-
-class Budget(Strict):
-    """The compute every recipe gets on one kind of machine."""
-
-    profile: str
-    batch_size: int = Field(ge=1)
-    seeds: int = Field(1, ge=1)
-    tta: list[str] | None = None
-    epochs: PerKind
-    patience: PerKind | None = Field(None, description="early-stopping patience per kind of recipe (None: the profile's)")
-    recipes: list[str] | None = None
-    skip: list[str] = Field(default_factory=list)
-    stack: list[str] = Field(default_factory=list)
-
-
-class QualityConfig(Strict):
-    """configs/quality.yaml."""
-
-    experiment: str = "quality"
-    budget: str | None = None
-    recipes: list[str] | None = None
-    output: Path = Path("docs/benchmarks.md")
-    classic: RecipeConfig
-    classic_augment: AugmentConfig
-    scratch: RecipeConfig
-    grid: GridConfig
-    budgets: dict[str, Budget] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
