@@ -111,3 +111,15 @@ def test_the_model_registry_imports_no_framework() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"]])
+def test_the_cli_loads_no_framework_for_help_or_the_model_table(args: list[str]) -> None:
+    code = (
+        "import sys\nfrom competition.cli import app\n"
+        f"try:\n    app({args!r}, standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY', sorted(m for m in {FRAMEWORKS!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-2000:]
