@@ -103,7 +103,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     with timings.step("stack"):
         summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)
     with timings.step("submit"):
-        scores = _submit_offline(cfg, Path(summary["submission"]), test.fingerprint)
+        scores = _submit_offline(cfg, Path(summary.submission), test.fingerprint)
     with timings.step("report"):
         report = build_report(cfg)
     result = {"data": source, "models": cvs, "summary": summary, "scores": scores, "report": str(report),
@@ -136,11 +136,11 @@ def show(result: dict[str, Any]) -> None:
     """The closing tables: per-model CV, per-method CV, leaderboard scores, time per step."""
     summary = result["summary"]
     console.print(table("Models (CV log loss of the OOF predictions)", ["model", "CV"], sorted(result["models"].items(), key=lambda kv: kv[1])))
-    methods = sorted(summary["methods"].items(), key=lambda kv: kv[1]["cv_mean"])
-    console.print(table("Methods (nested CV)", ["method", "kind", "CV mean", "sd"], [(n, m["kind"], m["cv_mean"], m["cv_std"]) for n, m in methods]))
+    methods = sorted(summary.methods.items(), key=lambda kv: kv[1].cv_mean)
+    console.print(table("Methods (nested CV)", ["method", "kind", "CV mean", "sd"], [(n, m.kind, m.cv_mean, m.cv_std) for n, m in methods]))
     if result["scores"] is not None:
         public, private = result["scores"]
-        console.print(table("Submission on the hidden leaderboard", ["file", "public", "private"], [(Path(summary["submission"]).name, public, private)]))
+        console.print(table("Submission on the hidden leaderboard", ["file", "public", "private"], [(Path(summary.submission).name, public, private)]))
     steps = [*((name, f"{s:.0f}") for name, s in result["timings"]), ("total", f"{result['wall_s']:.0f}")]
     console.print(table("Wall time per step (s)", ["step", "seconds"], steps))
     console.print(f"[green]report[/] {result['report']}")

@@ -125,7 +125,7 @@ def test_the_next_stack_resumes_the_failed_attempts_search(stacked, monkeypatch)
     monkeypatch.undo()
     summary = run_stack(comp.cfg, changed, comp.train, comp.test)
     assert _trials(out / "optuna.sqlite") == searched  # every study was complete: no trial ran again
-    assert Path(summary["submission"]).is_file() and not staging_path(out).exists()
+    assert Path(summary.submission).is_file() and not staging_path(out).exists()
     assert (out / "cv_scores.png").is_file() and (out / "summary.json").is_file()
 
 

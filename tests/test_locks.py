@@ -18,6 +18,7 @@ from competition.locks import LockedError
 from competition.report import build_report
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig, stack_dir
+from competition.stacking.summary import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
@@ -66,7 +67,7 @@ def test_stack_and_report_refuse_while_another_process_holds_the_lock_and_run_on
         _kill(holder)
     assert not locks.is_locked(stack)  # the kernel dropped the dead holder's lock at once
     summary = run_stack(cfg, scfg, comp.train, comp.test)
-    assert Path(summary["submission"]).is_file()
+    assert Path(summary.submission).is_file()
 
     report = cfg.runs_dir / cfg.experiment / "report"
     holder = _holder(report)
@@ -245,9 +246,9 @@ def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_pat
     solo = _two_predictors(tmp_path / "solo")
     done = subprocess.run([sys.executable, "-m", "competition", *_stack_args(solo.cfg)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    together = json.loads((stack / "summary.json").read_text())
-    alone = json.loads((stack_dir(solo.cfg.runs_dir, solo.cfg.experiment) / "summary.json").read_text())
-    assert together["methods"] == alone["methods"] and together["chosen"] == alone["chosen"]
+    together = read_summary(stack)
+    alone = read_summary(stack_dir(solo.cfg.runs_dir, solo.cfg.experiment))
+    assert together.methods == alone.methods and together.chosen == alone.chosen
     with sqlite3.connect(stack / "optuna.sqlite") as db:
         assert db.execute("select count(*) from trials").fetchone()[0] == 3 * (3 + 1)  # one study per outer fold + the final one, 3 trials each
     assert len(list(comp.cfg.submissions_dir.glob("*.csv"))) == 1

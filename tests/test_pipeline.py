@@ -46,9 +46,9 @@ def test_make_all_steps_leave_every_artefact_with_agreeing_fingerprints(tmp_path
     assert len({json.dumps(r.meta.data_fingerprint.model_dump(), sort_keys=True) for r in runs}) == 1
 
     summary = result["summary"]
-    assert summary["folds_fingerprint"] == folds.fingerprint
-    assert {f"single:{m}" for m in MODELS} <= set(summary["methods"])
-    submission = Path(summary["submission"])
+    assert summary.folds_fingerprint == folds.fingerprint
+    assert {f"single:{m}" for m in MODELS} <= set(summary.methods)
+    submission = Path(summary.submission)
     assert validate_submission(submission, cfg.sample_submission) == 30
     sidecar = json.loads(submission.with_suffix(".json").read_text())
     assert sidecar["folds_fingerprint"] == folds.fingerprint

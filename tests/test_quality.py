@@ -12,6 +12,7 @@ from sklearn.metrics import log_loss
 
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 from competition.errors import ConfigError
+from competition.stacking.summary import read_summary
 from competition.config import load
 from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
 
@@ -90,13 +91,13 @@ def test_every_recipe_row_matches_its_run_and_the_hidden_solution(bench: dict[st
 def test_blenders_and_stacker_are_scored_on_the_grid_runs(bench: dict[str, Any]) -> None:
     cfg, result = bench["cfg"], bench["first"]
     stack = cfg.runs_dir / "quality" / "stack"
-    summary = json.loads((stack / "summary.json").read_text())
-    assert summary["runs"] == [f"{MODEL}-head", f"{MODEL}-top2", f"{MODEL}-auto"]  # (c) only, named after the recipes
-    expected = {name for name, rec in summary["methods"].items() if rec["kind"] != "single"}
+    summary = read_summary(stack)
+    assert summary.runs == [f"{MODEL}-head", f"{MODEL}-top2", f"{MODEL}-auto"]  # (c) only, named after the recipes
+    expected = {name for name, rec in summary.methods.items() if rec.kind != "single"}
     assert {m["name"] for m in result["methods"]} == expected and "lgbm" in expected and "caruana" in expected
     preds = pd.read_csv(stack / "test.csv", dtype={"id": str})
     for m in result["methods"]:
-        assert m["cv_logloss"] == summary["methods"][m["name"]]["cv_mean"]
+        assert m["cv_logloss"] == summary.methods[m["name"]].cv_mean
         assert m["private"] == pytest.approx(_private(cfg, preds["id"], preds[m["name"]], "Private"), rel=1e-6)
     assert not any(cfg.submissions_dir.glob("*.csv"))  # kept out of submissions/ (what `make submit` sends)
     assert len(list((cfg.runs_dir / "quality" / "submissions").glob("*_quality_*.csv"))) == 2  # the stack's own pick, twice

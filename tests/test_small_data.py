@@ -172,13 +172,13 @@ def test_ten_balanced_goes_through_folds_and_stacking(tmp_path, monkeypatch, cap
     scfg = StackConfig(inner_folds=5, features={"band_stats": True}, stacker={"n_trials": 2, "inner_folds": 5, "max_rounds": 50, "timeout_s": None})
     summary = run_stack(cfg, scfg, train, test)
     err = _one_line(capsys.readouterr().err)
-    assert set(summary["methods"]) == {"single:m0", "single:m1", *scfg.methods}
-    assert all(np.isfinite(m["cv_mean"]) and len(m["fold_scores"]) == 5 for m in summary["methods"].values())
-    assert validate_submission(Path(summary["submission"]), cfg.sample_submission) == 8
+    assert set(summary.methods) == {"single:m0", "single:m1", *scfg.methods}
+    assert all(np.isfinite(m.cv_mean) and len(m.fold_scores) == 5 for m in summary.methods.values())
+    assert validate_submission(Path(summary.submission), cfg.sample_submission) == 8
     assert err.count("inner folds of the blenders (eps choice): 4 instead of 5 (the smallest class has 4 members in an outer training part)") == 1
     assert err.count("inner folds of the LightGBM stacker: 4 instead of 5 (the smallest class has 4 members in an outer training part)") == 1
     assert "Traceback" not in err
-    sidecar = json.loads(Path(summary["submission"]).with_suffix(".json").read_text())
+    sidecar = json.loads(Path(summary.submission).with_suffix(".json").read_text())
     assert sidecar["folds_fingerprint"] == folds.fingerprint
 
 

@@ -19,6 +19,7 @@ from competition.errors import ConfigError
 from competition.stacking.features import stack_tables
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig, load_stack_config
+from competition.stacking.summary import read_summary
 from competition.stacking.stacker import LGBMStacker
 from competition.submission import validate_submission
 
@@ -39,37 +40,37 @@ def stacked(tmp_path_factory):
 
 def test_stacker_beats_every_single_run_and_every_blend(stacked):
     _, _, summary = stacked
-    methods = summary["methods"]
-    best_single = min(m["cv_mean"] for m in methods.values() if m["kind"] == "single")
-    best_blend = min(m["cv_mean"] for m in methods.values() if m["kind"] == "blend")
-    assert best_single == summary["best_single"]["cv_mean"]
-    assert methods["lgbm"]["cv_mean"] < best_blend < best_single
-    assert summary["chosen"]["method"] == "lgbm" == summary["ranking"][0]
+    methods = summary.methods
+    best_single = min(m.cv_mean for m in methods.values() if m.kind == "single")
+    best_blend = min(m.cv_mean for m in methods.values() if m.kind == "blend")
+    assert best_single == summary.best_single.cv_mean
+    assert methods["lgbm"].cv_mean < best_blend < best_single
+    assert summary.chosen.method == "lgbm" == summary.ranking[0]
 
 
 def test_summary_lists_every_method_best_first_with_fold_scores(stacked):
     comp, scfg, summary = stacked
-    methods = summary["methods"]
+    methods = summary.methods
     assert set(methods) == {f"single:m{j}" for j in range(len(PREDICTORS))} | set(scfg.methods)
-    means = [methods[name]["cv_mean"] for name in summary["ranking"]]
+    means = [methods[name].cv_mean for name in summary.ranking]
     assert means == sorted(means)
     for record in methods.values():
-        scores = [f["logloss"] for f in record["fold_scores"]]
+        scores = [f["logloss"] for f in record.fold_scores]
         assert len(scores) == comp.folds.params.k
-        assert record["cv_mean"] == pytest.approx(np.mean(scores)) and record["cv_std"] == pytest.approx(np.std(scores))
-        assert record["eps"] in scfg.eps_grid and all(f["eps"] in scfg.eps_grid for f in record["fold_scores"])
-    assert summary["eps"] == summary["chosen"]["eps"]
-    assert summary["folds_fingerprint"] == comp.folds.fingerprint
-    assert summary == json.loads((comp.cfg.runs_dir / "baseline" / "stack" / "summary.json").read_text())
+        assert record.cv_mean == pytest.approx(np.mean(scores)) and record.cv_std == pytest.approx(np.std(scores))
+        assert record.eps in scfg.eps_grid and all(f["eps"] in scfg.eps_grid for f in record.fold_scores)
+    assert summary.eps == summary.chosen.eps
+    assert summary.folds_fingerprint == comp.folds.fingerprint
+    assert summary == read_summary(comp.cfg.runs_dir / "baseline" / "stack")
 
 
 def test_outputs_submission_tables_plot_and_study(stacked):
     comp, _, summary = stacked
-    sub = Path(summary["submission"])
-    assert sub.parent == comp.cfg.submissions_dir and sub.name.endswith(f"_baseline_lgbm_cv{summary['chosen']['cv_mean']:.4f}.csv")
+    sub = Path(summary.submission)
+    assert sub.parent == comp.cfg.submissions_dir and sub.name.endswith(f"_baseline_lgbm_cv{summary.chosen.cv_mean:.4f}.csv")
     assert validate_submission(sub, comp.cfg.sample_submission) == len(comp.test)
     sidecar = json.loads(sub.with_suffix(".json").read_text())
-    assert sidecar["method"] == "lgbm" and sidecar["folds_fingerprint"] == comp.folds.fingerprint and sidecar["eps"] == summary["eps"]
+    assert sidecar["method"] == "lgbm" and sidecar["folds_fingerprint"] == comp.folds.fingerprint and sidecar["eps"] == summary.eps
     assert sidecar["data_fingerprint"] == {"train": comp.train.fingerprint, "test": comp.test.fingerprint}
     out = comp.cfg.runs_dir / "baseline" / "stack"
     oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
@@ -95,7 +96,7 @@ def test_rerun_resumes_the_stored_studies(stacked):
     with sqlite3.connect(out) as db:
         after = db.execute("select count(*) from trials").fetchone()[0]
     assert after == before
-    assert again["methods"]["lgbm"]["cv_mean"] == pytest.approx(summary["methods"]["lgbm"]["cv_mean"])
+    assert again.methods["lgbm"].cv_mean == pytest.approx(summary.methods["lgbm"].cv_mean)
 
 
 def test_an_interrupted_search_runs_only_the_missing_trials(stacked, tmp_path):
@@ -141,9 +142,9 @@ def test_cli_stack_end_to_end_without_torch_or_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "HEAVY []" in done.stdout
-    summary = json.loads((comp.cfg.runs_dir / "baseline" / "stack" / "summary.json").read_text())
-    assert set(summary["methods"]) == {"single:m0", "single:m1", "mean", "weights", "lgbm"}
+    summary = read_summary(comp.cfg.runs_dir / "baseline" / "stack")
+    assert set(summary.methods) == {"single:m0", "single:m1", "mean", "weights", "lgbm"}
     assert "Optuna search" in done.stderr and "nested CV log loss" in done.stderr
-    assert validate_submission(summary["submission"], comp.cfg.sample_submission) == 40
+    assert validate_submission(summary.submission, comp.cfg.sample_submission) == 40
     importances = pd.read_csv(comp.cfg.runs_dir / "baseline" / "stack" / "importances.csv")
     assert any(f.startswith("band_") for f in importances["feature"])

@@ -163,12 +163,12 @@ def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Bud
     wall = time.perf_counter() - started
     preds = pd.read_csv(stack_dir(cfg.runs_dir, exp) / "test.csv", dtype={"id": str})
     rows = []
-    for name, rec in summary["methods"].items():
-        if rec["kind"] == "single":
+    for name, rec in summary.methods.items():
+        if rec.kind == "single":
             continue
         scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint))
-        rows.append({"name": name, "group": "d", "kind": rec["kind"], "cv_logloss": rec["cv_mean"], "cv_std": rec["cv_std"],
-                     "eps": rec["eps"], **(scores or {"public": None, "private": None})})  # fmt: skip
+        rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
+                     "eps": rec.eps, **(scores or {"public": None, "private": None})})  # fmt: skip
     return rows, wall
 
 

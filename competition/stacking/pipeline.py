@@ -30,7 +30,7 @@ from competition.stacking.collect import Collection, collect, run_dirs
 from competition.stacking.crossval import Estimator, cross_validate, fit_predict_test
 from competition.stacking.features import PRED, pred_columns, stack_tables
 from competition.stacking.settings import StackConfig, stack_dir
-from competition.stacking.summary import MethodResult, plot_results, ranked, results_table, write_summary
+from competition.stacking.summary import MethodResult, StackSummary, plot_results, ranked, results_table, write_summary
 from competition.submission import write_submission
 
 SINGLE = "single:"
@@ -148,7 +148,7 @@ def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) 
             frame.to_csv(tmp, index=False, float_format="%.8g")
 
 
-def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None) -> dict[str, Any]:
+def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None) -> StackSummary:
     """The whole step; `train`/`test` default to the cached competition data of `cfg`.
 
     Holds the stack folder's lock throughout (a second `stack` of the experiment is refused at
@@ -162,7 +162,7 @@ def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None =
         return _run_stack(cfg, scfg, out_dir, train, test)
 
 
-def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None) -> dict[str, Any]:
+def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None) -> StackSummary:
     if train is None or test is None:
         from competition.data.loader import load_test, load_train
 

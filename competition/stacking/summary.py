@@ -125,7 +125,7 @@ def plot_results(results: list[MethodResult], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any]) -> dict[str, Any]:
+def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any]) -> StackSummary:
     """runs/<experiment>/stack/summary.json: every method's CV, the best single run and what was submitted."""
     singles = [m for m in ranked(results) if m.kind == "single"]
     best_single = singles[0] if singles else None
@@ -138,6 +138,6 @@ def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult,
         "eps": chosen.eps,
         "submission": str(submission),
     }
-    StackSummary.model_validate(summary)  # what read_summary will require (a failure here is a bug in the stacker)
+    typed = StackSummary.model_validate(summary)  # what read_summary will require (a failure here is a bug in the stacker)
     write_json(path, summary)
-    return summary
+    return typed
