@@ -11,16 +11,16 @@ or unreadable field is one line naming the file, the field and what to do, never
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
-from typing import Any, TypeVar, Union
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from competition.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
-Fix = Union[str, Callable[[Any], str]]  # what to do; a callable is given the file's parsed JSON (None if unreadable)
+Fix = str | Callable[[Any], str]  # what to do; a callable is given the file's parsed JSON (None if unreadable)
 
 
 def problems(exc: ValidationError) -> str:

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from competition.errors import DataError, FingerprintError, MissingArtefactError, UserError
 from competition.folds import FoldsMeta, ensure_folds, load_folds
 from competition.stacking.collect import collect, run_dirs
@@ -18,6 +17,7 @@ from competition.stacking.summary import MethodResult, StackSummary, read_summar
 from competition.submission import Sidecar, read_sidecar, write_submission
 from competition.training import store
 from competition.training.store import RunMeta, load_run
+
 from stack_data import TEST_FP, make_competition, write_predictor
 
 
@@ -117,7 +117,7 @@ def test_every_reader_of_a_run_refuses_a_tampered_meta(comp, monkeypatch):
         "pipeline._cv": lambda: pipeline._cv(run_dir),
         "report._runs_table": lambda: report._runs_table(comp.cfg.runs_dir / "baseline"),
     }
-    for name, read in readers.items():
+    for read in readers.values():
         with pytest.raises(FingerprintError, match=r"field 'data_fingerprint' missing.*--fresh") as info:
             read()
         _one_line(info)
@@ -192,7 +192,7 @@ def test_the_report_refuses_a_tampered_summary(comp):
     from competition.report import build_report
 
     write_predictor(comp, "a", 1.0, 1.0, seed=1)
-    _summary((comp.cfg.runs_dir / "baseline" / "stack"))
+    _summary(comp.cfg.runs_dir / "baseline" / "stack")
     _tamper((comp.cfg.runs_dir / "baseline" / "stack") / "summary.json", drop="ranking")
     with pytest.raises(FingerprintError, match="field 'ranking' missing") as info:
         build_report(comp.cfg)

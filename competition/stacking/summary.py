@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict
 
 from competition.artefact import read_json
 from competition.atomic import write_json
+from competition.console import table
 from competition.errors import FingerprintError, MissingArtefactError
 from competition.plots import pyplot, save_figure
-from competition.console import table
 from competition.stacking.crossval import CVResult
 from competition.submission import DataInfo
 from competition.training.store import DataFingerprints
