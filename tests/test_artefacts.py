@@ -139,6 +139,32 @@ def test_quality_reads_its_runs_through_load_run(comp, monkeypatch):
     _one_line(info)
 
 
+def _unit(tmp_path: Path) -> tuple[store.Unit, store.Fingerprints]:
+    unit, prints = store.Unit(0, 1, 0), store.Fingerprints("cfg", "folds", "train", "test")
+    result = store.UnitResult(unit=unit, oof_ids=np.array(["a", "b"]), oof=np.array([0.2, 0.7]), test=np.array([0.4]), logloss=0.5,
+                              best_epoch=1, history={"train_loss": [0.7]}, timings={"fit_s": 1.0}, policy={"name": "head"})  # fmt: skip
+    store.write_unit(tmp_path, result, prints)
+    return unit, prints
+
+
+def test_unit_record_round_trips_the_writers_output(tmp_path):
+    unit, prints = _unit(tmp_path)
+    raw = json.loads(store.unit_paths(tmp_path, unit)[1].read_text())
+    assert store.UnitRecord.model_validate(raw).model_dump(mode="json") == raw
+    back = store.read_unit(tmp_path, unit, prints)
+    assert back is not None and back.augment == "none" and back.history == {"train_loss": [0.7]}
+
+
+@pytest.mark.parametrize(("drop", "changes", "where"), [("augment", {}, "field 'augment' missing"), (None, {"fingerprints": {"folds": "f"}}, "field 'fingerprints.config_hash' missing")])  # fmt: skip
+def test_a_finished_unit_from_another_version_is_refused_in_one_line(tmp_path, drop, changes, where):
+    unit, prints = _unit(tmp_path)
+    _tamper(store.unit_paths(tmp_path, unit)[1], drop=drop, **changes)
+    with pytest.raises(FingerprintError) as info:
+        store.read_unit(tmp_path, unit, prints)
+    text = _one_line(info)
+    assert text.startswith(f"{store.unit_paths(tmp_path, unit)[1]}: {where}") and f"delete {tmp_path} (or pass --fresh)" in text
+
+
 # -- stack summary.json --------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ Layout of `runs/<experiment>/<model>/` (formats in docs/architecture.md):
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,6 +147,35 @@ class UnitResult:
     augment: str = "none"  # what augmentation the unit really saw
 
 
+class UnitFingerprints(BaseModel):
+    """What a finished unit was made from (`Fingerprints`, as its JSON records them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_hash: str
+    folds: str
+    train: str
+    test: str
+
+
+class UnitRecord(BaseModel):
+    """`units/<unit>.json`, written last by `write_unit` (it marks the unit finished), read by `read_unit`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unit: dict[str, int]
+    logloss: float
+    best_epoch: int
+    history: dict[str, list[float]]
+    timings: dict[str, float]
+    policy: dict[str, Any]
+    weight_source: str
+    prefix_cache: str | None
+    augment: str
+    fingerprints: UnitFingerprints
+    npz_fingerprint: str
+
+
 def remove_leftovers(run_dir: Path) -> list[Path]:
     """Delete temporary files of atomic writes that a killed run left behind (`.name.*.tmp*`)."""
     found = [p for folder in (Path(run_dir), Path(run_dir) / UNITS_DIR) if folder.is_dir() for p in folder.glob(".*.tmp*")]
@@ -166,22 +194,21 @@ def write_unit(run_dir: Path, result: UnitResult, prints: Fingerprints) -> None:
     npz_path, json_path = unit_paths(run_dir, result.unit)
     with atomic_path(npz_path) as tmp:
         np.savez(tmp, oof_ids=result.oof_ids.astype(str), oof=result.oof, test=result.test)
-    write_json(
-        json_path,
-        {
-            "unit": asdict(result.unit),
-            "logloss": result.logloss,
-            "best_epoch": result.best_epoch,
-            "history": result.history,
-            "timings": result.timings,
-            "policy": result.policy,
-            "weight_source": result.weight_source,
-            "prefix_cache": result.prefix_cache,
-            "augment": result.augment,
-            "fingerprints": asdict(prints),
-            "npz_fingerprint": fingerprint.of_file(npz_path),
-        },
-    )
+    record = {
+        "unit": asdict(result.unit),
+        "logloss": result.logloss,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "timings": result.timings,
+        "policy": result.policy,
+        "weight_source": result.weight_source,
+        "prefix_cache": result.prefix_cache,
+        "augment": result.augment,
+        "fingerprints": asdict(prints),
+        "npz_fingerprint": fingerprint.of_file(npz_path),
+    }
+    UnitRecord.model_validate(record)  # what read_unit will require (a failure here is a bug in the trainer)
+    write_json(json_path, record)
 
 
 def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | None:
@@ -189,18 +216,15 @@ def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | N
     npz_path, json_path = unit_paths(run_dir, unit)
     if not json_path.is_file():
         return None
-    info = json.loads(json_path.read_text())
-    stale = [
-        f"{key} {info['fingerprints'][key]} (now {now})"
-        for key, now in asdict(prints).items()
-        if info["fingerprints"].get(key) != now
-    ]  # fmt: skip
+    fix = f"delete {Path(run_dir)} (or pass --fresh), or use another experiment name"
+    info = read_json(json_path, UnitRecord, fix, FingerprintError)
+    recorded = info.fingerprints.model_dump()
+    stale = [f"{key} {recorded[key]} (now {now})" for key, now in asdict(prints).items() if recorded[key] != now]
     if stale:
         raise FingerprintError(
-            f"{json_path}: finished unit was made with different {', '.join(stale)}; "
-            f"delete {Path(run_dir)} (or pass --fresh), or use another experiment name"
+            f"{json_path}: finished unit was made with different {', '.join(stale)}; {fix}"
         )
-    if not npz_path.is_file() or fingerprint.of_file(npz_path) != info["npz_fingerprint"]:
+    if not npz_path.is_file() or fingerprint.of_file(npz_path) != info.npz_fingerprint:
         raise FingerprintError(f"{npz_path} is missing or was changed after {json_path} was written: delete both and run again")
     with np.load(npz_path) as arrays:
         return UnitResult(
@@ -208,14 +232,14 @@ def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | N
             oof_ids=arrays["oof_ids"],
             oof=arrays["oof"],
             test=arrays["test"],
-            logloss=info["logloss"],
-            best_epoch=info["best_epoch"],
-            history=info["history"],
-            timings=info["timings"],
-            policy=info["policy"],
-            weight_source=info["weight_source"],
-            prefix_cache=info["prefix_cache"],
-            augment=info["augment"],
+            logloss=info.logloss,
+            best_epoch=info.best_epoch,
+            history=info.history,
+            timings=info.timings,
+            policy=info.policy,
+            weight_source=info.weight_source,
+            prefix_cache=info.prefix_cache,
+            augment=info.augment,
         )
 
 
