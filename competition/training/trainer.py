@@ -30,7 +30,8 @@ from competition.fingerprint import of_json
 from competition.folds import Folds
 from competition.locks import run_lock
 from competition.metrics import logloss
-from competition.models.base import Augment, ImageModel, ModelConfig, ModelInputs, PolicyDecision
+from competition.models.base import ImageModel
+from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision
 from competition.training import dihedral, store, tta
 from competition.training.augment import Augmenter
 from competition.training.curves import CURVES_FILE, plot_curves

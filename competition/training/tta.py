@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from competition.models.base import ImageModel, ModelInputs
+from competition.models.base import ImageModel
+from competition.models.schema import ModelInputs
 from competition.training import dihedral
 
 
