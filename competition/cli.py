@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from competition.config import COMPETITION_CONFIG, load_competition
+from competition.config import COMPETITION_CONFIG, CompetitionConfig, load_competition
 from competition.console import console
 from competition.errors import UserError
+from competition.overrides import route
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -26,13 +27,20 @@ def _root() -> None:
     """Kaggle harness for the Statoil/C-CORE Iceberg Classifier Challenge."""
 
 
-Overrides = Annotated[Optional[list[str]], typer.Argument(help="Config overrides KEY=VALUE, e.g. folds.k=10.", show_default=False)]
+Overrides = Annotated[
+    Optional[list[str]], typer.Argument(help="Config overrides KEY=VALUE, e.g. folds.k=10 (routing: docs/architecture.md, \"Override routing\").", show_default=False)
+]
+
+
+def _competition(overrides: list[str] | None, command: str, config: Path) -> CompetitionConfig:
+    """The competition config with `command`'s overrides, every one routed first (competition.overrides)."""
+    return load_competition(route(overrides, command).competition, config)
 
 
 @app.command()
 def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Download the real competition with the Kaggle client into data/ (needs Kaggle credentials)."""
-    cfg = load_competition(overrides or [], config)
+    cfg = _competition(overrides, "data", config)
     from competition.data.download import download, summary
 
     for path in download(cfg):
@@ -43,7 +51,7 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 @app.command()
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
-    cfg = load_competition(overrides or [], config)
+    cfg = _competition(overrides, "simulate", config)
     from competition.locks import folds_lock
     from competition.simulate import write_simulated
 
@@ -56,7 +64,7 @@ def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG
 @app.command()
 def folds(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Split the training data into K folds x R repeats (stratified); write data/folds.{csv,json}."""
-    cfg = load_competition(overrides or [], config)
+    cfg = _competition(overrides, "folds", config)
     from competition.data.loader import load_train
     from competition.folds import write_folds
     from competition.locks import folds_lock
@@ -72,7 +80,7 @@ def models(overrides: Overrides = None) -> None:
     from competition.console import table
     from competition.models.registry import describe_models
 
-    rows = describe_models(overrides or [])
+    rows = describe_models(route(overrides, "models").model)
     console.print(table("models", ["model", "framework", "architecture", "channels", "policy", "weights"], rows))
 
 
@@ -86,8 +94,8 @@ def stack(
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
 
-    scfg, rest = load_stack_config(overrides or [], stack_config)
-    run_stack(load_competition(rest, config), scfg)
+    routed = route(overrides, "stack")
+    run_stack(load_competition(routed.competition, config), load_stack_config(routed.stack, stack_config))
 
 
 @app.command()
@@ -100,7 +108,7 @@ def validate(
     from competition.data.files import sample_submission
     from competition.submission import validate_submission
 
-    cfg = load_competition(overrides or [], config)
+    cfg = _competition(overrides, "validate", config)
     sample = sample_submission(cfg)
     rows = validate_submission(file, sample)
     console.print(f"[green]valid[/] {file}: {rows} rows, every test id of {sample} once")
@@ -121,7 +129,7 @@ def submit(
     from competition.kaggle.settings import load_settings
     from competition.kaggle.submit import submit as submit_file
 
-    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    cfg, kcfg = load_settings(route(overrides, "submit"), config, kaggle_config)
     entry = submit_file(cfg, cfg.slug, file, kcfg.submit_target)
     if entry.cv_mean is None:
         console.print(f"no sidecar beside {entry.file}: recorded with CV unknown")
@@ -141,7 +149,7 @@ def lb(
     from competition.kaggle.leaderboard import leaderboard as make_report
     from competition.kaggle.settings import load_settings
 
-    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    cfg, kcfg = load_settings(route(overrides, "lb"), config, kaggle_config)
     report = make_report(cfg, cfg.slug, leaderboard)
     console.print(report.sync_note)
     console.print(lb_table(report))
@@ -165,7 +173,7 @@ def kernel_push(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CON
     from competition.kaggle.kernel import push
     from competition.kaggle.settings import load_settings
 
-    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    cfg, kcfg = load_settings(route(overrides, "kernel-push"), config, kaggle_config)
     console.print(push(cfg, kcfg).strip())
 
 
@@ -175,7 +183,7 @@ def kernel_status(overrides: Overrides = None, config: ConfigOpt = COMPETITION_C
     from competition.kaggle.kernel import status
     from competition.kaggle.settings import load_settings
 
-    console.print(status(load_settings(overrides or [], config, kaggle_config)[1]))
+    console.print(status(load_settings(route(overrides, "kernel-status"), config, kaggle_config)[1]))
 
 
 @app.command("kernel-output")
@@ -184,7 +192,7 @@ def kernel_output(overrides: Overrides = None, config: ConfigOpt = COMPETITION_C
     from competition.kaggle.kernel import output
     from competition.kaggle.settings import load_settings
 
-    cfg, kcfg = load_settings(overrides or [], config, kaggle_config)
+    cfg, kcfg = load_settings(route(overrides, "kernel-output"), config, kaggle_config)
     folder = output(cfg, kcfg)
     console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
@@ -194,7 +202,8 @@ TrainOverrides = Annotated[
     Optional[list[str]],
     typer.Argument(
         help="KEY=VALUE overrides, routed by the key's first part: competition keys (experiment=...), "
-        "profile keys (epochs=3, policy=head, seeds=3, augment.zoom=0.2), else the model's config (optimizer.lr=1e-4).",
+        "profile keys (epochs=3, policy=head, seeds=3, augment.zoom=0.2), else the model's config (optimizer.lr=1e-4); "
+        "docs/architecture.md, \"Override routing\".",
         show_default=False,
     ),
 ]
@@ -210,6 +219,7 @@ def train(
     config: ConfigOpt = COMPETITION_CONFIG,
 ) -> None:
     """Train MODEL on every fold and seed; write runs/<experiment>/<name or model>/{oof.csv,test.csv,meta.json} (resumes)."""
+    route(overrides, "train")  # refused before anything loads (the trainer routes them again)
     cfg = load_competition([], config)
     from competition.training.trainer import train_model
 
@@ -236,8 +246,10 @@ def bench_quality(
     quality_config: Annotated[Path, typer.Option("--quality-config", help="Quality benchmark config (YAML): recipes and budgets.")] = Path("configs/quality.yaml"),
 ) -> None:
     """Quality benchmark: classic VGG16, a CNN from scratch, every model x policy, blenders + stacker; docs/benchmarks.md."""
+    from competition.bench.quality import QualityConfig, run_quality
+
+    route(overrides, "bench-quality", QualityConfig.model_fields)  # refused before anything loads
     cfg = load_competition([], config)
-    from competition.bench.quality import run_quality
 
     run_quality(cfg, overrides or [], quality_config)
 
@@ -245,6 +257,7 @@ def bench_quality(
 @app.command("all")
 def all_(overrides: Overrides = None, profile: ProfileOpt = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """The whole flow: data (simulated when absent), folds, train `models`, stack, submit offline, report."""
+    route(overrides, "all")  # refused before anything loads
     cfg = load_competition([], config)
     from competition.pipeline import run_all
 
@@ -254,7 +267,7 @@ def all_(overrides: Overrides = None, profile: ProfileOpt = None, config: Config
 @app.command()
 def report(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write runs/<experiment>/report/index.html: fold scores, calibration, correlation, importances, CV vs LB."""
-    cfg = load_competition(overrides or [], config)
+    cfg = _competition(overrides, "report", config)
     from competition.report import build_report
 
     console.print(f"[green]wrote[/] {build_report(cfg)}")

@@ -24,6 +24,12 @@ COMPETITION_CONFIG = CONFIG_DIR / "competition.yaml"
 
 S = TypeVar("S", bound=BaseModel)
 
+# Folders beside the runs in runs/<experiment>/ (stacker, report, bench-quality's scored CSVs): never run names.
+STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER = "stack", "report", "submissions"
+RESERVED_RUN_NAMES = (STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER)
+# Beside the experiments in runs/: the Kaggle kernel and dataset builds, the ledger, the synced leaderboards.
+KAGGLE_FOLDER, LEDGER_FILE, LEADERBOARD_FOLDER, LB_PLOT_FILE = "kaggle", "ledger.sqlite", "leaderboard", "lb_cv_vs_lb.png"
+
 
 class Strict(BaseModel):
     """Base for every config section: unknown keys are errors, values are not coerced loosely."""
@@ -100,6 +106,52 @@ class CompetitionConfig(Strict):
     @property
     def folds_json(self) -> Path:
         return self.work_dir / "folds.json"
+
+    # The run folders (docs/architecture.md, "Artefact formats"): every step builds these paths from here.
+
+    @property
+    def experiment_dir(self) -> Path:
+        """runs/<experiment>/: the experiment's runs, its stack and its report."""
+        return self.runs_dir / self.experiment
+
+    def run_dir(self, name: str) -> Path:
+        """runs/<experiment>/<name>/: one trained run (the model's name, or the run name given with --name)."""
+        return self.experiment_dir / name
+
+    @property
+    def stack_dir(self) -> Path:
+        """runs/<experiment>/stack/: the stacker's outputs (never mistaken for a model run)."""
+        return self.experiment_dir / STACK_FOLDER
+
+    @property
+    def report_dir(self) -> Path:
+        """runs/<experiment>/report/: the HTML report."""
+        return self.experiment_dir / REPORT_FOLDER
+
+    @property
+    def experiment_submissions_dir(self) -> Path:
+        """runs/<experiment>/submissions/: bench-quality's scored CSVs (the flow's submissions go to `submissions_dir`)."""
+        return self.experiment_dir / SUBMISSIONS_FOLDER
+
+    @property
+    def kaggle_dir(self) -> Path:
+        """runs/kaggle/: the kernel and dataset `make kernel` builds, and the kernel's downloaded output."""
+        return self.runs_dir / KAGGLE_FOLDER
+
+    @property
+    def ledger_path(self) -> Path:
+        """runs/ledger.sqlite: every submission and its scores."""
+        return self.runs_dir / LEDGER_FILE
+
+    @property
+    def leaderboard_dir(self) -> Path:
+        """runs/leaderboard/: the leaderboards `make lb` downloads."""
+        return self.runs_dir / LEADERBOARD_FOLDER
+
+    @property
+    def lb_plot(self) -> Path:
+        """runs/lb_cv_vs_lb.png: CV against the leaderboard scores."""
+        return self.runs_dir / LB_PLOT_FILE
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:

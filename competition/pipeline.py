@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from competition.config import CompetitionConfig, apply_overrides, validate
+from competition.config import CompetitionConfig
 from competition.console import console, table
 from competition.errors import MissingArtefactError
+from competition.overrides import route
 
 
 @dataclass
@@ -34,18 +35,6 @@ class Timings:
         started = time.perf_counter()
         yield
         self.steps.append((name, time.perf_counter() - started))
-
-
-def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[CompetitionConfig, list[str], list[str]]:
-    """(competition config with its overrides applied, stack overrides, the rest for the trainer)."""
-    from competition.stacking.settings import PREFIX
-
-    stack = [o for o in overrides if o.startswith(PREFIX)]
-    rest = [o for o in overrides if not o.startswith(PREFIX)]
-    ours = [o for o in rest if o.partition("=")[0].split(".")[0] in CompetitionConfig.model_fields]
-    if ours:
-        cfg = validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), ours), "command line", ours)
-    return cfg, stack, [o for o in rest if o not in ours]
 
 
 def ensure_data(cfg: CompetitionConfig) -> None:
@@ -82,8 +71,9 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     from competition.stacking.settings import load_stack_config
     from competition.training.trainer import train_isolated
 
-    cfg, stack_overrides, train_overrides = split_overrides(cfg, overrides)
-    scfg, _ = load_stack_config(stack_overrides)
+    routed = route(overrides, "all")
+    cfg = routed.apply_competition(cfg)
+    scfg = load_stack_config(routed.stack)
     started = time.perf_counter()
     timings = Timings()
     with folds_lock(cfg.folds_json):  # what `simulate` and `folds` take; training, stack and report lock their own folders
@@ -98,7 +88,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     cvs = {}
     for model in cfg.models:
         with timings.step(f"train {model}"):
-            run_dir = train_isolated(cfg, model, profile, train_overrides)
+            run_dir = train_isolated(cfg, model, profile, routed.trainer)
             cvs[model] = _cv(run_dir)
     with timings.step("stack"):
         summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)

@@ -18,7 +18,6 @@ from competition.config import CompetitionConfig
 from competition.locks import report_lock
 from competition.plots import pyplot, save_figure
 from competition.stacking.summary import StackSummary, read_summary
-from competition.training.store import REPORT_FOLDER
 
 
 def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
@@ -138,10 +137,9 @@ def build_report(cfg: CompetitionConfig) -> Path:
     Holds the report folder's lock; the new folder is built beside the old one and replaces it
     whole, so a failure leaves the previous report as it was.
     """
-    exp_dir = cfg.runs_dir / cfg.experiment
-    target = exp_dir / REPORT_FOLDER
+    target = cfg.report_dir
     with report_lock(target), replaced_folder(target) as out:
-        _build(cfg, exp_dir, out)
+        _build(cfg, cfg.experiment_dir, out)
     return target / "index.html"
 
 
@@ -157,11 +155,10 @@ def _data_line(summary: StackSummary) -> str:
 def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     """The page and its plots, written into `out` (the staging folder that replaces the report folder)."""
     from competition.data.loader import load_train
-    from competition.kaggle.ledger import Ledger, ledger_path
+    from competition.kaggle.ledger import Ledger
     from competition.kaggle.leaderboard import plot_cv_vs_lb
-    from competition.stacking.settings import stack_dir
 
-    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    stack = cfg.stack_dir
     summary = read_summary(stack)
     oof = pd.read_csv(stack / "oof.csv", dtype={"id": str})
     train = load_train(cfg)
@@ -190,7 +187,7 @@ def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     if (stack / "importances.csv").is_file():
         imp = pd.read_csv(stack / "importances.csv", index_col=0).iloc[:, 0]
         sections.append(("Stacker feature importances", img(plot_importances(imp, out / "importances.png"), out)))
-    entries = Ledger(ledger_path(cfg)).entries() if ledger_path(cfg).is_file() else []
+    entries = Ledger(cfg.ledger_path).entries() if cfg.ledger_path.is_file() else []
     if entries:
         plot_cv_vs_lb(entries, out / "cv_vs_lb.png")
         ledger = pd.DataFrame([{"file": Path(e.file).name, "method": e.method, "CV": e.cv_mean, "public": e.public_score,

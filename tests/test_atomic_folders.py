@@ -12,7 +12,7 @@ from competition.atomic import recover_folder, replaced_folder, staging_path
 from competition.report import build_report
 from competition.stacking import pipeline
 from competition.stacking.pipeline import run_stack
-from competition.stacking.settings import StackConfig, stack_dir
+from competition.stacking.settings import StackConfig
 
 QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
 
@@ -101,7 +101,7 @@ def _boom(*args, **kwargs):
 @pytest.mark.parametrize("step", ["plot_results", "write_submission", "write_summary"])
 def test_a_stack_that_fails_late_leaves_the_old_folder_and_no_new_submission(stacked, monkeypatch, step):
     comp, scfg, _ = stacked
-    out = stack_dir(comp.cfg.runs_dir, comp.cfg.experiment)
+    out = comp.cfg.stack_dir
     before, subs = snapshot(out), sorted(p.name for p in comp.cfg.submissions_dir.iterdir())
     monkeypatch.setattr(pipeline, step, _boom)
     changed = scfg.model_copy(update={"seed": 7})  # new studies: the search really runs before the failure
@@ -116,7 +116,7 @@ def test_a_stack_that_fails_late_leaves_the_old_folder_and_no_new_submission(sta
 
 def test_the_next_stack_resumes_the_failed_attempts_search(stacked, monkeypatch):
     comp, scfg, _ = stacked
-    out = stack_dir(comp.cfg.runs_dir, comp.cfg.experiment)
+    out = comp.cfg.stack_dir
     changed = scfg.model_copy(update={"seed": 8})
     monkeypatch.setattr(pipeline, "plot_results", _boom)
     with pytest.raises(RuntimeError):
@@ -214,7 +214,7 @@ def test_a_stack_killed_mid_search_leaves_the_old_folder_and_the_rerun_resumes_i
     command = [sys.executable, "-m", "competition", *base]
     first = subprocess.run([*command, "stack.stacker.n_trials=2"], cwd=root, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    out = stack_dir(cfg.runs_dir, cfg.experiment)
+    out = cfg.stack_dir
     before, subs = snapshot(out), sorted(p.name for p in cfg.submissions_dir.iterdir())
 
     study = staging_path(out) / "optuna.sqlite"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from competition.config import apply_overrides, config_hash, load_competition
+from competition.config import RESERVED_RUN_NAMES, CompetitionConfig, apply_overrides, config_hash, load_competition
 from competition.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +74,13 @@ def test_cli_reports_a_bad_override_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "key 'folds.k' (from a command-line override)" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_run_folders_are_paths_of_the_config(tmp_path):
+    cfg = CompetitionConfig(runs_dir=tmp_path / "runs", experiment="exp")
+    exp = tmp_path / "runs" / "exp"
+    assert (cfg.experiment_dir, cfg.run_dir("mnv2-top2"), cfg.stack_dir, cfg.report_dir) == (exp, exp / "mnv2-top2", exp / "stack", exp / "report")
+    assert cfg.experiment_submissions_dir == exp / "submissions" and cfg.submissions_dir == Path("submissions")
+    assert (cfg.kaggle_dir, cfg.ledger_path) == (tmp_path / "runs" / "kaggle", tmp_path / "runs" / "ledger.sqlite")
+    assert (cfg.leaderboard_dir, cfg.lb_plot) == (tmp_path / "runs" / "leaderboard", tmp_path / "runs" / "lb_cv_vs_lb.png")
+    assert {cfg.stack_dir.name, cfg.report_dir.name, cfg.experiment_submissions_dir.name} == set(RESERVED_RUN_NAMES)

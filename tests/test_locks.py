@@ -17,7 +17,7 @@ from competition import locks
 from competition.locks import LockedError
 from competition.report import build_report
 from competition.stacking.pipeline import run_stack
-from competition.stacking.settings import StackConfig, stack_dir
+from competition.stacking.settings import StackConfig
 from competition.stacking.summary import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def comp(tmp_path):
 def test_stack_and_report_refuse_while_another_process_holds_the_lock_and_run_once_it_is_killed(comp):
     cfg = comp.cfg
     scfg = StackConfig(methods=["mean", "lgbm"], features={"band_stats": False}, stacker=QUICK)
-    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    stack = cfg.stack_dir
     holder = _holder(stack)
     try:
         with pytest.raises(LockedError) as refused:
@@ -81,7 +81,7 @@ def test_stack_and_report_refuse_while_another_process_holds_the_lock_and_run_on
 
 def test_cli_prints_one_line_and_exits_2(comp):
     cfg = comp.cfg
-    stack = stack_dir(cfg.runs_dir, cfg.experiment)
+    stack = cfg.stack_dir
     holder = _holder(stack)
     try:
         args = ["stack", f"data_dir={cfg.data_dir}", f"work_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
@@ -189,12 +189,11 @@ def test_train_refuses_while_another_process_writes_the_run(tiny_cfg):
 @pytest.mark.slow
 def test_the_child_of_train_isolated_is_not_blocked_by_its_parent(tiny_cfg):
     """`make all`: the parent may hold locks (here even the run's own) while its child trains the run."""
-    from competition.stacking.settings import stack_dir
     from competition.training import store
     from competition.training.trainer import train_isolated
 
     run_dir = tiny_cfg.runs_dir / tiny_cfg.experiment / "child"
-    with locks.folds_lock(tiny_cfg.folds_json), locks.stack_lock(stack_dir(tiny_cfg.runs_dir, tiny_cfg.experiment)), locks.run_lock(run_dir):
+    with locks.folds_lock(tiny_cfg.folds_json), locks.stack_lock(tiny_cfg.stack_dir), locks.run_lock(run_dir):
         assert train_isolated(tiny_cfg, MODEL, "cpu", TINY, run_name="child") == run_dir
     assert store.load_run(run_dir).meta.trained_this_run == ["r0_f0_s0", "r0_f1_s0", "r0_f2_s0"]
 
@@ -220,7 +219,7 @@ def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_pat
 
     comp = _two_predictors(tmp_path / "together")
     env = {**os.environ, "COLUMNS": "400"}
-    stack = stack_dir(comp.cfg.runs_dir, comp.cfg.experiment)
+    stack = comp.cfg.stack_dir
     # the second is started ahead and waits, imports done, for a line on stdin: it reaches the lock within milliseconds
     waiting = (
         "import sys\nfrom competition.cli import main\nimport competition.stacking.pipeline\n"
@@ -247,7 +246,7 @@ def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_pat
     done = subprocess.run([sys.executable, "-m", "competition", *_stack_args(solo.cfg)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     together = read_summary(stack)
-    alone = read_summary(stack_dir(solo.cfg.runs_dir, solo.cfg.experiment))
+    alone = read_summary(solo.cfg.stack_dir)
     assert together.methods == alone.methods and together.chosen == alone.chosen
     with sqlite3.connect(stack / "optuna.sqlite") as db:
         assert db.execute("select count(*) from trials").fetchone()[0] == 3 * (3 + 1)  # one study per outer fold + the final one, 3 trials each

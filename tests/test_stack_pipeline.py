@@ -16,6 +16,7 @@ from stack_data import make_competition, write_predictor
 
 from competition.config import load
 from competition.errors import ConfigError
+from competition.overrides import route
 from competition.stacking.features import stack_tables
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig, load_stack_config
@@ -115,10 +116,11 @@ def test_an_interrupted_search_runs_only_the_missing_trials(stacked, tmp_path):
 
 
 def test_stack_config_overrides_are_routed_and_validated():
-    scfg, rest = load_stack_config(["stack.stacker.n_trials=7", "experiment=x", "stack.methods=[mean, lgbm]"], ROOT / "configs" / "stack.yaml")
-    assert scfg.stacker.n_trials == 7 and scfg.methods == ["mean", "lgbm"] and rest == ["experiment=x"]
+    routed = route(["stack.stacker.n_trials=7", "experiment=x", "stack.methods=[mean, lgbm]"], "stack")
+    scfg = load_stack_config(routed.stack, ROOT / "configs" / "stack.yaml")
+    assert scfg.stacker.n_trials == 7 and scfg.methods == ["mean", "lgbm"] and routed.competition == ["experiment=x"]
     with pytest.raises(ConfigError, match=r"stack.yaml: key 'methods.0': Input should be 'mean'"):
-        load_stack_config(["stack.methods=[avg]"], ROOT / "configs" / "stack.yaml")
+        load_stack_config(route(["stack.methods=[avg]"], "stack").stack, ROOT / "configs" / "stack.yaml")
     with pytest.raises(ConfigError, match="eps_grid"):
         load(ROOT / "configs" / "stack.yaml", StackConfig, ["eps_grid=[0.7]"])
 

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from competition.config import CompetitionConfig
 from competition.errors import ConfigError, FingerprintError, MissingArtefactError
 from competition.models.schema import ModelConfig
 from competition.training import dihedral, store
 from competition.training.augment import AugmentConfig, Augmenter, draw, speckle_db, warp
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
-from competition.training.profiles import Profile, hardware_profile, load_profile, route_overrides
+from competition.training.profiles import hardware_profile, load_profile
 
 OFF = dict(hflip=0, vflip=0, rot90=0, rotate=0, shift=0, zoom=0, speckle=0)
 
@@ -159,16 +158,6 @@ def test_a_profile_entry_for_one_model_sits_between_the_profile_and_the_command_
     (tmp_path / "broken.yaml").write_text("per_model:\n  big: [epochs=zero]\n")
     with pytest.raises(ConfigError, match=r"broken.yaml \(per_model.big\): key 'epochs'"):
         load_profile("broken", profiles_dir=tmp_path, model="big")
-
-
-def test_overrides_are_routed_by_their_first_key() -> None:
-    routed = route_overrides(["epochs=3", "policy=head", "augment.zoom=0.2", "experiment=x", "folds.k=3", "optimizer.lr=1e-4", "weights=none", "model.seed=3", "profile.seed=2"])
-    assert routed.profile == ["epochs=3", "policy=head", "augment.zoom=0.2", "seed=2"]
-    assert routed.competition == ["experiment=x", "folds.k=3"]
-    assert routed.model == ["optimizer.lr=1e-4", "weights=none", "seed=3"]
-    with pytest.raises(ConfigError, match="KEY=VALUE"):
-        route_overrides(["epochs"])
-    assert set(Profile.model_fields).isdisjoint(CompetitionConfig.model_fields)
 
 
 def _result(unit: store.Unit, ids: np.ndarray, n_test: int) -> store.UnitResult:

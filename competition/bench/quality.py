@@ -29,7 +29,7 @@ from competition.config import CompetitionConfig, load
 from competition.console import console, table
 from competition.data.files import simulated_solution
 from competition.errors import ConfigError
-from competition.training.store import SUBMISSIONS_FOLDER
+from competition.overrides import route
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 GROUPS = {"a": "classic", "b": "scratch", "c": "grid"}
@@ -92,15 +92,6 @@ def budget_overrides(budget: Budget, kind: str) -> list[str]:
     return out
 
 
-def split_overrides(cfg: CompetitionConfig, overrides: Sequence[str]) -> tuple[list[str], CompetitionConfig, list[str], list[str]]:
-    """(quality-config overrides, competition config with its own applied, stack overrides, trainer overrides)."""
-    from competition.pipeline import split_overrides as split_rest
-
-    ours = [o for o in overrides if o.partition("=")[0].split(".")[0] in QualityConfig.model_fields]
-    cfg, stack, rest = split_rest(cfg, [o for o in overrides if o not in ours])
-    return ours, cfg, stack, rest
-
-
 def choose_budget(q: QualityConfig) -> tuple[str, Budget]:
     """The named budget, or the one named after this machine's trainer profile."""
     from competition.training.profiles import hardware_profile
@@ -131,12 +122,13 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     console.rule(f"[bold]({recipe.group}) {recipe.name}")
     overrides = [*budget_overrides(budget, recipe.kind), *recipe.overrides, *trainer_overrides]
     started = time.perf_counter()
-    run_dir = train_isolated(cfg.model_copy(update={"experiment": exp}), recipe.model, budget.profile, overrides, run_name=recipe.name)
+    exp_cfg = cfg.model_copy(update={"experiment": exp})
+    run_dir = train_isolated(exp_cfg, recipe.model, budget.profile, overrides, run_name=recipe.name)
     wall = time.perf_counter() - started
     run = load_run(run_dir)  # meta.json and the tables, checked against each other
     meta, test = run.meta, run.test
     units = meta.timings.units.values()
-    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"{recipe.name}.csv", simulated_solution(cfg, meta.data_fingerprint.test))
+    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), exp_cfg.experiment_submissions_dir / f"{recipe.name}.csv", simulated_solution(cfg, meta.data_fingerprint.test))
     train_cfg = meta.config["model"]["train"]
     return {
         **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
@@ -152,21 +144,21 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
 def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Budget, stack_overrides: Sequence[str], train: Any, test: Any) -> tuple[list[dict[str, Any]], float]:
     """(d): every blender and the stacker on the (c) runs by nested CV, each method's test predictions scored."""
     from competition.stacking.pipeline import run_stack
-    from competition.stacking.settings import PREFIX, load_stack_config, stack_dir
+    from competition.stacking.settings import load_stack_config
 
     console.rule("[bold](d) blenders and stacker on the (c) runs")
-    scfg, _ = load_stack_config([*(PREFIX + o for o in budget.stack), *stack_overrides])
-    scfg = scfg.model_copy(update={"runs": runs})
-    scfg_cfg = cfg.model_copy(update={"experiment": exp, "submissions_dir": cfg.runs_dir / exp / SUBMISSIONS_FOLDER})
+    scfg = load_stack_config([*budget.stack, *stack_overrides]).model_copy(update={"runs": runs})
+    exp_cfg = cfg.model_copy(update={"experiment": exp})
+    scfg_cfg = exp_cfg.model_copy(update={"submissions_dir": exp_cfg.experiment_submissions_dir})
     started = time.perf_counter()
     summary = run_stack(scfg_cfg, scfg, train, test)
     wall = time.perf_counter() - started
-    preds = pd.read_csv(stack_dir(cfg.runs_dir, exp) / "test.csv", dtype={"id": str})
+    preds = pd.read_csv(exp_cfg.stack_dir / "test.csv", dtype={"id": str})
     rows = []
     for name, rec in summary.methods.items():
         if rec.kind == "single":
             continue
-        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), cfg.runs_dir / exp / SUBMISSIONS_FOLDER / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint))
+        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), exp_cfg.experiment_submissions_dir / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint))
         rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
                      "eps": rec.eps, **(scores or {"public": None, "private": None})})  # fmt: skip
     return rows, wall
@@ -317,8 +309,9 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     from competition.pipeline import ensure_data
     from competition.bench.speed import machine
 
-    quality_overrides, cfg, stack_overrides, trainer_overrides = split_overrides(cfg, overrides)
-    q = load(config, QualityConfig, quality_overrides)
+    routed = route(overrides, "bench-quality", QualityConfig.model_fields)
+    cfg = routed.apply_competition(cfg)
+    q = load(config, QualityConfig, routed.quality)
     budget_name, budget = choose_budget(q)
     recipes = all_recipes(q)
     chosen = select(recipes, q.recipes if q.recipes is not None else budget.recipes, budget.skip)
@@ -329,12 +322,12 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     train, test = load_train(cfg), load_test(cfg)
     source = describe(cfg, train.fingerprint, test.fingerprint)
     folds = ensure_folds_file(cfg, train)
-    exp_dir = cfg.runs_dir / q.experiment
-    rows = [train_recipe(cfg, q.experiment, recipe, budget, trainer_overrides) for recipe in chosen]
+    exp_dir = cfg.model_copy(update={"experiment": q.experiment}).experiment_dir
+    rows = [train_recipe(cfg, q.experiment, recipe, budget, routed.trainer) for recipe in chosen]
     grid = [r["name"] for r in rows if r["group"] == "c"]
     if len(grid) == 1:
         console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")
-    methods, stack_s = stack_methods(cfg, q.experiment, grid, budget, stack_overrides, train, test) if len(grid) >= 2 else ([], None)
+    methods, stack_s = stack_methods(cfg, q.experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None)
     result = {
         "command": " ".join(["competition bench-quality", *overrides]),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

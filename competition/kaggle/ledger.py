@@ -16,8 +16,6 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from competition.config import CompetitionConfig
-
 
 @dataclass
 class Entry:
@@ -51,11 +49,6 @@ _SCHEMA = (
     "status TEXT NOT NULL, kaggle_ref TEXT, data_kind TEXT)"
 )
 _ADDED = {"data_kind": "TEXT"}  # columns newer than the first ledgers: added to older files when opened
-
-
-def ledger_path(cfg: CompetitionConfig) -> Path:
-    """Where the ledger lives: beside the experiments, shared by all of them."""
-    return cfg.runs_dir / "ledger.sqlite"
 
 
 def _migrate(con: sqlite3.Connection) -> None:

@@ -1,7 +1,7 @@
 """Settings of the Kaggle round trip (configs/kaggle.yaml): kernel, harness dataset, submission target.
 
 Overrides for this file are given on the command line with a `kaggle.` prefix
-(`kaggle.kernel.steps=[folds]`), so they cannot be mistaken for competition settings.
+(`kaggle.kernel.steps=[folds]`), routed by competition.overrides.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, load_competition, parse_overrides, validate
+from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, load_competition, validate
 from competition.errors import ConfigError
+from competition.overrides import Overrides, route
 
 KAGGLE_CONFIG = CONFIG_DIR / "kaggle.yaml"
-PREFIX = "kaggle."
 Target = Literal["auto", "kaggle", "offline"]
 # Kaggle's PyTorch no longer runs on its default GPU, the P100 (sm_60): ask for one it runs on.
 DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
@@ -82,19 +82,12 @@ class KaggleConfig(Strict):
     submit_target: Target = "auto"
 
 
-def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate `kaggle.*` overrides (prefix removed) from competition overrides."""
-    ours = [o[len(PREFIX):] for o in overrides if o.startswith(PREFIX)]
-    theirs = [o for o in overrides if not o.startswith(PREFIX)]
-    return theirs, ours
-
-
 def load_settings(
-    overrides: Sequence[str] = (), config: Path | str = COMPETITION_CONFIG, kaggle_config: Path | str = KAGGLE_CONFIG
+    overrides: Overrides, config: Path | str = COMPETITION_CONFIG, kaggle_config: Path | str = KAGGLE_CONFIG
 ) -> tuple[CompetitionConfig, KaggleConfig]:
-    """Both configs the Kaggle commands need; a missing kaggle.yaml means the defaults."""
-    theirs, ours = split_overrides(overrides)
-    cfg = load_competition(theirs, config)
+    """Both configs the Kaggle commands need, with their routed overrides; a missing kaggle.yaml means the defaults."""
+    cfg = load_competition(overrides.competition, config)
+    ours = overrides.kaggle
     path = Path(kaggle_config)
     if path.is_file():
         return cfg, load(path, KaggleConfig, ours)
@@ -116,27 +109,22 @@ def load_kernel_settings(
     kaggle_config: Path | str = KAGGLE_CONFIG,
     stack_config: Path | str | None = None,
 ) -> KernelSettings:
-    """Route `make kernel` overrides: `kaggle.*`, `stack.*`, competition keys, and the rest for the trainer.
-
-    Each is validated here, so a mistake is refused when the kernel is built, not on Kaggle.
+    """`make kernel`'s overrides routed (competition.overrides) and each destination validated here, so a
+    mistake is refused when the kernel is built, not on Kaggle; profile and model ones go to the kernel's trainer steps.
     `data_dir=` is refused: the kernel finds the competition under /kaggle/input at run time.
     """
-    from competition.stacking.settings import PREFIX as STACK_PREFIX, STACK_CONFIG, load_stack_config
-    from competition.training.profiles import PROFILES_DIR, load_profile, route_overrides
+    from competition.stacking.settings import STACK_CONFIG, load_stack_config
+    from competition.training.profiles import PROFILES_DIR, load_profile
 
-    parse_overrides(overrides)  # the syntax of every item first
-    if any(o.partition("=")[0].strip() == "data_dir" for o in overrides):
+    routed = route(overrides, "kernel")
+    if any(o.partition("=")[0].strip() == "data_dir" for o in routed.competition):
         raise ConfigError(
             "data_dir=: the kernel reads the competition from /kaggle/input (found at run time); "
             "to fix the folder, use kaggle.kernel.data_dir=PATH"
         )
-    kaggle_side = [o for o in overrides if o.startswith(PREFIX)]
-    stack_side = [o for o in overrides if o.startswith(STACK_PREFIX)]
-    rest = [o for o in overrides if o not in kaggle_side and o not in stack_side]
-    routed = route_overrides(rest)
-    cfg, kcfg = load_settings([*routed.competition, *kaggle_side], config, kaggle_config)
-    scfg, _ = load_stack_config(stack_side, Path(stack_config) if stack_config is not None else Path(config).parent / STACK_CONFIG.name)
-    trainer = [o for o in rest if o not in routed.competition]
+    cfg, kcfg = load_settings(routed, config, kaggle_config)
+    scfg = load_stack_config(routed.stack, Path(stack_config) if stack_config is not None else Path(config).parent / STACK_CONFIG.name)
+    trainer = routed.trainer
     profiles_dir = Path(config).parent / PROFILES_DIR.name
     for path in sorted(profiles_dir.glob("*.yaml")):  # profile keys must fit every profile the kernel may pick
         load_profile(path.stem, routed.profile, profiles_dir)

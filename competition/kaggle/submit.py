@@ -23,7 +23,7 @@ from pathlib import Path
 from competition.config import CompetitionConfig
 from competition.errors import MissingArtefactError
 from competition.kaggle.client import run_kaggle
-from competition.kaggle.ledger import Entry, Ledger, ledger_path
+from competition.kaggle.ledger import Entry, Ledger
 from competition.kaggle.scoring import score_submission
 from competition.kaggle.settings import Target
 from competition.submission import Sidecar, read_sidecar, validate_submission
@@ -148,5 +148,5 @@ def submit(cfg: CompetitionConfig, slug: str, file: Path | None = None, target: 
         out = run_kaggle(["competitions", "submit", "-c", slug, "-f", str(path), "-m", entry.message])
         ref = re.search(r"Submission ref:\s*(\S+)", out)
         entry.kaggle_ref = ref.group(1) if ref else None
-    entry.id = Ledger(ledger_path(cfg)).add(entry)
+    entry.id = Ledger(cfg.ledger_path).add(entry)
     return entry

@@ -18,7 +18,8 @@ import pandas as pd
 
 from competition.errors import DataError, FingerprintError, MissingArtefactError
 from competition.folds import Folds
-from competition.training.store import META_FILE, OOF_FILE, STACK_FOLDER, TEST_FILE, Run, load_run
+from competition.config import RESERVED_RUN_NAMES
+from competition.training.store import META_FILE, OOF_FILE, TEST_FILE, Run, load_run
 
 
 
@@ -48,7 +49,7 @@ def run_dirs(experiment_dir: Path, names: Sequence[str]) -> list[Path]:
         if missing:
             raise MissingArtefactError(f"{experiment_dir}: no finished run {missing} (meta.json not found): train it first or fix `runs` in configs/stack.yaml")
         return [experiment_dir / n for n in names]
-    found = sorted(p.parent for p in experiment_dir.glob(f"*/{META_FILE}") if p.parent.name != STACK_FOLDER)
+    found = sorted(p.parent for p in experiment_dir.glob(f"*/{META_FILE}") if p.parent.name not in RESERVED_RUN_NAMES)
     if not found:
         raise MissingArtefactError(f"{experiment_dir}: no finished runs to stack (no */meta.json): train some models first")
     return found

@@ -29,7 +29,7 @@ from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.collect import Collection, collect, run_dirs
 from competition.stacking.crossval import Estimator, cross_validate, fit_predict_test
 from competition.stacking.features import PRED, pred_columns, stack_tables
-from competition.stacking.settings import StackConfig, stack_dir
+from competition.stacking.settings import StackConfig
 from competition.stacking.summary import MethodResult, StackSummary, plot_results, ranked, results_table, write_summary
 from competition.submission import write_submission
 
@@ -157,19 +157,19 @@ def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None =
     study travels from the old folder into the new one, and a failed attempt's study is kept for
     the next, so an interrupted search resumes.
     """
-    out_dir = stack_dir(cfg.runs_dir, cfg.experiment)
+    out_dir = cfg.stack_dir
     with stack_lock(out_dir):
         return _run_stack(cfg, scfg, out_dir, train, test)
 
 
 def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None) -> StackSummary:
     if train is None or test is None:
-        from competition.data.loader import load_test, load_train
+        from competition.data.loader import load_competition
 
-        train, test = load_train(cfg), load_test(cfg)
+        train, test = load_competition(cfg)
     folds = load_folds(cfg, train)
     sample = files.sample_submission(cfg)  # before the search: a missing file is said at once
-    coll = collect(run_dirs(cfg.runs_dir / cfg.experiment, scfg.runs), folds, test.ids, test.fingerprint)
+    coll = collect(run_dirs(cfg.experiment_dir, scfg.runs), folds, test.ids, test.fingerprint)
     console.print(f"stacking {len(coll.names)} runs of '{cfg.experiment}' on {folds.describe()}: {', '.join(coll.names)}")
     y = np.asarray(train.labels, dtype=np.int64)[_positions(train.ids, coll.train_ids)]
     tables, tests = _tables(coll, train, test, scfg)

@@ -9,10 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from competition.config import CONFIG_DIR, Strict, load
-from competition.training.store import STACK_FOLDER
 
-STACK_CONFIG = CONFIG_DIR / "stack.yaml"
-PREFIX = "stack."  # command-line overrides of configs/stack.yaml carry this prefix
+STACK_CONFIG = CONFIG_DIR / "stack.yaml"  # its command-line overrides carry a `stack.` prefix (competition.overrides)
 
 Method = Literal["mean", "median", "logit_mean", "rank_mean", "geo_mean", "minmax_bestbase", "weights", "caruana", "lgbm"]
 ALL_METHODS: list[Method] = ["mean", "median", "logit_mean", "rank_mean", "geo_mean", "minmax_bestbase", "weights", "caruana", "lgbm"]
@@ -66,14 +64,6 @@ class StackConfig(Strict):
         return items
 
 
-def stack_dir(runs_dir: Path, experiment: str) -> Path:
-    """runs/<experiment>/stack: the stacker's outputs (never mistaken for a model run)."""
-    return runs_dir / experiment / STACK_FOLDER
-
-
-def load_stack_config(overrides: Sequence[str], path: Path = STACK_CONFIG) -> tuple[StackConfig, list[str]]:
-    """The stack config with the `stack.`-prefixed overrides applied; the other overrides are returned
-    for the competition config (so `experiment=x stack.stacker.n_trials=5` both work)."""
-    ours = [o.removeprefix(PREFIX) for o in overrides if o.startswith(PREFIX)]
-    rest = [o for o in overrides if not o.startswith(PREFIX)]
-    return load(path, StackConfig, ours), rest
+def load_stack_config(overrides: Sequence[str] = (), path: Path = STACK_CONFIG) -> StackConfig:
+    """The stack config with its overrides applied (`Overrides.stack`: the `stack.` prefix already removed)."""
+    return load(path, StackConfig, overrides)

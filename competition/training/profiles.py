@@ -3,16 +3,8 @@
 `cpu` fine-tunes small networks for a few epochs and gives big ones (`per_model:`) a head on a
 frozen prefix computed once; `gpu` fine-tunes longer with all eight views and mixed precision.
 The profile is picked from the hardware found unless the user names one; its `per_model:` entry
-for the model being trained applies on top of it.
-
-Override routing for `competition train MODEL KEY=VALUE ...` (one rule, documented in the README):
-a key whose first part is a `CompetitionConfig` field (experiment, data_dir, ...) goes to the
-competition config; one that is a `Profile` field (epochs, batch_size, patience, policy, seeds,
-tta, augment.*, ...) goes to the profile; any other key goes to the model's config
-(configs/models/<name>.yaml: head.dropout, optimizer.lr, weights, channels, ...). A `model.` or
-`profile.` prefix forces the destination (`model.seed=3` is the model's init seed; plain `seed=3`
-is the profile's first training seed). Precedence: command line > profile (where it sets a
-value) > the model's YAML.
+for the model being trained applies on top of it. Which command-line keys reach the profile, and
+what wins over what: competition.overrides (docs/architecture.md, "Override routing").
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from competition.config import CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, parse_overrides, read_yaml, validate
+from competition.config import CONFIG_DIR, Strict, apply_overrides, read_yaml, validate
 from competition.errors import ConfigError
 from competition.training.augment import AugmentConfig
 from competition.training.dihedral import Variant
@@ -103,10 +95,8 @@ def hardware_profile() -> tuple[ProfileName, str]:
 
 
 def load_profile(name: str | None = None, overrides: Sequence[str] = (), profiles_dir: Path = PROFILES_DIR, model: str | None = None) -> ChosenProfile:
-    """The named profile (or the hardware's) as it applies to `model`, with profile overrides applied and validated.
-
-    Precedence: command-line overrides > the profile's `per_model:` entry for `model` > the profile's own keys.
-    """
+    """The named profile (or the hardware's) as it applies to `model`: its `per_model:` entry for `model`, then the
+    command line's profile overrides, applied and validated (precedence: competition.overrides)."""
     if name is None:
         name, reason = hardware_profile()
     else:
@@ -122,25 +112,3 @@ def load_profile(name: str | None = None, overrides: Sequence[str] = (), profile
         profile = validate(Profile, apply_overrides(apply_overrides(raw, entry), overrides), f"{path} (per_model.{model})", entry)
     return ChosenProfile(name, profile, reason)
 
-
-@dataclass(frozen=True)
-class RoutedOverrides:
-    competition: list[str]
-    profile: list[str]
-    model: list[str]
-
-
-def route_overrides(overrides: Sequence[str]) -> RoutedOverrides:
-    """Split KEY=VALUE overrides by their first key part: competition, profile, else model (`model.`/`profile.` force it)."""
-    parsed = parse_overrides(overrides)  # validates the syntax of every item first
-    routed = RoutedOverrides([], [], [])
-    for item, (keys, _) in zip(overrides, parsed, strict=True):
-        if keys[0] in ("model", "profile") and len(keys) > 1:
-            getattr(routed, keys[0]).append(item.split(".", 1)[1])
-        elif keys[0] in CompetitionConfig.model_fields:
-            routed.competition.append(item)
-        elif keys[0] in Profile.model_fields:
-            routed.profile.append(item)
-        else:
-            routed.model.append(item)
-    return routed

@@ -27,8 +27,6 @@ from competition.errors import FingerprintError, MissingArtefactError
 from competition.metrics import logloss
 
 OOF_FILE, TEST_FILE, META_FILE, UNITS_DIR = "oof.csv", "test.csv", "meta.json", "units"
-# Folders beside the runs in runs/<experiment>/ (stacker, report, bench-quality's scored CSVs): never run names.
-STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER = "stack", "report", "submissions"
 OOF_COLUMNS = ["id", "repeat", "fold", "prediction"]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from competition.atomic import recover_folder, replaced_folder, staging_path
-from competition.config import CompetitionConfig, apply_overrides, config_hash, parse_overrides, validate
+from competition.config import RESERVED_RUN_NAMES, CompetitionConfig, config_hash, parse_overrides, validate
 from competition.console import console, progress, table
 from competition.data.dataset import Dataset
 from competition.errors import ConfigError, UserError
@@ -32,11 +32,12 @@ from competition.locks import run_lock
 from competition.metrics import logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision
+from competition.overrides import Overrides, route
 from competition.training import dihedral, store, tta
 from competition.training.augment import Augmenter
 from competition.training.curves import CURVES_FILE, plot_curves
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
-from competition.training.profiles import ChosenProfile, Profile, RoutedOverrides, load_profile, route_overrides
+from competition.training.profiles import ChosenProfile, Profile, load_profile
 
 UNHASHED_PROFILE_KEYS = {"seeds", "seed", "save_models", "predict_batch_size", "per_model"}  # do not change any unit's predictions (`per_model` is applied before hashing)
 PROFILE_TO_MODEL = {"epochs": "train.epochs", "batch_size": "train.batch_size", "patience": "train.patience", "policy": "policy", "mixed_precision": "mixed_precision"}
@@ -84,7 +85,6 @@ def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
     return of_json({"model": model_cfg.model_dump(mode="json"), "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
 
 
-RESERVED_RUN_NAMES = (store.STACK_FOLDER, store.REPORT_FOLDER, store.SUBMISSIONS_FOLDER)
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -96,7 +96,7 @@ def run_folder(cfg: CompetitionConfig, model_name: str, run_name: str | None) ->
             f"run name (--name) {run_name!r}: expected letters, digits, '.', '_' or '-' (not starting with '.', '_' or '-'), "
             f"and not one of {', '.join(RESERVED_RUN_NAMES)}"
         )
-    return cfg.runs_dir / cfg.experiment / name
+    return cfg.run_dir(name)
 
 
 def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str], run_name: str | None = None) -> Plan:
@@ -105,9 +105,8 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     from competition.folds import load_folds  # noqa: PLC0415
     from competition.models.registry import load_model_config  # noqa: PLC0415
 
-    routed = route_overrides(overrides)
-    if routed.competition:
-        cfg = validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), routed.competition), "command line", routed.competition)
+    routed = route(overrides, "train")
+    cfg = routed.apply_competition(cfg)
     chosen = load_profile(profile, routed.profile, model=model_name)
     model_cfg = merge_profile(load_model_config(model_name, routed.model), chosen.profile, routed.model)
     train, test = load_train(cfg), load_test(cfg)
@@ -121,7 +120,7 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen))
 
 
-def policy_source(routed: RoutedOverrides, chosen: ChosenProfile) -> str:
+def policy_source(routed: Overrides, chosen: ChosenProfile) -> str:
     """Where the requested policy came from, for meta.json (the decision's reason says why it was applied)."""
     if any(item.partition("=")[0].strip() == "policy" for item in [*routed.profile, *routed.model]):
         return "command line"
@@ -292,7 +291,7 @@ def train_model(
     """Train `model_name` on every unit of the folds file; return the run folder.
 
     `overrides` are KEY=VALUE strings routed to the competition config, the profile or the model
-    config (see profiles.route_overrides). `fresh` trains every unit anew in a staging folder that
+    config (competition.overrides.route). `fresh` trains every unit anew in a staging folder that
     replaces the run folder only once finished (a failed or killed fresh run leaves the old run).
     Holds the run folder's lock: a second `train` of the same run is refused at once.
     `run_name` names the run folder (default: the model's name), so variants of one model sit side by side.
