@@ -63,7 +63,7 @@ def data_statement(cfg: CompetitionConfig, data: dict[str, str]) -> str:
 def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str | None = None) -> dict[str, Any]:
     """data -> folds -> train each model -> stack -> (offline) submit -> report; returns what it did."""
     from competition.data.files import describe
-    from competition.data.loader import load_test, load_train
+    from competition.data.loader import load_competition
     from competition.folds import ensure_folds
     from competition.locks import folds_lock
     from competition.report import build_report
@@ -79,7 +79,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     with folds_lock(cfg.folds_json):  # what `simulate` and `folds` take; training, stack and report lock their own folders
         with timings.step("data"):
             ensure_data(cfg)
-            train, test = load_train(cfg), load_test(cfg)
+            train, test = load_competition(cfg)
             source = describe(cfg, train.fingerprint, test.fingerprint)
             console.print(data_statement(cfg, source))
         with timings.step("folds"):

@@ -99,8 +99,14 @@ def sample_ids(sample_submission: Path) -> np.ndarray:
     return read_table(Path(sample_submission), f"{sample_submission} (the sample submission)")["id"].to_numpy()
 
 
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7z"), (b"BZh", "bzip2"))
+
+
 def _decode(raw: bytes, label: str) -> str:
     """The file's text: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one)."""
+    packed = next((kind for magic, kind in _COMPRESSED if raw.startswith(magic)), None)
+    if packed is not None:
+        raise SubmissionError(f"{label}: a {packed} archive, not a CSV: unpack it and give the .csv inside")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SubmissionError(f"{label}: UTF-16 text (Excel's 'Unicode Text'): save it as 'CSV UTF-8 (comma delimited)'")
     try:
@@ -162,6 +168,8 @@ def read_table(path: Path, label: str) -> pd.DataFrame:
     except csv.Error as exc:
         raise SubmissionError(f"{label}: line {reader.line_num}: not readable as CSV ({exc}): check the quotes on that line") from None
     _check_header(header, first_line, label)
+    if not rows:
+        raise SubmissionError(f"{label}: the header {HEADER!r} and no rows: expected one row per test id")
     wrong = [(line, len(row)) for line, row in zip(lines, rows) if len(row) != len(header)]
     if wrong:
         shown = ", ".join(f"line {line} ({n} field{'s' if n != 1 else ''})" for line, n in wrong[:SHOWN])

@@ -155,7 +155,7 @@ def test_the_simulator_never_writes_over_competition_files_it_did_not_write(simu
         shutil.copy(simulated / "train.json", data / "train.json")
     before = snapshot(data)
     cfg = config(data, tmp_path / "work").model_copy(update={"simulate": SimulateConfig(n_train=20, n_test=10, seed=1)})
-    with pytest.raises(DataError, match=r"holds competition files the simulator did not write \(train\.json.*simulate into another folder"):
+    with pytest.raises(DataError, match=r"holds competition files the simulator did not write \(.*train\.json.*simulate into another folder"):
         write_simulated(cfg)
     assert snapshot(data) == before
 
@@ -221,3 +221,36 @@ def test_refusals_speak_json_not_python(tmp_path: Path, make_records, field: str
     message = str(err.value)
     assert f"record 3 (id \"tr000003\"), field '{field}'" in message and said in message
     assert "None" not in message and "True" not in message and "False" not in message
+
+
+# -- a data folder whose files contradict each other (found by a newcomer's tries) ------------------------
+
+
+def _copy(simulated: Path, tmp_path: Path) -> CompetitionConfig:
+    data = tmp_path / "data"
+    shutil.copytree(simulated, data, ignore=shutil.ignore_patterns("hidden"))
+    return config(data, tmp_path / "work")
+
+
+def test_a_sample_submission_of_other_test_data_is_refused_before_any_work(simulated: Path, tmp_path: Path) -> None:
+    from competition.data.loader import load_competition
+
+    cfg = _copy(simulated, tmp_path)
+    lines = (cfg.data_dir / "sample_submission.csv").read_text().splitlines()
+    (cfg.data_dir / "sample_submission.csv").write_text("\n".join([*lines[:-3], "x1,0.5", "x2,0.5"]) + "\n")
+    with pytest.raises(DataError, match=r"the sample submission and test\.json disagree \(2 listed ids not in test\.json, e\.g\. \"x1\", \"x2\"; 3 test ids not listed"):
+        load_competition(cfg)
+
+
+def test_ids_in_both_train_and_test_are_refused(simulated: Path, tmp_path: Path) -> None:
+    from competition.data.loader import load_competition
+
+    cfg = _copy(simulated, tmp_path)
+    train = json.loads((cfg.data_dir / "train.json").read_text())
+    test = json.loads((cfg.data_dir / "test.json").read_text())
+    test[0]["id"] = train[4]["id"]
+    (cfg.data_dir / "test.json").write_text(json.dumps(test))
+    sample = (cfg.data_dir / "sample_submission.csv").read_text().splitlines()
+    (cfg.data_dir / "sample_submission.csv").write_text("\n".join([sample[0], f"{train[4]['id']},0.5", *sample[2:]]) + "\n")
+    with pytest.raises(DataError, match=rf"1 ids are in both train\.json and test\.json \(e\.g\. \"{train[4]['id']}\"\): test images must be unseen"):
+        load_competition(cfg)

@@ -268,3 +268,19 @@ def test_a_submission_for_other_test_data_says_so(tmp_path, sample):
     path = _write(tmp_path, ["id,is_iceberg", *(f"zz{n:06d},0.5" for n in range(12))])
     with pytest.raises(SubmissionError, match=r"none of its ids is a test id of the sample submission: it was made for other test data \(point data_dir="):
         validate_submission(path, sample)
+
+
+def test_a_header_without_rows_and_a_compressed_file_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Found by a newcomer: a header-only file raised an AttributeError; a .csv.gz was 'not UTF-8'."""
+    import gzip
+
+    from competition.submission import read_table
+
+    empty = tmp_path / "header_only.csv"
+    empty.write_text("id,is_iceberg\n")
+    with pytest.raises(SubmissionError, match=r"header_only\.csv: the header 'id,is_iceberg' and no rows: expected one row per test id"):
+        read_table(empty, str(empty))
+    packed = tmp_path / "good.csv.gz"
+    packed.write_bytes(gzip.compress(b"id,is_iceberg\na,0.5\n"))
+    with pytest.raises(SubmissionError, match=r"good\.csv\.gz: a gzip archive, not a CSV: unpack it"):
+        read_table(packed, str(packed))

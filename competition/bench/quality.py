@@ -305,7 +305,7 @@ def ensure_folds_file(cfg: CompetitionConfig, train: Any) -> Any:
 def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
     """Train every selected recipe, stack the (c) runs, score everything; write quality.json and the docs section."""
     from competition.data.files import describe
-    from competition.data.loader import load_test, load_train
+    from competition.data.loader import load_competition
     from competition.pipeline import ensure_data
     from competition.bench.speed import machine
 
@@ -319,7 +319,7 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
         raise ConfigError(f"{config}: no recipe left to run (recipes={q.recipes or budget.recipes}, skip={budget.skip})")
     started = time.perf_counter()
     ensure_data(cfg)
-    train, test = load_train(cfg), load_test(cfg)
+    train, test = load_competition(cfg)
     source = describe(cfg, train.fingerprint, test.fingerprint)
     folds = ensure_folds_file(cfg, train)
     exp_dir = cfg.model_copy(update={"experiment": q.experiment}).experiment_dir

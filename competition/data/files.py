@@ -247,7 +247,7 @@ def check_simulation_target(cfg: CompetitionConfig) -> None:
         or (TEST in found and found[TEST].form == "plain" and fingerprint.of_file(found[TEST].path) == marker.get("test_fingerprint"))
     )
     if not ours:
-        files = ", ".join(f.path.name for f in found.values())
+        files = ", ".join(sorted({f.path.name for f in found.values()}))
         raise DataError(
             f"{cfg.data_dir}/ holds competition files the simulator did not write ({files}): "
             "the simulator never writes over them; simulate into another folder (data_dir=...)"

@@ -72,6 +72,37 @@ def load_test(cfg: CompetitionConfig) -> Dataset:
     return _load(cfg, "test")
 
 
+def load_competition(cfg: CompetitionConfig) -> tuple[Dataset, Dataset]:
+    """Train and test of `cfg.data_dir`, checked against each other and the sample submission.
+
+    Raises DataError, before any work, when the folder mixes files that do not belong together:
+    test ids that the sample submission does not list (or the reverse), or ids in both train and test.
+    """
+    from competition.submission import sample_ids
+
+    train, test = load_train(cfg), load_test(cfg)
+    check_consistent(train, test, sample_ids(files.sample_submission(cfg)), cfg.data_dir)
+    return train, test
+
+
+def check_consistent(train: Dataset, test: Dataset, sample: np.ndarray, where: Path) -> None:
+    """Refuse a data folder whose train, test and sample submission contradict each other (DataError)."""
+    test_ids, sample_set = set(test.ids.tolist()), set(sample.tolist())
+    unlisted, unknown = sorted(test_ids - sample_set), sorted(sample_set - test_ids)
+    if unlisted or unknown:
+        raise DataError(
+            f"{where}: the sample submission and test.json disagree ({len(unknown)} listed ids not in test.json, e.g. "
+            f"{', '.join(as_json(i) for i in unknown[:3]) or '-'}; {len(unlisted)} test ids not listed, e.g. "
+            f"{', '.join(as_json(i) for i in unlisted[:3]) or '-'}): the files come from different downloads; put the three files of one download together"
+        )
+    both = sorted(test_ids.intersection(train.ids.tolist()))
+    if both:
+        raise DataError(
+            f"{where}: {len(both)} ids are in both train.json and test.json (e.g. {', '.join(as_json(i) for i in both[:3])}): "
+            "test images must be unseen; check that train and test were not mixed up"
+        )
+
+
 def _load(cfg: CompetitionConfig, split: Split) -> Dataset:
     """The split's file as competition.data.files resolves it, through the cache (see cache.py)."""
     return DatasetCache(cfg.cache_dir).load_or_read(files.resolve(cfg, f"{split}.json"), split, read_dataset)

@@ -101,7 +101,7 @@ def run_folder(cfg: CompetitionConfig, model_name: str, run_name: str | None) ->
 
 def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str], run_name: str | None = None) -> Plan:
     """Resolve configs (routing overrides), load data and folds, list the units."""
-    from competition.data.loader import load_test, load_train  # noqa: PLC0415 - step module
+    from competition.data.loader import load_competition  # noqa: PLC0415 - step module
     from competition.folds import load_folds  # noqa: PLC0415
     from competition.models.registry import load_model_config  # noqa: PLC0415
 
@@ -109,7 +109,7 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     cfg = routed.apply_competition(cfg)
     chosen = load_profile(profile, routed.profile, model=model_name)
     model_cfg = merge_profile(load_model_config(model_name, routed.model), chosen.profile, routed.model)
-    train, test = load_train(cfg), load_test(cfg)
+    train, test = load_competition(cfg)
     test_ids = test.ids
     if not chosen.profile.predict_unscored:
         test = test.subset(~test.machine_generated)
