@@ -47,6 +47,8 @@ WHERE: dict[Destination, str] = {
 _DATA: frozenset[Destination] = frozenset({"competition"})
 _KAGGLE: frozenset[Destination] = frozenset({"competition", "kaggle"})
 _TRAINER: frozenset[Destination] = frozenset({"profile", "model"})
+_STACK: frozenset[Destination] = frozenset({"stack"})
+_QUALITY: frozenset[Destination] = frozenset({"quality"})
 COMMANDS: dict[str, frozenset[Destination]] = {
     "data": _DATA,
     "simulate": _DATA,
@@ -55,12 +57,12 @@ COMMANDS: dict[str, frozenset[Destination]] = {
     "report": _DATA,
     "models": frozenset({"model"}),
     "train": _DATA | _TRAINER,
-    "stack": _DATA | {"stack"},
-    "all": _DATA | {"stack"} | _TRAINER,
-    "bench-quality": _DATA | {"stack", "quality"} | _TRAINER,
+    "stack": _DATA | _STACK,
+    "all": _DATA | _STACK | _TRAINER,
+    "bench-quality": _DATA | _STACK | _QUALITY | _TRAINER,
     "submit": _KAGGLE,
     "lb": _KAGGLE,
-    "kernel": _KAGGLE | {"stack"} | _TRAINER,
+    "kernel": _KAGGLE | _STACK | _TRAINER,
     "kernel-push": _KAGGLE,
     "kernel-status": _KAGGLE,
     "kernel-output": _KAGGLE,
@@ -101,7 +103,7 @@ def destination(keys: Sequence[str], quality_keys: Collection[str] = ()) -> Dest
     """Where an override with these key parts goes (before the command's refusal)."""
     first = keys[0]
     if len(keys) > 1 and first in PREFIXED:
-        return first  # type: ignore[return-value]
+        return first
     if first in quality_keys:
         return "quality"
     if first in CompetitionConfig.model_fields:
