@@ -65,7 +65,7 @@ def test_make_all_steps_leave_every_artefact_with_agreeing_fingerprints(tmp_path
     assert [name for name, _ in result["timings"]] == ["data", "folds", *(f"train {m}" for m in MODELS), "stack", "submit", "report"]
 
 
-def _own_records(n: int, rng: np.random.Generator, labelled: bool) -> list[dict]:
+def _own_records(n: int, rng: np.random.Generator, labelled: bool, prefix: str = "chip") -> list[dict]:
     """SAR-like chips of the user's own collection: bright blobs on speckled sea, ids of any form."""
     yy, xx = np.mgrid[:75, :75]
     records = []
@@ -75,7 +75,7 @@ def _own_records(n: int, rng: np.random.Generator, labelled: bool) -> list[dict]
         radius = 3 + 4 * label + rng.random() * 2
         blob = ((yy - 37) ** 2 + (xx - 37) ** 2 < radius**2) * (12 - 5 * label)
         band = (sea + blob).astype(np.float32)
-        rec = {"id": f"chip-{i:04d}", "band_1": band[0].ravel().tolist(), "band_2": band[1].ravel().tolist(),
+        rec = {"id": f"{prefix}-{i:04d}", "band_1": band[0].ravel().tolist(), "band_2": band[1].ravel().tolist(),
                "inc_angle": "na" if labelled and i % 17 == 0 else round(float(rng.uniform(30, 45)), 4)}  # fmt: skip
         if labelled:
             rec["is_iceberg"] = label
@@ -88,7 +88,7 @@ def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> No
     data = tmp_path / "mine"
     data.mkdir()
     (data / "train.json").write_bytes(orjson.dumps(_own_records(48, rng, labelled=True)))
-    test = _own_records(18, rng, labelled=False)
+    test = _own_records(18, rng, labelled=False, prefix="unseen")  # test ids are never training ids
     (data / "test.json").write_bytes(orjson.dumps(test))
     pd.DataFrame({"id": [r["id"] for r in test], "is_iceberg": 0.5}).to_csv(data / "sample_submission.csv", index=False)
     config = tmp_path / "competition.yaml"
