@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,8 @@ def _root() -> None:
 
 
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="Config overrides KEY=VALUE, e.g. folds.k=10 (routing: docs/architecture.md, \"Override routing\").", show_default=False)
+    list[str] | None,
+    typer.Argument(help='Config overrides KEY=VALUE, e.g. folds.k=10 (routing: docs/architecture.md, "Override routing").', show_default=False),
 ]
 
 
@@ -88,7 +89,9 @@ def models(overrides: Overrides = None) -> None:
 def stack(
     overrides: Overrides = None,
     config: ConfigOpt = COMPETITION_CONFIG,
-    stack_config: Annotated[Path, typer.Option("--stack-config", help="Stacking config (YAML); override its keys as stack.KEY=VALUE.")] = Path("configs/stack.yaml"),
+    stack_config: Annotated[Path, typer.Option("--stack-config", help="Stacking config (YAML); override its keys as stack.KEY=VALUE.")] = Path(
+        "configs/stack.yaml"
+    ),
 ) -> None:
     """Blend and stack the experiment's runs by nested CV; write runs/<exp>/stack/ and the best submission."""
     from competition.stacking.pipeline import run_stack
@@ -121,7 +124,7 @@ KAGGLE_YAML = Path("configs/kaggle.yaml")
 @app.command()
 def submit(
     overrides: Overrides = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Submission CSV (default: the newest in submissions/).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Submission CSV (default: the newest in submissions/).")] = None,
     config: ConfigOpt = COMPETITION_CONFIG,
     kaggle_config: KaggleOpt = KAGGLE_YAML,
 ) -> None:
@@ -140,7 +143,7 @@ def submit(
 @app.command()
 def lb(
     overrides: Overrides = None,
-    leaderboard: Annotated[Optional[Path], typer.Option("--leaderboard", help="A full leaderboard CSV to place scores on.")] = None,
+    leaderboard: Annotated[Path | None, typer.Option("--leaderboard", help="A full leaderboard CSV to place scores on.")] = None,
     config: ConfigOpt = COMPETITION_CONFIG,
     kaggle_config: KaggleOpt = KAGGLE_YAML,
 ) -> None:
@@ -197,13 +200,13 @@ def kernel_output(overrides: Overrides = None, config: ConfigOpt = COMPETITION_C
     console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Trainer profile: cpu | gpu (configs/profiles/); default: the hardware's.")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", help="Trainer profile: cpu | gpu (configs/profiles/); default: the hardware's.")]
 TrainOverrides = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(
         help="KEY=VALUE overrides, routed by the key's first part: competition keys (experiment=...), "
         "profile keys (epochs=3, policy=head, seeds=3, augment.zoom=0.2), else the model's config (optimizer.lr=1e-4); "
-        "docs/architecture.md, \"Override routing\".",
+        'docs/architecture.md, "Override routing".',
         show_default=False,
     ),
 ]
@@ -215,7 +218,9 @@ def train(
     overrides: TrainOverrides = None,
     profile: ProfileOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete this run's earlier units first.")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: MODEL); variants of one model side by side, each stacked as its own input.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Run folder name (default: MODEL); variants of one model side by side, each stacked as its own input.")
+    ] = None,
     config: ConfigOpt = COMPETITION_CONFIG,
 ) -> None:
     """Train MODEL on every fold and seed; write runs/<experiment>/<name or model>/{oof.csv,test.csv,meta.json} (resumes)."""
@@ -228,7 +233,7 @@ def train(
 
 @app.command()
 def bench(
-    models: Annotated[Optional[list[str]], typer.Argument(help="Models to measure (default: every registered model).", show_default=False)] = None,
+    models: Annotated[list[str] | None, typer.Argument(help="Models to measure (default: every registered model).", show_default=False)] = None,
     n: Annotated[int, typer.Option(help="Images per measurement.")] = 96,
     repeats: Annotated[int, typer.Option(help="Measured pairs per figure (medians are reported).")] = 5,
     output: Annotated[Path, typer.Option(help="Markdown file whose trainer section is (re)written.")] = Path("docs/benchmarks.md"),
@@ -243,7 +248,9 @@ def bench(
 def bench_quality(
     overrides: Overrides = None,
     config: ConfigOpt = COMPETITION_CONFIG,
-    quality_config: Annotated[Path, typer.Option("--quality-config", help="Quality benchmark config (YAML): recipes and budgets.")] = Path("configs/quality.yaml"),
+    quality_config: Annotated[Path, typer.Option("--quality-config", help="Quality benchmark config (YAML): recipes and budgets.")] = Path(
+        "configs/quality.yaml"
+    ),
 ) -> None:
     """Quality benchmark: classic VGG16, a CNN from scratch, every model x policy, blenders + stacker; docs/benchmarks.md."""
     from competition.bench.quality import QualityConfig, run_quality

@@ -124,9 +124,7 @@ def check_learnable(data: Dataset, params: FoldsConfig, source: str = "train.jso
     if len(present) == 1:
         v = present[0]
         who = "the only training image has" if n == 1 else f"every one of the {n} training images has"
-        raise DataError(
-            f"{source}: {who} is_iceberg {v}; the flow needs both classes: add labelled {CLASS_NAMES[1 - v]} (is_iceberg {1 - v})"
-        )
+        raise DataError(f"{source}: {who} is_iceberg {v}; the flow needs both classes: add labelled {CLASS_NAMES[1 - v]} (is_iceberg {1 - v})")
     v = int(np.argmin(counts))
     c = counts[v]
     if c < k:
@@ -230,8 +228,7 @@ def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
         raise FingerprintError(f"{cfg.folds_csv} was changed after {cfg.folds_json} was written: run `make folds` again")
     if data is not None and data.fingerprint != meta.data_fingerprint:
         raise FingerprintError(
-            f"{cfg.folds_json} was made from training data {meta.data_fingerprint}, "
-            f"but {cfg.train_json} is now {data.fingerprint}: run `make folds` again"
+            f"{cfg.folds_json} was made from training data {meta.data_fingerprint}, but {cfg.train_json} is now {data.fingerprint}: run `make folds` again"
         )
     if data is not None:
         check_learnable(data, meta.params, Path(cfg.train_json).name)  # a folds file written before this check existed

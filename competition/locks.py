@@ -72,7 +72,7 @@ def _say_unlocked(path: Path, exc: OSError) -> None:
     """Work on where locking is impossible, saying so once per file system."""
     if str(path.parent) not in _said:
         _said.add(str(path.parent))
-        from competition.console import console  # noqa: PLC0415
+        from competition.console import console
 
         console.print(f"[yellow]note:[/] {path.parent} cannot be locked ({exc.strerror}): two commands writing it at once would not be stopped")
 

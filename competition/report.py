@@ -155,8 +155,8 @@ def _data_line(summary: StackSummary) -> str:
 def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     """The page and its plots, written into `out` (the staging folder that replaces the report folder)."""
     from competition.data.loader import load_train
-    from competition.kaggle.ledger import Ledger
     from competition.kaggle.leaderboard import plot_cv_vs_lb
+    from competition.kaggle.ledger import Ledger
 
     stack = cfg.stack_dir
     summary = read_summary(stack)

@@ -141,9 +141,7 @@ def _check_header(header: list[str], first_line: str, label: str) -> None:
         else:
             changes.append(f"remove column {name!r}")
     changes += [f"add column {c!r}" for c in missing]
-    raise SubmissionError(
-        f"{label}: line 1: the header must name the columns {HEADER} (in either order), got {first_line!r}: " + "; ".join(changes)
-    )
+    raise SubmissionError(f"{label}: line 1: the header must name the columns {HEADER} (in either order), got {first_line!r}: " + "; ".join(changes))
 
 
 def read_table(path: Path, label: str) -> pd.DataFrame:
@@ -170,16 +168,14 @@ def read_table(path: Path, label: str) -> pd.DataFrame:
     _check_header(header, first_line, label)
     if not rows:
         raise SubmissionError(f"{label}: the header {HEADER!r} and no rows: expected one row per test id")
-    wrong = [(line, len(row)) for line, row in zip(lines, rows) if len(row) != len(header)]
+    wrong = [(line, len(row)) for line, row in zip(lines, rows, strict=True) if len(row) != len(header)]
     if wrong:
         shown = ", ".join(f"line {line} ({n} field{'s' if n != 1 else ''})" for line, n in wrong[:SHOWN])
         more = f" and {len(wrong) - SHOWN} more" if len(wrong) > SHOWN else ""
         hint = "; decimal commas? write 0.5, not 0,5" if any(n > len(header) for _, n in wrong) else ""
         raise SubmissionError(f"{label}: {len(wrong)} rows do not have the header's {len(header)} fields: {shown}{more}{hint}")
     columns = [header.index(c) for c in COLUMNS]
-    return pd.DataFrame(
-        {"id": [r[columns[0]] for r in rows], "is_iceberg": [r[columns[1]] for r in rows], "line": np.asarray(lines, dtype=np.int64)}
-    )
+    return pd.DataFrame({"id": [r[columns[0]] for r in rows], "is_iceberg": [r[columns[1]] for r in rows], "line": np.asarray(lines, dtype=np.int64)})
 
 
 def _rows(lines: pd.Series, frame: pd.DataFrame) -> str:
@@ -234,7 +230,9 @@ def _validate(path: Path, expected_ids: np.ndarray, label: str) -> int:
     if found and len(frame) and frame["is_iceberg"].isin(pd.Index(expected_ids)).mean() > 0.5:
         found.insert(0, "the values under 'is_iceberg' are test ids: the header names the two columns in the other order than the rows hold them")
     elif found and len(frame) and not frame["id"].isin(pd.Index(expected_ids)).any():
-        found.insert(0, "none of its ids is a test id of the sample submission: it was made for other test data (point data_dir=... at the data it was made for)")
+        found.insert(
+            0, "none of its ids is a test id of the sample submission: it was made for other test data (point data_dir=... at the data it was made for)"
+        )
     if found:
         raise SubmissionError(f"{label}: not a valid submission:\n  - " + "\n  - ".join(found))
     return len(frame)

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from competition.config import CompetitionConfig, SimulateConfig
 from competition.data.dataset import Dataset
 

@@ -20,13 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-SITECUSTOMIZE = '''\
+SITECUSTOMIZE = """\
 import os
 _url = os.environ.get("FAKE_KAGGLE_URL")
 if _url:
     from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
     _env_to_endpoint[KaggleEnv.PROD] = _url
-'''
+"""
 MAX_REQUESTS = 300
 
 
@@ -51,7 +51,7 @@ class FakeKaggle:
     _server: ThreadingHTTPServer | None = None
     _tokens: Any = field(default_factory=lambda: itertools.count(1))
 
-    def start(self) -> "FakeKaggle":
+    def start(self) -> FakeKaggle:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"

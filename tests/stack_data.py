@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
 from competition.folds import Folds, write_folds
@@ -68,9 +67,7 @@ def _write_json(path: Path, data: Dataset) -> None:
     path.write_text(json.dumps(records))
 
 
-def make_competition(
-    root: Path, n_train: int = 320, n_test: int = 120, k: int = 4, repeats: int = 1, seed: int = 0, via_json: bool = False
-) -> Competition:
+def make_competition(root: Path, n_train: int = 320, n_test: int = 120, k: int = 4, repeats: int = 1, seed: int = 0, via_json: bool = False) -> Competition:
     """Train and test rows drawn from the same scenes (so groups span both), folds file, sample submission.
 
     via_json: write data/train.json and data/test.json and read them back with the real loader

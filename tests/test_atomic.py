@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from competition.atomic import atomic_path, write_json, write_text
 from competition import fingerprint
+from competition.atomic import atomic_path, write_json, write_text
 
 
 def test_failed_write_keeps_old_content_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "out.csv"
     write_text(target, "old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 

@@ -6,13 +6,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from stack_data import make_competition, write_predictor
-
 from competition.atomic import recover_folder, replaced_folder, staging_path
 from competition.report import build_report
 from competition.stacking import pipeline
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig
+
+from stack_data import make_competition, write_predictor
 
 QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
 
@@ -47,23 +47,21 @@ def test_a_failed_build_leaves_the_folder_byte_identical_and_keeps_only_what_it_
     (target / "study.db").write_text("v1")
     (target / "table.csv").write_text("t1")
     before = snapshot(target)
-    with pytest.raises(RuntimeError, match="late"):
-        with replaced_folder(target, carry=["study.db"], keep_on_failure=["study.db*"]) as new:
-            assert (new / "study.db").read_text() == "v1"  # carried over
-            (new / "study.db").write_text("v1 + trials")
-            (new / "study.db-journal").write_text("j")
-            (new / "table.csv").write_text("half")
-            raise RuntimeError("late")
+    with pytest.raises(RuntimeError, match="late"), replaced_folder(target, carry=["study.db"], keep_on_failure=["study.db*"]) as new:
+        assert (new / "study.db").read_text() == "v1"  # carried over
+        (new / "study.db").write_text("v1 + trials")
+        (new / "study.db-journal").write_text("j")
+        (new / "table.csv").write_text("half")
+        raise RuntimeError("late")
     assert snapshot(target) == before
     assert snapshot(staging_path(target)) == {"study.db": b"v1 + trials", "study.db-journal": b"j"}
     with replaced_folder(target, carry=["study.db"], keep_on_failure=["study.db*"]) as new:
         assert (new / "study.db").read_text() == "v1 + trials"  # the failed attempt's state, not the older one
         (new / "table.csv").write_text("t2")
     assert snapshot(target) == {"study.db": b"v1 + trials", "study.db-journal": b"j", "table.csv": b"t2"}
-    with pytest.raises(KeyboardInterrupt):
-        with replaced_folder(target) as new:
-            (new / "x").write_text("x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), replaced_folder(target) as new:
+        (new / "x").write_text("x")
+        raise KeyboardInterrupt
     assert not new.exists() and (target / "table.csv").read_text() == "t2"
 
 

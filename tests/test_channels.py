@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from competition.data.channels import CHANNELS, Standardizer, build_channels
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-
-from competition.data.channels import CHANNELS, Standardizer, build_channels
 
 
 def images(n: int = 4, seed: int = 0, shift: float = 0.0) -> np.ndarray:

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from competition.config import RESERVED_RUN_NAMES, CompetitionConfig, apply_overrides, config_hash, load_competition
 from competition.errors import ConfigError
 
@@ -69,7 +68,10 @@ def test_cli_reports_a_bad_override_without_traceback(tmp_path):
     path = write(tmp_path, f"data_dir: {tmp_path / 'data'}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "competition", "folds", "-c", str(path), "folds.k=one"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "key 'folds.k' (from a command-line override)" in proc.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
-
 from competition import fingerprint
 from competition.config import CompetitionConfig
 from competition.data.cache import DatasetCache
@@ -24,7 +23,7 @@ class CountingReader:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, path: Path, split):  # noqa: ANN001 - same signature as read_dataset
+    def __call__(self, path: Path, split):
         self.calls += 1
         return read_dataset(path, split)
 
@@ -35,7 +34,7 @@ def hash_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = fingerprint.of_file
 
-    def recorded(path):  # noqa: ANN001
+    def recorded(path):
         calls.append(Path(path))
         return real(path)
 
@@ -55,7 +54,7 @@ def assert_same(a: Dataset, b: Dataset) -> None:
         assert a.labels.tolist() == b.labels.tolist() and a.labels.dtype == b.labels.dtype == np.int8
 
 
-def write(path: Path, records) -> Path:  # noqa: ANN001
+def write(path: Path, records) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(records))
     return path

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import py7zr
 import pytest
-
 from competition.config import CompetitionConfig, SimulateConfig
 from competition.data import files
 from competition.data.loader import load_test, load_train, read_dataset
@@ -127,7 +126,9 @@ def test_a_missing_file_says_what_is_there_and_what_is_accepted(simulated: Path,
     data = as_7z(simulated, tmp_path / "kaggle")
     (data / "test.json.7z").unlink()
     cfg = config(data, tmp_path / "work")
-    with pytest.raises(MissingArtefactError, match=r"no test\.json \(it holds sample_submission\.csv\.7z, train\.json\.7z\)\. Accepted: the plain files, Kaggle's \.7z"):
+    with pytest.raises(
+        MissingArtefactError, match=r"no test\.json \(it holds sample_submission\.csv\.7z, train\.json\.7z\)\. Accepted: the plain files, Kaggle's \.7z"
+    ):
         load_test(cfg)
     with pytest.raises(MissingArtefactError, match=r"no test\.json"):
         ensure_data(cfg)  # `make all` never simulates beside a partial download
@@ -238,7 +239,9 @@ def test_a_sample_submission_of_other_test_data_is_refused_before_any_work(simul
     cfg = _copy(simulated, tmp_path)
     lines = (cfg.data_dir / "sample_submission.csv").read_text().splitlines()
     (cfg.data_dir / "sample_submission.csv").write_text("\n".join([*lines[:-3], "x1,0.5", "x2,0.5"]) + "\n")
-    with pytest.raises(DataError, match=r"the sample submission and test\.json disagree \(2 listed ids not in test\.json, e\.g\. \"x1\", \"x2\"; 3 test ids not listed"):
+    with pytest.raises(
+        DataError, match=r"the sample submission and test\.json disagree \(2 listed ids not in test\.json, e\.g\. \"x1\", \"x2\"; 3 test ids not listed"
+    ):
         load_competition(cfg)
 
 

@@ -15,7 +15,6 @@ import numpy as np
 import orjson
 import py7zr
 import pytest
-
 from competition import fingerprint
 from competition.config import CompetitionConfig
 from competition.data.loader import angle_decimals, load_test, load_train, read_dataset
@@ -86,7 +85,7 @@ def test_angle_decimals_as_written(text: str, decimals: int) -> None:
 def test_angle_decimals_from_the_file(tmp_path: Path, make_records) -> None:
     records = make_records(3, "test")
     raw = json.dumps(records)
-    for rec, literal in zip(records, ["45.2877", "30.311230908293968", "33.6352"]):
+    for rec, literal in zip(records, ["45.2877", "30.311230908293968", "33.6352"], strict=True):
         raw = raw.replace(f'"inc_angle": {rec["inc_angle"]!r}', f'"inc_angle": {literal}')
     path = tmp_path / "test.json"
     path.write_text(raw)
@@ -271,7 +270,7 @@ def test_cli_reports_a_bad_file_without_traceback(tmp_path: Path, make_records) 
     result = _run_cli(tmp_path, "folds", "-c", str(config))
 
     assert result.returncode == 2, result.stderr
-    assert 'record 1 (id "tr000001"), field \'band_1\': value 12 is a string' in result.stderr
+    assert "record 1 (id \"tr000001\"), field 'band_1': value 12 is a string" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (data_dir / "cache").exists() or not any((data_dir / "cache").glob("train-*"))
     assert not (data_dir / "folds.csv").exists()

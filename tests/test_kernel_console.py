@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 
-from rich.console import Console
-
 from competition import console as console_mod
 from competition.console import progress
+from rich.console import Console
 
 
 def _quiet(monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from competition.training.profiles import hardware_profile, load_profile
 
 ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90"]  # a torch build like Kaggle's: no sm_60

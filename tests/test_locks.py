@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from stack_data import make_competition, write_predictor
-
 from competition import locks
 from competition.locks import LockedError
 from competition.report import build_report
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig
 from competition.stacking.summary import read_summary
+
+from stack_data import make_competition, write_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
@@ -85,7 +85,9 @@ def test_cli_prints_one_line_and_exits_2(comp):
     holder = _holder(stack)
     try:
         args = ["stack", f"data_dir={cfg.data_dir}", f"work_dir={cfg.data_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
-        done = subprocess.run([sys.executable, "-m", "competition", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "competition", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=120
+        )
     finally:
         _kill(holder)
     out = done.stdout + done.stderr
@@ -100,9 +102,8 @@ def test_folds_lock_lives_inside_the_work_folder_and_is_reentrant(tmp_path):
     assert (tmp_path / "work" / ".folds.lock").read_text() == ""  # released: no holder named
     holder = _holder(tmp_path / "work", lock_path=tmp_path / "work" / ".folds.lock")
     try:
-        with pytest.raises(LockedError, match=r"work folder .*work \(folds\) is being written by pid"):
-            with locks.folds_lock(folds_json):
-                pass
+        with pytest.raises(LockedError, match=r"work folder .*work \(folds\) is being written by pid"), locks.folds_lock(folds_json):
+            pass
     finally:
         _kill(holder)
     with locks.folds_lock(folds_json):
@@ -137,7 +138,6 @@ def test_the_lock_is_free_right_after_its_holder_is_killed(tmp_path):
         assert time.monotonic() - started < 5
 
 
-
 def test_a_file_system_without_flock_works_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
     import errno
     import fcntl
@@ -149,6 +149,7 @@ def test_a_file_system_without_flock_works_unlocked_and_says_so(tmp_path, monkey
     with locks.hold(tmp_path / "stack"):
         pass
     assert "cannot be locked (No locks available)" in capsys.readouterr().err.replace("\n", "")
+
 
 # -- train ------------------------------------------------------------------------------------
 MODEL = "mobilenetv3_small_050"  # the tiny timm setup of tests/test_trainer.py
@@ -225,8 +226,12 @@ def test_two_stacks_at_once_one_refuses_and_the_other_matches_a_solo_run(tmp_pat
         "import sys\nfrom competition.cli import main\nimport competition.stacking.pipeline\n"
         f"sys.argv = ['competition', *{_stack_args(comp.cfg)!r}]\nsys.stdin.readline()\nmain()\n"
     )
-    second = subprocess.Popen([sys.executable, "-c", waiting], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    first = subprocess.Popen([sys.executable, "-m", "competition", *_stack_args(comp.cfg)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    second = subprocess.Popen(
+        [sys.executable, "-c", waiting], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "competition", *_stack_args(comp.cfg)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
         deadline = time.monotonic() + 120
         lock = locks.lock_file(stack)

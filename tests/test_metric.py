@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss as sklearn_log_loss
-
 from competition.metrics import EPS, logloss
 from competition.training.store import cv_logloss
+from sklearn.metrics import log_loss as sklearn_log_loss
 
 PACKAGE = Path(__file__).resolve().parents[1] / "competition"
 

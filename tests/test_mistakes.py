@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.tree import DecisionTreeClassifier
-
 from competition.kaggle.scoring import score_submission
 from competition.stacking.blenders import BLENDERS
 from competition.stacking.clipping import choose_eps
 from competition.stacking.crossval import cross_validate
+from sklearn.tree import DecisionTreeClassifier
 
 
 def positive(p: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from competition.data.dataset import Dataset
 from competition.models import weights
 from competition.models.keras_vgg import hed_conv_weights
@@ -103,7 +102,9 @@ def test_cached_prefix_features_give_the_full_path_result(sar: Dataset) -> None:
     raw = _inputs(sar, slice(0, 16))
     cached = ModelInputs(features, raw.angle, raw.y, is_features=True)
     np.testing.assert_allclose(model.predict(cached), model.predict(raw), rtol=0, atol=1e-5)
-    model.fit(ModelInputs(features[:10], raw.angle[:10], raw.y[:10], True), ModelInputs(features[10:], raw.angle[10:], raw.y[10:], True), epochs=1, batch_size=10)
+    model.fit(
+        ModelInputs(features[:10], raw.angle[:10], raw.y[:10], True), ModelInputs(features[10:], raw.angle[10:], raw.y[10:], True), epochs=1, batch_size=10
+    )
     np.testing.assert_allclose(model.predict(cached), model.predict(raw), rtol=0, atol=1e-5)
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from competition.errors import ConfigError
 from competition.metrics import logloss
 from competition.models import policies, weights

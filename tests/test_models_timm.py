@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch  # noqa: F401 - before anything that may load TensorFlow
-
+import torch
 from competition.data.dataset import Dataset
 from competition.metrics import logloss
 from competition.models import weights
@@ -146,7 +145,9 @@ def test_cached_prefix_features_give_the_full_path_result(sar: Dataset) -> None:
     raw = ModelInputs(sar.images[:20], sar.angle[:20], sar.labels[:20].astype(np.float32))
     cached = ModelInputs(features, sar.angle[:20], raw.y, is_features=True)
     np.testing.assert_allclose(model.predict(cached), model.predict(raw), rtol=0, atol=1e-5)
-    model.fit(ModelInputs(features[:12], raw.angle[:12], raw.y[:12], True), ModelInputs(features[12:], raw.angle[12:], raw.y[12:], True), epochs=1, batch_size=6)
+    model.fit(
+        ModelInputs(features[:12], raw.angle[:12], raw.y[:12], True), ModelInputs(features[12:], raw.angle[12:], raw.y[12:], True), epochs=1, batch_size=6
+    )
     np.testing.assert_allclose(model.predict(cached), model.predict(raw), rtol=0, atol=1e-5)
     seen: list[tuple[int, ...]] = []
     model.fit(cached, cached, epochs=1, batch_size=4, augment=lambda x, idx, rng: seen.append(x.shape) or x)

@@ -11,7 +11,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 from competition.folds import load_folds
 from competition.kaggle.ledger import Ledger
@@ -110,14 +109,17 @@ def test_make_all_on_kaggles_archives_as_they_arrive(tmp_path: Path) -> None:
     import hashlib
 
     import py7zr
-
     from competition.simulate import write_simulated
 
     source = tmp_path / "source"
     write_simulated(CompetitionConfig(data_dir=source, simulate=SimulateConfig(n_train=48, n_test=20, seed=5)))
     data = tmp_path / "kaggle"
     data.mkdir()
-    for name, inner in (("train.json", "data/processed/train.json"), ("test.json", "data/processed/test.json"), ("sample_submission.csv", "sample_submission.csv")):
+    for name, inner in (
+        ("train.json", "data/processed/train.json"),
+        ("test.json", "data/processed/test.json"),
+        ("sample_submission.csv", "sample_submission.csv"),
+    ):
         with py7zr.SevenZipFile(data / f"{name}.7z", "w") as z:
             z.write(source / name, arcname=inner)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in data.iterdir()}

@@ -8,13 +8,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss
-
-from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
+from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig, load
 from competition.errors import ConfigError
 from competition.stacking.summary import read_summary
-from competition.config import load
-from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
+from sklearn.metrics import log_loss
 
 pytestmark = pytest.mark.slow
 

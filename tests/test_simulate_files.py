@@ -9,12 +9,11 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
 from competition.cli import app
 from competition.config import CompetitionConfig, SimulateConfig
 from competition.data.loader import read_dataset
 from competition.simulate import write_simulated
+from typer.testing import CliRunner
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "competition.yaml"
 
@@ -47,7 +46,7 @@ def test_json_records_have_kaggles_keys_types_and_sizes(written):
     for record in train + test:
         for band in ("band_1", "band_2"):
             values = np.asarray(record[band], dtype=np.float64)
-            assert values.shape == (5625,) and np.isfinite(values).all() and -60 < values.min() and values.max() < 60
+            assert values.shape == (5625,) and np.isfinite(values).all() and values.min() > -60 and values.max() < 60
     assert {r["is_iceberg"] for r in train} == {0, 1}
     assert any(r["inc_angle"] == "na" for r in train) and all(isinstance(r["inc_angle"], float) for r in test)
     assert all(r["is_iceberg"] == 0 for r in train if r["inc_angle"] == "na")
@@ -77,7 +76,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(written, tmp_p
     again, other = _config(tmp_path / "again"), _config(tmp_path / "other", seed=2)
     write_simulated(again)
     write_simulated(other)
-    for a, b, c in zip(_files(written), _files(again), _files(other)):
+    for a, b, c in zip(_files(written), _files(again), _files(other), strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
         assert a.read_bytes() != c.read_bytes(), a.name
 

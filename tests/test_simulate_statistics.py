@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from competition.config import SimulateConfig
+from competition.image_stats import image_statistics
+from competition.simulate.generate import split_images, split_rows
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-
-from competition.config import SimulateConfig
-from competition.image_stats import image_statistics
-from competition.simulate.generate import split_images, split_rows
 
 REAL_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "statoil" / "metadata.csv"
 

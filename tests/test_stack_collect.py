@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-from stack_data import TEST_FP, make_competition, write_predictor
-
 from competition.errors import DataError, FingerprintError, MissingArtefactError
 from competition.stacking.collect import collect, run_dirs
 from competition.training.store import write_run
+
+from stack_data import TEST_FP, make_competition, write_predictor
 
 
 @pytest.fixture

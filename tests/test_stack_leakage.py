@@ -36,7 +36,9 @@ def test_group_features_known_answers():
     assert group_size(angle).tolist() == [3, 3, 3, 2, 1, 1, 2]
     values = np.array([0.1, 0.2, 0.6, 0.9, 0.5, 0.5, 0.3])
     assert np.allclose(group_neighbour_mean(angle, values), [0.4, 0.35, 0.15, 0.3, np.nan, np.nan, 0.9], equal_nan=True)
-    enc = GroupTargetEncoder().set_output(transform="pandas").fit(angle[:4, None], np.array([1, 1, 0, 1])).transform(np.array([[30.0], [41.5], [33.0], [np.nan]]))
+    enc = (
+        GroupTargetEncoder().set_output(transform="pandas").fit(angle[:4, None], np.array([1, 1, 0, 1])).transform(np.array([[30.0], [41.5], [33.0], [np.nan]]))
+    )
     assert enc["group_labelled"].tolist() == [3, 1, 0, 0]
     assert np.allclose(enc["group_rate"], [2 / 3, 1.0, np.nan, np.nan], equal_nan=True)
 

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from stack_data import make_competition, write_predictor
-
 from competition.config import load
 from competition.errors import ConfigError
 from competition.overrides import route
 from competition.stacking.features import stack_tables
 from competition.stacking.pipeline import run_stack
 from competition.stacking.settings import StackConfig, load_stack_config
-from competition.stacking.summary import read_summary
 from competition.stacking.stacker import LGBMStacker
+from competition.stacking.summary import read_summary
 from competition.submission import validate_submission
+
+from stack_data import make_competition, write_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICTORS = [(1.0, 1.5), (0.8, 1.2), (1.2, 2.0), (0.6, 1.0)]  # (strength, noise) of each run

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from competition.submission import SubmissionError, submission_name, validate_submission, write_submission
 
 IDS = [f"{i:08x}" for i in range(12)]
@@ -165,7 +164,7 @@ def _r_write_csv(path: Path, row_names: bool) -> Path:
 def test_what_spreadsheets_pandas_and_r_write_is_accepted(tmp_path, sample, form):
     probs = np.linspace(0.0001, 0.9999, len(IDS))
     path = tmp_path / f"{form}.csv"
-    lines = ["id,is_iceberg", *(f"{i},{p:.6f}" for i, p in zip(IDS, probs))]
+    lines = ["id,is_iceberg", *(f"{i},{p:.6f}" for i, p in zip(IDS, probs, strict=True))]
     if form == "pandas":
         pd.DataFrame({"id": IDS, "is_iceberg": probs}).to_csv(path, index=False)
     elif form == "excel-csv-utf8":  # Excel "CSV UTF-8 (comma delimited)": BOM and CRLF
@@ -175,7 +174,7 @@ def test_what_spreadsheets_pandas_and_r_write_is_accepted(tmp_path, sample, form
     elif form == "columns-swapped":  # Kaggle matches the columns by name
         pd.DataFrame({"is_iceberg": probs, "id": IDS}).to_csv(path, index=False)
     elif form == "scientific-and-spaces":
-        path.write_text("id,is_iceberg\n" + f"{IDS[0]},1E-15\n" + "".join(f"{i}, {p:.3e} \n" for i, p in zip(IDS[1:], probs[1:])))
+        path.write_text("id,is_iceberg\n" + f"{IDS[0]},1E-15\n" + "".join(f"{i}, {p:.3e} \n" for i, p in zip(IDS[1:], probs[1:], strict=True)))
     elif form == "r-write-csv":
         _r_write_csv(path, row_names=False)
     elif form == "blank-lines":
@@ -226,7 +225,7 @@ def test_what_kaggle_would_not_read_is_refused_with_what_to_change(tmp_path, sam
     elif form == "wrong-name":
         path.write_text("id,prediction\n" + "\n".join(rows) + "\n")
     elif form == "column-twice":
-        path.write_text("id,is_iceberg,id\n" + "".join(f"{r},{i}\n" for r, i in zip(rows, IDS)))
+        path.write_text("id,is_iceberg,id\n" + "".join(f"{r},{i}\n" for r, i in zip(rows, IDS, strict=True)))
     elif form == "decimal-commas":
         path.write_text("id,is_iceberg\n" + "".join(f"{i},0,5\n" for i in IDS))
     elif form == "quoted-decimal-commas":

@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from rich.console import Console
-
 from competition.config import CompetitionConfig, SimulateConfig
 from competition.data.loader import load_test
 from competition.errors import DataError, MissingArtefactError
@@ -27,6 +25,7 @@ from competition.kaggle.ledger import Entry, Ledger
 from competition.kaggle.scoring import score_submission
 from competition.kaggle.submit import message, parse_message, submit
 from competition.submission import write_submission
+from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +69,7 @@ def _bare(cfg: CompetitionConfig, name: str = "by_hand.csv") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = _ids(cfg)
     probs = np.random.default_rng(0).uniform(0.1, 0.9, len(ids))
-    path.write_text('"id","is_iceberg"\n' + "".join(f'"{i}",{p:.6f}\n' for i, p in zip(ids, probs)))
+    path.write_text('"id","is_iceberg"\n' + "".join(f'"{i}",{p:.6f}\n' for i, p in zip(ids, probs, strict=True)))
     return path
 
 
@@ -110,10 +109,14 @@ def test_a_file_without_sidecar_goes_to_kaggle_saying_cv_unknown(cfg, kaggle_cal
 
 
 def test_the_cv_unknown_message_reads_back_as_unknown_fields():
-    assert parse_message(message(None, Path("x/submission.csv"))) == {
-        "experiment": None, "method": None, "cv_mean": None, "cv_std": None, "config_hash": None}
+    assert parse_message(message(None, Path("x/submission.csv"))) == {"experiment": None, "method": None, "cv_mean": None, "cv_std": None, "config_hash": None}
     assert parse_message("base | lgbm | cv 0.17020 +/- 0.01230 | cfg c0ffee12") == {
-        "experiment": "base", "method": "lgbm", "cv_mean": "0.17020", "cv_std": "0.01230", "config_hash": "c0ffee12"}
+        "experiment": "base",
+        "method": "lgbm",
+        "cv_mean": "0.17020",
+        "cv_std": "0.01230",
+        "config_hash": "c0ffee12",
+    }
     assert parse_message("web upload") is None
 
 
@@ -143,7 +146,13 @@ def test_the_kernels_submission_csv_with_its_sidecar_submits(cfg, kaggle_calls):
     assert kaggle_calls == [] and entry.score_source == "offline" and entry.status == "complete"
     (row,) = Ledger(cfg.runs_dir / "ledger.sqlite").entries()
     assert (row.file, row.experiment, row.method, row.cv_mean, row.cv_std, row.config_hash) == (
-        str(out / "submission.csv"), "exp", "lgbm", 0.2012, 0.011, "cafe")
+        str(out / "submission.csv"),
+        "exp",
+        "lgbm",
+        0.2012,
+        0.011,
+        "cafe",
+    )
     assert row.data_kind == "simulated" and json.loads(row.data_fingerprint)["test"] == load_test(cfg).fingerprint
     assert row.message == "exp | lgbm | cv 0.20120 +/- 0.01100 | cfg cafe"
 
@@ -262,7 +271,9 @@ def test_a_file_without_sidecar_through_the_real_client_then_lb(monkeypatch, cfg
         path = _bare(cfg, "submission.csv")
         args = [f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={cfg.runs_dir}", f"submissions_dir={cfg.submissions_dir}"]
         run = [sys.executable, "-m", "competition"]
-        done = subprocess.run([*run, "submit", "--file", str(path), "kaggle.submit_target=kaggle", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [*run, "submit", "--file", str(path), "kaggle.submit_target=kaggle", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         assert "recorded with CV unknown" in " ".join(done.stderr.split())
         (create,) = server.requests("CreateSubmission")

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss
-
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 from competition.errors import FingerprintError
 from competition.training import dihedral, store, tta
 from competition.training.profiles import load_profile
 from competition.training.trainer import train_model
+from sklearn.metrics import log_loss
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +91,19 @@ def test_meta_fingerprints_match_the_folds_file_and_data(cfg: CompetitionConfig,
 def test_kill_9_then_resume_trains_only_missing_units_and_matches(cfg: CompetitionConfig, reference: store.Run, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     units_dir = runs / cfg.experiment / MODEL / store.UNITS_DIR
-    command = [sys.executable, "-m", "competition", "train", MODEL, "--profile", "cpu", *TINY, f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={runs}"]
+    command = [
+        sys.executable,
+        "-m",
+        "competition",
+        "train",
+        MODEL,
+        "--profile",
+        "cpu",
+        *TINY,
+        f"data_dir={cfg.data_dir}",
+        f"work_dir={cfg.work_dir}",
+        f"runs_dir={runs}",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -161,7 +172,11 @@ def test_tta_of_a_flip_invariant_input_equals_the_plain_prediction(cfg: Competit
 
 def test_cli_names_a_bad_override_without_a_traceback(cfg: CompetitionConfig) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "competition", "train", MODEL, "epochs=zero", f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "competition", "train", MODEL, "epochs=zero", f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "epochs" in result.stderr and "Traceback" not in result.stderr

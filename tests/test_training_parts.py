@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from competition.errors import ConfigError, FingerprintError, MissingArtefactError
 from competition.models.schema import ModelConfig
 from competition.training import dihedral, store
@@ -200,7 +199,7 @@ def test_oof_table_covers_each_id_once_per_repeat_and_averages_seeds() -> None:
     results = _units(ids, seeds=(0, 1))
     oof = store.build_oof(results, ids)
     assert list(oof.columns) == store.OOF_COLUMNS and list(oof["id"]) == list(ids)
-    by_seed = {(r.unit.seed, i): p for r in results for i, p in zip(r.oof_ids, r.oof)}
+    by_seed = {(r.unit.seed, i): p for r in results for i, p in zip(r.oof_ids, r.oof, strict=True)}
     assert np.allclose(oof["prediction"], [(by_seed[(0, i)] + by_seed[(1, i)]) / 2 for i in ids])
     with pytest.raises(ValueError, match="exactly once"):
         store.build_oof(results[:-1], ids)

@@ -121,7 +121,9 @@ def hidden_venv(folder: Path, hide: Sequence[str] = ("iceberg_harness", "__edita
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     py = folder / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     links = folder / "project-packages"
     links.mkdir()
     for source in [Path(p) for p in site.getsitepackages() if Path(p).is_dir()] or [Path(sysconfig.get_paths()["purelib"])]:
@@ -206,12 +208,23 @@ def run_kernel(py: Path, root: Path, script: Path, log: Path, timeout_s: float =
     shutil.copy2(script, root / "working" / "kernel-src" / script.name)
     home = root / "home"
     home.mkdir(exist_ok=True)
-    env = {"PATH": f"{py.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "ROOT": str(root), "PY": str(py),
-           "PIP_CONFIG_FILE": os.devnull, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "TMPDIR": str(home)}
+    env = {
+        "PATH": f"{py.parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "ROOT": str(root),
+        "PY": str(py),
+        "PIP_CONFIG_FILE": os.devnull,
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+        "TMPDIR": str(home),
+    }
     started = time.perf_counter()
     with log.open("w") as out:
         try:
-            code = subprocess.run(["unshare", "-m", "-n", "--", "bash", "-c", _INSIDE], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+            code = subprocess.run(
+                ["unshare", "-m", "-n", "--", "bash", "-c", _INSIDE], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s
+            ).returncode
         except subprocess.TimeoutExpired:
             out.write(f"\nrehearsal: the kernel did not finish within {timeout_s:.0f} s\n")
             code = 124
@@ -299,9 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     py = kaggle_venv(args.python)
     venv_s = time.perf_counter() - t0
-    versions = subprocess.run([str(py), "-c", "import sys, importlib.metadata as m; print(sys.version.split()[0], *(f'{p}=={m.version(p)}' for p in "
-                               "('torch','torchvision','timm','tensorflow','keras','numpy','pandas','scikit-learn','rich','pydantic','typer','lightgbm','optuna')))"],
-                              capture_output=True, text=True).stdout.strip()
+    versions = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import sys, importlib.metadata as m; print(sys.version.split()[0], *(f'{p}=={m.version(p)}' for p in "
+            "('torch','torchvision','timm','tensorflow','keras','numpy','pandas','scikit-learn','rich','pydantic','typer','lightgbm','optuna')))",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     say(f"venv ready in {venv_s:.0f} s: Python {versions}")
     for old in CACHE.glob("run-*"):  # the previous run's trees and logs (kept until now for a look)
         shutil.rmtree(old, ignore_errors=True)
@@ -314,8 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for layout, r in results.items():
         if not r["ok"]:
             print(f"--- {layout}: end of the kernel's log ---\n{r['log_tail']}", flush=True)
-    say(f"{'PASSED' if ok else 'FAILED'}: " + ", ".join(f"{k} {'ok' if r['ok'] else 'failed'} ({r['wall_s']:.0f} s)" for k, r in results.items())
-        + f"; total {total:.0f} s (result: {CACHE / 'result.json'})")
+    say(
+        f"{'PASSED' if ok else 'FAILED'}: "
+        + ", ".join(f"{k} {'ok' if r['ok'] else 'failed'} ({r['wall_s']:.0f} s)" for k, r in results.items())
+        + f"; total {total:.0f} s (result: {CACHE / 'result.json'})"
+    )
     return 0 if ok else 1
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,9 @@ def select(recipes: list[Recipe], wanted: Sequence[str] | None, skip: Sequence[s
     known = {tok for r in recipes for tok in (r.name, r.group, GROUPS[r.group], r.model)}
     unknown = [tok for tok in [*(wanted or []), *skip] if tok not in known]
     if unknown:
-        raise ConfigError(f"quality config, key 'recipes' or 'skip': unknown recipe(s) {unknown}; known: {', '.join(r.name for r in recipes)} (or a, b, c, classic, scratch, grid, a model name)")
+        raise ConfigError(
+            f"quality config, key 'recipes' or 'skip': unknown recipe(s) {unknown}; known: {', '.join(r.name for r in recipes)} (or a, b, c, classic, scratch, grid, a model name)"
+        )
     chosen = [r for r in recipes if wanted is None or any(matches(r, t) for t in wanted)]
     return [r for r in chosen if not any(matches(r, t) for t in skip)]
 
@@ -128,7 +130,12 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     run = load_run(run_dir)  # meta.json and the tables, checked against each other
     meta, test = run.meta, run.test
     units = meta.timings.units.values()
-    scores = score(test["id"].to_numpy(), test["mean"].to_numpy(), exp_cfg.experiment_submissions_dir / f"{recipe.name}.csv", simulated_solution(cfg, meta.data_fingerprint.test))
+    scores = score(
+        test["id"].to_numpy(),
+        test["mean"].to_numpy(),
+        exp_cfg.experiment_submissions_dir / f"{recipe.name}.csv",
+        simulated_solution(cfg, meta.data_fingerprint.test),
+    )
     train_cfg = meta.config["model"]["train"]
     return {
         **asdict(recipe), "overrides": overrides, "run_dir": str(run_dir),
@@ -141,7 +148,9 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
     }  # fmt: skip
 
 
-def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Budget, stack_overrides: Sequence[str], train: Any, test: Any) -> tuple[list[dict[str, Any]], float]:
+def stack_methods(
+    cfg: CompetitionConfig, exp: str, runs: list[str], budget: Budget, stack_overrides: Sequence[str], train: Any, test: Any
+) -> tuple[list[dict[str, Any]], float]:
     """(d): every blender and the stacker on the (c) runs by nested CV, each method's test predictions scored."""
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
@@ -158,7 +167,9 @@ def stack_methods(cfg: CompetitionConfig, exp: str, runs: list[str], budget: Bud
     for name, rec in summary.methods.items():
         if rec.kind == "single":
             continue
-        scores = score(preds["id"].to_numpy(), preds[name].to_numpy(), exp_cfg.experiment_submissions_dir / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint))
+        scores = score(
+            preds["id"].to_numpy(), preds[name].to_numpy(), exp_cfg.experiment_submissions_dir / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint)
+        )
         rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
                      "eps": rec.eps, **(scores or {"public": None, "private": None})})  # fmt: skip
     return rows, wall
@@ -304,10 +315,10 @@ def ensure_folds_file(cfg: CompetitionConfig, train: Any) -> Any:
 
 def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
     """Train every selected recipe, stack the (c) runs, score everything; write quality.json and the docs section."""
+    from competition.bench.speed import machine
     from competition.data.files import describe
     from competition.data.loader import load_competition
     from competition.pipeline import ensure_data
-    from competition.bench.speed import machine
 
     routed = route(overrides, "bench-quality", QualityConfig.model_fields)
     cfg = routed.apply_competition(cfg)
@@ -330,10 +341,11 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
     methods, stack_s = stack_methods(cfg, q.experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None)
     result = {
         "command": " ".join(["competition bench-quality", *overrides]),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "experiment": q.experiment,
-        "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images" + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
+        "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images"
+        + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
         "data_fingerprint": {"train": train.fingerprint, "test": test.fingerprint},
         "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
         "budget_name": budget_name,

@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,8 @@ def _network_tensor(x: np.ndarray) -> np.ndarray:
 
 def bare_timm(architecture: str, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], Callable[[], None]]:
     """(train one epoch, predict all) of a plain PyTorch loop over `x` with timm's network."""
-    import timm  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import timm
+    import torch
 
     net = timm.create_model(architecture, pretrained=False, num_classes=1, in_chans=3)
     # NHWC storage seen as N x C x H x W (channels_last), as the harness's permute gives it: on this CPU about twice
@@ -103,9 +103,9 @@ def bare_timm(architecture: str, x: np.ndarray, y: np.ndarray) -> tuple[Callable
 
 def bare_keras(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], Callable[[], None]]:
     """(train one epoch, predict all) with Keras's own fit/predict on VGG16 + a pooled sigmoid output."""
-    import torch  # noqa: F401, PLC0415 - torch and torchvision before TensorFlow in one process (docs/weights.md)
-    import torchvision  # noqa: F401, PLC0415
-    import keras  # noqa: PLC0415
+    import keras
+    import torch  # noqa: F401 - torch and torchvision before TensorFlow in one process (docs/weights.md)
+    import torchvision  # noqa: F401
 
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(75, 75, 3))
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalMaxPooling2D()(vgg.output))
@@ -176,9 +176,9 @@ def bench_model(name: str, n: int, repeats: int) -> dict[str, Any]:
 
 
 def machine() -> str:
-    import os  # noqa: PLC0415
+    import os
 
-    import torch  # noqa: PLC0415
+    import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}; python {platform.python_version()}, torch {torch.__version__}"
@@ -186,7 +186,7 @@ def machine() -> str:
 
 def markdown(rows: Sequence[dict[str, Any]], augment: dict[str, float], n: int, repeats: int, command: str) -> str:
     """The trainer section of docs/benchmarks.md."""
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         START,
         "## Trainer: harness vs bare loop, prefix caching",
@@ -219,12 +219,12 @@ def markdown(rows: Sequence[dict[str, Any]], augment: dict[str, float], n: int, 
     for r in rows:
         for policy in ("head", f"top:{TOP_K}"):
             p = r[policy]
-            lines.append(f"| {r['model']} | {policy} | {p['frozen']} | {p['uncached_s']:.2f} | {p['cached_s']:.3f} | {p['speedup']:.1f}x | {p['build_s']:.2f} |")
+            lines.append(
+                f"| {r['model']} | {policy} | {p['frozen']} | {p['uncached_s']:.2f} | {p['cached_s']:.3f} | {p['speedup']:.1f}x | {p['build_s']:.2f} |"
+            )
     lines += [
         "",
-        f"Augmentation cost per batch of {BATCH} (numpy, vectorised): "
-        + ", ".join(f"`{name}` profile {ms:.1f} ms" for name, ms in augment.items())
-        + ".",
+        f"Augmentation cost per batch of {BATCH} (numpy, vectorised): " + ", ".join(f"`{name}` profile {ms:.1f} ms" for name, ms in augment.items()) + ".",
         "",
         "Targets: harness throughput >= 0.9 of the bare loop; prefix caching >= 10x faster per epoch for `head`.",
         f"A cached epoch has a fixed part (the validation pass and the best-weights snapshot), so with {n} images the `head`",
@@ -236,7 +236,7 @@ def markdown(rows: Sequence[dict[str, Any]], augment: dict[str, float], n: int, 
 
 def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Path) -> list[dict[str, Any]]:
     """Measure every model, print the tables, write the section into `output`."""
-    import torch  # noqa: F401, PLC0415 - torch before TensorFlow in one process
+    import torch  # noqa: F401 - torch before TensorFlow in one process
 
     names = list(models or list_models())
     rows = []
@@ -251,7 +251,19 @@ def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Pat
         table(
             "harness / bare loop (images/s), prefix caching",
             ["model", "train", "bare", "ratio", "predict", "bare", "ratio", "head speedup"],
-            [(r["model"], r["train"]["harness"], r["train"]["bare"], r["train"]["ratio"], r["predict"]["harness"], r["predict"]["bare"], r["predict"]["ratio"], r["head"]["speedup"]) for r in rows],
+            [
+                (
+                    r["model"],
+                    r["train"]["harness"],
+                    r["train"]["bare"],
+                    r["train"]["ratio"],
+                    r["predict"]["harness"],
+                    r["predict"]["bare"],
+                    r["predict"]["ratio"],
+                    r["head"]["speedup"],
+                )
+                for r in rows
+            ],
         )
     )
     command = "competition bench" + ("" if models is None else " " + " ".join(names)) + f" --n {n} --repeats {repeats}"

@@ -116,7 +116,13 @@ def summary(cfg: CompetitionConfig) -> Table:
     """Read (and cache) the installed files: checks them and shows what they hold."""
     train, test = load_train(cfg), load_test(cfg)
     rows = [
-        ("train", len(train), f"{train.labels.mean():.3f}" if train.labels is not None else "-", int(train.angle_missing.sum()), int(train.machine_generated.sum())),
+        (
+            "train",
+            len(train),
+            f"{train.labels.mean():.3f}" if train.labels is not None else "-",
+            int(train.angle_missing.sum()),
+            int(train.machine_generated.sum()),
+        ),
         ("test", len(test), "-", int(test.angle_missing.sum()), int(test.machine_generated.sum())),
     ]
     return table(f"competition data in {cfg.data_dir}", ["split", "images", "iceberg share", 'angle "na"', "angle > 4 decimals"], rows)

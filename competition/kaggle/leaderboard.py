@@ -73,9 +73,9 @@ def _match(entries: list[Entry], row: pd.Series, taken: set[int]) -> Entry | Non
         if entry.kaggle_ref == ref:
             return entry
     for entry in entries:
-        if entry.id not in taken and entry.score_source == "kaggle" and entry.kaggle_ref is None:
-            if Path(entry.file).name == row["fileName"] and entry.message == row["description"]:
-                return entry
+        ours = entry.id not in taken and entry.score_source == "kaggle" and entry.kaggle_ref is None
+        if ours and Path(entry.file).name == row["fileName"] and entry.message == row["description"]:
+            return entry
     return None
 
 
@@ -171,7 +171,7 @@ def best_score(entry: Entry) -> tuple[float | None, str]:
 
 def correlation(x: list[float | None], y: list[float | None]) -> tuple[float | None, int]:
     """Pearson correlation over the pairs where both are known (None below 3 pairs or no spread)."""
-    pairs = np.array([(a, b) for a, b in zip(x, y) if a is not None and b is not None], dtype=np.float64)
+    pairs = np.array([(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None], dtype=np.float64)
     if len(pairs) < 3 or np.ptp(pairs[:, 0]) == 0 or np.ptp(pairs[:, 1]) == 0:
         return None, len(pairs)
     return float(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]), len(pairs)
@@ -190,7 +190,7 @@ def plot_cv_vs_lb(entries: list[Entry], path: Path) -> dict[str, tuple[float | N
         r, n = stats[board]
         label = f"{board} (n={n}, r={r:.3f})" if r is not None else f"{board} (n={n}, r n/a)"
         if pts:
-            ax.scatter(*zip(*pts), marker=marker, label=label, alpha=0.8)
+            ax.scatter(*zip(*pts, strict=True), marker=marker, label=label, alpha=0.8)
             known += [v for pair in pts for v in pair]
     if known:
         lo, hi = min(known), max(known)
@@ -246,12 +246,23 @@ def lb_table(report: LbReport) -> Table:
     """One row per submission: data kind, CV, public, private, where the score comes from, its placement ("-": unknown)."""
     columns = ["#", "submitted", "experiment", "method", "data", "CV", "CV sd", "public", "private", "from", "placed", "rank", "top %", "medal"]
     rows = []
-    for entry, (place, kind) in zip(report.entries, report.placements):
-        rows.append([
-            entry.id, entry.submitted_at[:16], entry.experiment or "?", entry.method or "?", entry.data_kind or "-",
-            _cell(entry.cv_mean), _cell(entry.cv_std), _cell(entry.public_score), _cell(entry.private_score),
-            entry.score_source if entry.status == "complete" else f"{entry.score_source} ({entry.status})",
-            kind or "-", f"{place.rank}/{place.teams}" if place else "-",
-            f"{place.percentile:.1f}" if place else "-", place.medal if place and place.medal else "-",
-        ])
+    for entry, (place, kind) in zip(report.entries, report.placements, strict=True):
+        rows.append(
+            [
+                entry.id,
+                entry.submitted_at[:16],
+                entry.experiment or "?",
+                entry.method or "?",
+                entry.data_kind or "-",
+                _cell(entry.cv_mean),
+                _cell(entry.cv_std),
+                _cell(entry.public_score),
+                _cell(entry.private_score),
+                entry.score_source if entry.status == "complete" else f"{entry.score_source} ({entry.status})",
+                kind or "-",
+                f"{place.rank}/{place.teams}" if place else "-",
+                f"{place.percentile:.1f}" if place else "-",
+                place.medal if place and place.medal else "-",
+            ]
+        )
     return table(f"CV vs leaderboard; placement on the private board ({report.board})", columns, rows)

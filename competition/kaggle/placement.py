@@ -67,7 +67,7 @@ class Board:
     def place(self, score: float) -> Placement:
         """Rank `score` among the teams (ties go to the submission being placed)."""
         if self.scores is None:
-            ranks, scores = zip(*CUTOFFS)
+            ranks, scores = zip(*CUTOFFS, strict=True)
             return _placement(score, float(np.interp(score, scores, ranks)), TEAMS, INTERPOLATED)
         rank = 1 + int(np.searchsorted(self.scores, score, side="left"))
         return _placement(score, rank, self.teams, f"leaderboard {self.source}")

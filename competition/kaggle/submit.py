@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from competition.config import CompetitionConfig
@@ -129,7 +129,7 @@ def submit(cfg: CompetitionConfig, slug: str, file: Path | None = None, target: 
     where, solution = resolve_target(cfg, target, test_fp, str(path))
     entry = Entry(
         file=str(path),
-        submitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        submitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
         experiment=sidecar.experiment if sidecar else None,
         method=sidecar.method if sidecar else None,
         cv_mean=sidecar.cv_mean if sidecar else None,

@@ -17,12 +17,11 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
+import keras
 import numpy as np
 import torch  # noqa: F401 - torch and torchvision (timm) must be imported before TensorFlow in one process,
 import torchvision  # noqa: F401 - else the process segfaults once both are used (docs/weights.md)
-
-import h5py
-import keras
 from keras import layers
 
 from competition.errors import ConfigError
@@ -32,7 +31,7 @@ from competition.models.base import ImageModel, check_fit_inputs
 from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import unfrozen_at_epoch
 from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
-from competition.models.similarity import RELATIVE_EPS, REFERENCE_PHOTOS, channel_stats, layer_average, natural_patches, symmetric_kl
+from competition.models.similarity import REFERENCE_PHOTOS, RELATIVE_EPS, channel_stats, layer_average, natural_patches, symmetric_kl
 
 WEIGHTS_FILE = "model.weights.h5"
 N_BLOCKS = 5
@@ -93,7 +92,7 @@ class KerasVgg16(ImageModel):
         with warnings.catch_warnings():  # two bands are intended: block1_conv1 is adapted below
             warnings.filterwarnings("ignore", message="This model usually expects 1 or 3 input channels")
             vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, chans))
-        self._conv_blocks = [[l for l in vgg.layers if l.name.startswith(f"block{b}_")] for b in range(1, N_BLOCKS + 1)]
+        self._conv_blocks = [[layer for layer in vgg.layers if layer.name.startswith(f"block{b}_")] for b in range(1, N_BLOCKS + 1)]
         self._head = self._build_head()
         self._suffixes: dict[int, keras.Model] = {}  # block `start` -> probability (0 = the whole network)
         self._prefixes: dict[int, keras.Model] = {}  # network input -> output of the first `stop` blocks
@@ -167,7 +166,7 @@ class KerasVgg16(ImageModel):
 
     def _set_conv_weights(self, conv: dict[str, list[np.ndarray]], origin: str) -> int:
         count = 0
-        for layer in (l for block in self._conv_blocks for l in block if "_conv" in l.name):
+        for layer in (unit for block in self._conv_blocks for unit in block if "_conv" in unit.name):
             if layer.name not in conv:
                 raise wt.WeightsError(f"{origin}: no weights for layer {layer.name}")
             kernel, bias = conv[layer.name]
@@ -234,7 +233,18 @@ class KerasVgg16(ImageModel):
                 layer.kernel.assign(layer.kernel_initializer(layer.kernel.shape))
                 layer.bias.assign(layer.bias_initializer(layer.bias.shape))
 
-    def fit(self, train: ModelInputs, valid: ModelInputs, *, epochs: int, batch_size: int, augment: Augment | None = None, seed: int = 0, patience: int | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    def fit(
+        self,
+        train: ModelInputs,
+        valid: ModelInputs,
+        *,
+        epochs: int,
+        batch_size: int,
+        augment: Augment | None = None,
+        seed: int = 0,
+        patience: int | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> FitResult:
         check_fit_inputs(train, valid, augment)
         if not self.inputs.fitted:
             self.prepare(train.x, train.angle)
@@ -288,7 +298,7 @@ class KerasVgg16(ImageModel):
         if self._probe is None:
             image = keras.Input(shape=x.shape[1:])
             h, outs = image, []
-            for layer in (l for block in self._conv_blocks for l in block):
+            for layer in (unit for block in self._conv_blocks for unit in block):
                 h = layer(h)
                 if "_conv" in layer.name:
                     outs.append(h)
@@ -307,7 +317,10 @@ class KerasVgg16(ImageModel):
             photos = natural_patches(REFERENCE_PHOTOS, _REFERENCE_N, size=75, seed=0)
             self._reference = [channel_stats(a, -1) for a in self._conv_outputs(self._photo_input(photos))]
         x = self._photo_input(images) if rgb else self._network_input(images)
-        per_layer = [symmetric_kl(*channel_stats(a, -1), *ref, eps=RELATIVE_EPS * float(ref[1].mean())) for a, ref in zip(self._conv_outputs(x), self._reference, strict=True)]
+        per_layer = [
+            symmetric_kl(*channel_stats(a, -1), *ref, eps=RELATIVE_EPS * float(ref[1].mean()))
+            for a, ref in zip(self._conv_outputs(x), self._reference, strict=True)
+        ]
         return layer_average(per_layer)
 
     # --- persistence ----------------------------------------------------------------------
@@ -322,7 +335,17 @@ class KerasVgg16(ImageModel):
 class _Batches(keras.utils.PyDataset):
     """One epoch of batches in a given order; raw images are augmented, then turned into network input."""
 
-    def __init__(self, inputs: ModelInputs, angles: np.ndarray, labels: np.ndarray, order: np.ndarray, batch_size: int, to_network: Callable[[np.ndarray], np.ndarray], augment: Augment | None, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        inputs: ModelInputs,
+        angles: np.ndarray,
+        labels: np.ndarray,
+        order: np.ndarray,
+        batch_size: int,
+        to_network: Callable[[np.ndarray], np.ndarray],
+        augment: Augment | None,
+        rng: np.random.Generator,
+    ) -> None:
         super().__init__()
         self.inputs, self.angles, self.labels, self.order = inputs, angles, labels, order
         self.batch_size, self.to_network, self.augment, self.rng = batch_size, to_network, augment, rng
@@ -341,6 +364,6 @@ class _Batches(keras.utils.PyDataset):
 
 
 def _has_gpu() -> bool:
-    import tensorflow as tf  # noqa: PLC0415 - only asked when mixed precision is requested
+    import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))

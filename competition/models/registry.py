@@ -42,7 +42,7 @@ def list_models(models_dir: Path = MODELS_DIR) -> list[str]:
 
 
 def _is_timm_architecture(name: str) -> bool:
-    import timm  # noqa: PLC0415 - heavy, only for names outside the registry
+    import timm
 
     return bool(timm.list_models(name))
 

@@ -55,7 +55,7 @@ def layer_average(per_layer: Sequence[float]) -> float:
 
 def natural_patches(names: Sequence[str], n: int, size: int = 75, seed: int = 0) -> np.ndarray:
     """`n` random size x size RGB crops in [0, 1] from scikit-image photos, shrunk so objects fill a crop."""
-    from skimage import data, io, transform  # noqa: PLC0415 - only when calibrating
+    from skimage import data, io, transform
 
     rng = np.random.default_rng(seed)
     photos = []

@@ -98,12 +98,12 @@ def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .pth/.pt/.bin or .safetensors, unwrapping the usual checkpoint keys."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # noqa: PLC0415 - only for such files
+        from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:
         raise wt.WeightsError(f"{path}: not a readable PyTorch weight file ({exc.__class__.__name__}: {exc})") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -163,7 +163,11 @@ class TimmModel(ImageModel):
     def _build_backbone(self, pretrained: bool) -> nn.Module:
         cfg, in_chans = self.config, len(self.config.channels)
         kwargs = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
-        source = wt.resolve(cfg.name, cfg.architecture, cfg.weights, cfg.weights_file, wt.hub_label("timm", cfg.architecture)) if pretrained else wt.WeightSource("none", "none")
+        source = (
+            wt.resolve(cfg.name, cfg.architecture, cfg.weights, cfg.weights_file, wt.hub_label("timm", cfg.architecture))
+            if pretrained
+            else wt.WeightSource("none", "none")
+        )
         try:
             backbone = timm.create_model(cfg.architecture, pretrained=source.kind == "hub", **kwargs)
         except RuntimeError as exc:
@@ -264,7 +268,18 @@ class TimmModel(ImageModel):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
 
-    def fit(self, train: ModelInputs, valid: ModelInputs, *, epochs: int, batch_size: int, augment: Augment | None = None, seed: int = 0, patience: int | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    def fit(
+        self,
+        train: ModelInputs,
+        valid: ModelInputs,
+        *,
+        epochs: int,
+        batch_size: int,
+        augment: Augment | None = None,
+        seed: int = 0,
+        patience: int | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> FitResult:
         check_fit_inputs(train, valid, augment)
         if not self.inputs.fitted:
             self.prepare(train.x, train.angle)

@@ -35,11 +35,9 @@ def render(angle: np.ndarray, sea_state: np.ndarray, labels: np.ndarray, rng: np
     return (10.0 * np.log10(bands)).astype(np.float32)
 
 
-def render_batches(
-    angle: np.ndarray, sea_state: np.ndarray, labels: np.ndarray, seed: np.random.SeedSequence
-) -> Iterator[tuple[slice, np.ndarray]]:
+def render_batches(angle: np.ndarray, sea_state: np.ndarray, labels: np.ndarray, seed: np.random.SeedSequence) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield (rows, chips) batch by batch; each batch has its own stream, so output is reproducible."""
     starts = range(0, len(angle), BATCH)
-    for start, child in zip(starts, seed.spawn(len(starts))):
+    for start, child in zip(starts, seed.spawn(len(starts)), strict=True):
         rows = slice(start, min(start + BATCH, len(angle)))
         yield rows, render(angle[rows], sea_state[rows], labels[rows], np.random.default_rng(child))

@@ -57,7 +57,7 @@ def render_targets(labels: np.ndarray, angle: np.ndarray, rng: np.random.Generat
     for draw, rows in ((_ships, labels == 0), (_icebergs, labels == 1)):
         dy, dx = r - cy[rows], c - cx[rows]
         centre = (cy[rows][:, :, 0] + (SIZE - 1) / 2, cx[rows][:, :, 0] + (SIZE - 1) / 2)  # pixel index, k x 1
-        for out, part in zip(maps, draw(dy, dx, centre, rng)):
+        for out, part in zip(maps, draw(dy, dx, centre, rng), strict=True):
             out[rows] = part
     hh, hv, shadow, points_hh, points_hv = maps
     return Targets(hh * dim, hv * dim, shadow, points_hh * dim, points_hv * dim)
@@ -119,9 +119,7 @@ def _icebergs(dy: np.ndarray, dx: np.ndarray, centre: tuple[np.ndarray, np.ndarr
     return hh, hv, shadow, points_hh, points_hv
 
 
-def _blob(
-    dy: np.ndarray, dx: np.ndarray, radius: np.ndarray, aspect: np.ndarray, theta: np.ndarray, harmonics: np.ndarray, phases: np.ndarray
-) -> np.ndarray:
+def _blob(dy: np.ndarray, dx: np.ndarray, radius: np.ndarray, aspect: np.ndarray, theta: np.ndarray, harmonics: np.ndarray, phases: np.ndarray) -> np.ndarray:
     """Soft mask of an irregular ellipse whose outline wobbles with low angular harmonics."""
     u = (dx * np.cos(theta) + dy * np.sin(theta)) / aspect
     v = -dx * np.sin(theta) + dy * np.cos(theta)

@@ -43,7 +43,7 @@ def write_simulated(cfg: CompetitionConfig) -> None:
             _write_split(path, sim, plan, split, lambda k, task=task: bar.advance(task, k))
     test = split_rows(plan, "test")
     write_text(cfg.sample_submission, "id,is_iceberg\n" + "".join(f"{i},0.5\n" for i in plan.ids[test]))
-    answers = zip(plan.ids[test], plan.labels[test], plan.usage[test])
+    answers = zip(plan.ids[test], plan.labels[test], plan.usage[test], strict=True)
     write_text(cfg.solution_csv, "id,is_iceberg,Usage\n" + "".join(f"{i},{y},{u}\n" for i, y, u in answers))
     mark_simulation(cfg, sim.model_dump(), fingerprint.of_file(cfg.test_json))
 
@@ -55,7 +55,7 @@ def _write_split(path: Path, sim: Any, plan: Layout, split: Split, advance: Any)
         first = True
         for rows, images in chips(sim, plan, split):
             bands = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(rows), 2, SIZE * SIZE)
-            records = [_record(plan, row, band, split) for row, band in zip(rows.tolist(), bands)]
+            records = [_record(plan, row, band, split) for row, band in zip(rows.tolist(), bands, strict=True)]
             fh.write((b"" if first else b",") + orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1])
             first = False
             advance(len(rows))

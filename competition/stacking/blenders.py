@@ -120,10 +120,7 @@ class RankMeanBlender(Blender):
     def _feature(self, P: np.ndarray) -> np.ndarray:
         n = self.sorted_.shape[0]
         ranks = np.column_stack(
-            [
-                (np.searchsorted(col, P[:, j], "left") + np.searchsorted(col, P[:, j], "right")) / (2.0 * n)
-                for j, col in enumerate(self.sorted_.T)
-            ]
+            [(np.searchsorted(col, P[:, j], "left") + np.searchsorted(col, P[:, j], "right")) / (2.0 * n) for j, col in enumerate(self.sorted_.T)]
         )
         return logit(ranks.mean(axis=1), floor=0.5 / n).reshape(-1, 1)
 
@@ -155,8 +152,8 @@ class MinMaxBestBaseBlender(Blender):
 
     def _cut(self, P: np.ndarray, lower: float, upper: float) -> np.ndarray:
         out = P[:, self.best_].copy()
-        above = (P > upper).all(axis=1)
-        below = (P < lower).all(axis=1)
+        above = (upper < P).all(axis=1)
+        below = (lower > P).all(axis=1)
         out[above] = P[above].max(axis=1)
         out[below] = P[below].min(axis=1)
         return out

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from competition.config import RESERVED_RUN_NAMES
 from competition.errors import DataError, FingerprintError, MissingArtefactError
 from competition.folds import Folds
-from competition.config import RESERVED_RUN_NAMES
 from competition.training.store import META_FILE, OOF_FILE, TEST_FILE, Run, load_run
-
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,9 @@ def group_neighbour_mean(angle: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_free_group_features(angle_train: np.ndarray, angle_test: np.ndarray, pred_train: np.ndarray, pred_test: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+def label_free_group_features(
+    angle_train: np.ndarray, angle_test: np.ndarray, pred_train: np.ndarray, pred_test: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group size and neighbours' mean prediction over train + test together (no labels read)."""
     angle = np.concatenate([angle_train, angle_test])
     frame = pd.DataFrame({"group_size": group_size(angle), "group_pred": group_neighbour_mean(angle, np.concatenate([pred_train, pred_test]))})

@@ -82,7 +82,9 @@ def _study_key(coll: Collection, scfg: StackConfig) -> str:
     )  # fmt: skip
 
 
-def evaluate_methods(coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path) -> list[MethodResult]:
+def evaluate_methods(
+    coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path
+) -> list[MethodResult]:
     """Every single run, every configured blender and the LightGBM stacker, each by nested CV."""
     preds = pred_columns(coll.names)
 
@@ -197,5 +199,7 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
             submission.with_suffix(".json").unlink(missing_ok=True)
         raise
     console.print(results_table(results, cfg.experiment))
-    console.print(f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}); summary in {out_dir / 'summary.json'}")
+    console.print(
+        f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}); summary in {out_dir / 'summary.json'}"
+    )
     return summary

@@ -240,10 +240,7 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
         self.fit_rows_ = min(len(a) for a, _ in index_splits)
         if hasattr(self, "group_folds_"):
             del self.group_folds_
-        splits = [
-            (self._design_fit(X[a], y[a]), y[a], self._design_apply(self._encoder(X[a], y[a]), X[b]), y[b])
-            for a, b in index_splits
-        ]
+        splits = [(self._design_fit(X[a], y[a]), y[a], self._design_apply(self._encoder(X[a], y[a]), X[b]), y[b]) for a, b in index_splits]
         best = self._search(splits, self.search_key(X, y))
         self.params_ = dict(best.params)
         self.rounds_ = int(best.user_attrs["rounds"])

@@ -104,7 +104,11 @@ def results_table(results: list[MethodResult], experiment: str) -> Any:
         (m.name, m.kind, m.cv.mean, m.cv.std, float(m.cv.scores.min()), float(m.cv.scores.max()), f"{m.eps:g}")
         for m in ranked(results)
     ]  # fmt: skip
-    return table(f"Stacking {experiment}: nested CV log loss over the outer folds, best first", ["method", "kind", "CV mean", "std", "best fold", "worst fold", "eps"], rows)
+    return table(
+        f"Stacking {experiment}: nested CV log loss over the outer folds, best first",
+        ["method", "kind", "CV mean", "std", "best fold", "worst fold", "eps"],
+        rows,
+    )
 
 
 def plot_results(results: list[MethodResult], path: Path) -> Path:

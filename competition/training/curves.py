@@ -12,7 +12,7 @@ CURVES_FILE = "curves.png"
 def plot_curves(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> Path:
     """Validation (solid) and training (dashed) log loss per epoch, one colour per unit."""
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.get_cmap("tab10")

@@ -53,7 +53,12 @@ class PrefixCache:
         return [v for v in views if not self.path(split, v).is_file()]
 
     def fill(
-        self, split: str, images: np.ndarray, views: Sequence[dihedral.Variant], compute: Callable[[np.ndarray], np.ndarray], on_view: Callable[[], None] | None = None
+        self,
+        split: str,
+        images: np.ndarray,
+        views: Sequence[dihedral.Variant],
+        compute: Callable[[np.ndarray], np.ndarray],
+        on_view: Callable[[], None] | None = None,
     ) -> None:
         """Compute and store the features of every view not cached yet (each file written atomically)."""
         self._check_key()

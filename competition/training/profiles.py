@@ -78,7 +78,7 @@ def hardware_profile() -> tuple[ProfileName, str]:
     sm_60, under a torch built for sm_75 and later) counts as none: torch would fail on it.
     """
     try:
-        import torch  # noqa: PLC0415 - heavy; only the trainer needs it
+        import torch
     except ImportError:
         return "cpu", "torch is not installed"
     if not torch.cuda.is_available():
@@ -111,4 +111,3 @@ def load_profile(name: str | None = None, overrides: Sequence[str] = (), profile
     if entry:
         profile = validate(Profile, apply_overrides(apply_overrides(raw, entry), overrides), f"{path} (per_model.{model})", entry)
     return ChosenProfile(name, profile, reason)
-

@@ -219,9 +219,7 @@ def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | N
     recorded = info.fingerprints.model_dump()
     stale = [f"{key} {recorded[key]} (now {now})" for key, now in asdict(prints).items() if recorded[key] != now]
     if stale:
-        raise FingerprintError(
-            f"{json_path}: finished unit was made with different {', '.join(stale)}; {fix}"
-        )
+        raise FingerprintError(f"{json_path}: finished unit was made with different {', '.join(stale)}; {fix}")
     if not npz_path.is_file() or fingerprint.of_file(npz_path) != info.npz_fingerprint:
         raise FingerprintError(f"{npz_path} is missing or was changed after {json_path} was written: delete both and run again")
     with np.load(npz_path) as arrays:
@@ -314,7 +312,9 @@ def load_run(run_dir: Path | str) -> Run:
     run_dir = Path(run_dir)
     meta_path = run_dir / META_FILE
     if not meta_path.is_file():
-        raise MissingArtefactError(f"{meta_path} not found: the run is not finished; run `make train MODEL=<model> NAME={run_dir.name}` (NAME can be left out when it is the model)")
+        raise MissingArtefactError(
+            f"{meta_path} not found: the run is not finished; run `make train MODEL=<model> NAME={run_dir.name}` (NAME can be left out when it is the model)"
+        )
     meta = read_json(meta_path, RunMeta, lambda raw: retrain_hint(run_dir, raw), FingerprintError)
     for name, recorded in ((OOF_FILE, meta.oof_fingerprint), (TEST_FILE, meta.test_fingerprint)):
         path = run_dir / name

@@ -39,8 +39,20 @@ from competition.training.curves import CURVES_FILE, plot_curves
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
 from competition.training.profiles import ChosenProfile, Profile, load_profile
 
-UNHASHED_PROFILE_KEYS = {"seeds", "seed", "save_models", "predict_batch_size", "per_model"}  # do not change any unit's predictions (`per_model` is applied before hashing)
-PROFILE_TO_MODEL = {"epochs": "train.epochs", "batch_size": "train.batch_size", "patience": "train.patience", "policy": "policy", "mixed_precision": "mixed_precision"}
+UNHASHED_PROFILE_KEYS = {
+    "seeds",
+    "seed",
+    "save_models",
+    "predict_batch_size",
+    "per_model",
+}  # do not change any unit's predictions (`per_model` is applied before hashing)
+PROFILE_TO_MODEL = {
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "patience": "train.patience",
+    "policy": "policy",
+    "mixed_precision": "mixed_precision",
+}
 
 
 @dataclass(frozen=True)
@@ -101,9 +113,9 @@ def run_folder(cfg: CompetitionConfig, model_name: str, run_name: str | None) ->
 
 def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overrides: Sequence[str], run_name: str | None = None) -> Plan:
     """Resolve configs (routing overrides), load data and folds, list the units."""
-    from competition.data.loader import load_competition  # noqa: PLC0415 - step module
-    from competition.folds import load_folds  # noqa: PLC0415
-    from competition.models.registry import load_model_config  # noqa: PLC0415
+    from competition.data.loader import load_competition
+    from competition.folds import load_folds
+    from competition.models.registry import load_model_config
 
     routed = route(overrides, "train")
     cfg = routed.apply_competition(cfg)
@@ -135,7 +147,7 @@ def fresh_model(plan: Plan) -> tuple[ImageModel, PolicyDecision]:
     The input statistics use every training image and angle (no labels), so the frozen prefix,
     and its cache, is the same for every fold.
     """
-    from competition.models.registry import create_model  # noqa: PLC0415
+    from competition.models.registry import create_model
 
     model = create_model(plan.model_name, plan.model_cfg)
     model.prepare(plan.train.images, plan.train.angle)
@@ -211,7 +223,14 @@ def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, fl
     t1 = time.perf_counter()
     train_cfg = plan.model_cfg.train
     result = model.fit(
-        fit_in, valid_in, epochs=train_cfg.epochs, batch_size=train_cfg.batch_size, augment=augment, seed=fit_seed, patience=train_cfg.patience, on_epoch=on_epoch
+        fit_in,
+        valid_in,
+        epochs=train_cfg.epochs,
+        batch_size=train_cfg.batch_size,
+        augment=augment,
+        seed=fit_seed,
+        patience=train_cfg.patience,
+        on_epoch=on_epoch,
     )
     t2 = time.perf_counter()
     oof, test_pred = predict_both(plan, model, cache, held_rows)
@@ -262,18 +281,16 @@ def versions() -> dict[str, str]:
     return found
 
 
-def train_isolated(
-    cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, run_name: str | None = None
-) -> Path:
+def train_isolated(cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, run_name: str | None = None) -> Path:
     """`train_model` in a fresh interpreter, for steps that train several models in a row.
 
     Once TensorFlow has run in a process, torch training there is ~2.5x slower on CPU (its thread
     pools compete; measured with MobileNetV2 after a Keras VGG16 predict), and each framework keeps
     its memory; a process per model avoids both.
     """
-    import multiprocessing  # noqa: PLC0415 - only this function
-    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
-    from concurrent.futures.process import BrokenProcessPool  # noqa: PLC0415
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
@@ -337,7 +354,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
     `in_place`: plan.run_dir is a staging folder already (--fresh); else the tables go into a new
     folder beside the run, with the finished units hard-linked, that replaces the run whole.
     """
-    import pandas as pd  # noqa: PLC0415
+    import pandas as pd
 
     assert plan.train.labels is not None
     first = results[0]
@@ -347,7 +364,11 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
     meta = {
         "model": plan.model_name,
         "run_name": plan.run_dir.name,
-        "config": {"model": plan.model_cfg.model_dump(mode="json"), "profile": plan.profile.model_dump(mode="json"), "competition": plan.cfg.model_dump(mode="json")},
+        "config": {
+            "model": plan.model_cfg.model_dump(mode="json"),
+            "profile": plan.profile.model_dump(mode="json"),
+            "competition": plan.cfg.model_dump(mode="json"),
+        },
         "config_hash": plan.prints.config_hash,
         "competition_config_hash": config_hash(plan.cfg),
         "profile": {"name": plan.chosen.name, "reason": plan.chosen.reason},
