@@ -9,6 +9,7 @@ is checked as well as the exit code.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import shutil
 import subprocess
@@ -71,9 +72,10 @@ def stream_kaggle(args: Sequence[str], tail_bytes: int = 4000) -> tuple[int, str
         proc = subprocess.Popen([*kaggle_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_quiet_env())
     except OSError as exc:
         raise UserError(f"could not start the Kaggle client ({exc}): run `make setup`") from None
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)  # stdout=PIPE with the default bufsize: a buffered binary reader
     tail: collections.deque[bytes] = collections.deque()
-    while chunk := proc.stdout.read1(1 << 14):
+    while chunk := stdout.read1(1 << 14):
         sys.stderr.buffer.write(chunk)
         sys.stderr.flush()
         tail.append(chunk)

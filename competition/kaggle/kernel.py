@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -116,7 +117,10 @@ def repack_installed(name: str, out_dir: Path) -> Path:
         for rel in dist.files or []:
             if ".." in rel.parts or "__pycache__" in rel.parts or rel.name in _SKIP_DIST_FILES:
                 continue
-            data = Path(dist.locate_file(rel)).read_bytes()
+            located = dist.locate_file(rel)
+            if not isinstance(located, (str, os.PathLike)):  # an installed package's files are on disk
+                raise MissingArtefactError(f"weight package {name!r}: {rel} is not a file on disk ({type(located).__name__})")
+            data = Path(located).read_bytes()
             arcname = rel.as_posix()
             zf.writestr(arcname, data)
             records.append(_record_line(arcname, data))

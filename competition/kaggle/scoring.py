@@ -89,11 +89,11 @@ def score_submission(submission: Path, solution: Path) -> Score:
             "it was made for other test data than the one this solution belongs to"
         )
     joined = sol.join(sub.rename(columns={"is_iceberg": "prediction"}))
-    parts = {usage: joined[joined["Usage"] == usage] for usage in ("Public", "Private")}
-    for usage, rows in parts.items():
+    by_usage = {usage: joined[joined["Usage"] == usage] for usage in ("Public", "Private")}
+    for usage, rows in by_usage.items():
         if rows.empty:
             raise DataError(f"{solution}: no {usage} rows to score")
-    public, private = parts["Public"], parts["Private"]
+    public, private = by_usage["Public"], by_usage["Private"]
     return Score(
         public=logloss(public["is_iceberg"], public["prediction"]),
         private=logloss(private["is_iceberg"], private["prediction"]),

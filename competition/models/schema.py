@@ -60,6 +60,13 @@ class TrainDefaults(Strict):
     unfreeze_every: int | None = Field(None, ge=1, description="gradual unfreezing: one more block every N epochs (None = off)")
 
 
+Channel = Literal["hh", "hv", "mean", "ratio", "difference"]
+
+
+def _default_channels() -> list[Channel]:
+    return ["hh", "hv", "mean"]
+
+
 class ModelConfig(Strict):
     """One model's YAML (configs/models/<name>.yaml); any key can be overridden as KEY=VALUE."""
 
@@ -68,7 +75,7 @@ class ModelConfig(Strict):
     architecture: str = Field(description="timm model name, or 'vgg16' for Keras")
     weights: Literal["pretrained", "none"] = "pretrained"
     weights_file: Path | None = Field(None, description="a local weight file; first in the resolution order")
-    channels: list[Literal["hh", "hv", "mean", "ratio", "difference"]] = Field(default_factory=lambda: ["hh", "hv", "mean"], min_length=1)
+    channels: list[Channel] = Field(default_factory=_default_channels, min_length=1)
     image_size: int = Field(75, ge=32, description="images are resized to this inside the model (75 = as they are)")
     policy: str = Field("auto", pattern=r"^(head|top:[1-9][0-9]*|all_but_stem|all|auto)$", description="head | top:K | all_but_stem | all | auto")
     auto: AutoPolicyConfig = AutoPolicyConfig()

@@ -141,8 +141,9 @@ def _point_image(n: int, rows: np.ndarray, cols: np.ndarray, power: np.ndarray) 
     lobe_c = SIDELOBE / (1.0 + np.abs(offsets[None, :] - cc[:, None])) ** 2
     lobe_r[np.arange(len(rr)), rr] = 0.0
     lobe_c[np.arange(len(cc)), cc] = 0.0
-    np.add.at(out, (img, slice(None), cc), (pw[:, None] * lobe_r))  # along the column through the point
-    np.add.at(out, (img, rr, slice(None)), (pw[:, None] * lobe_c))  # along the row
+    # numpy's stubs type ufunc.at's indices as integer arrays only; at runtime an index tuple with slices is fine
+    np.add.at(out, (img, slice(None), cc), (pw[:, None] * lobe_r))  # type: ignore[arg-type]  # along the column through the point
+    np.add.at(out, (img, rr, slice(None)), (pw[:, None] * lobe_c))  # type: ignore[arg-type]  # along the row
     return out
 
 

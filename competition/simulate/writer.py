@@ -38,7 +38,8 @@ def write_simulated(cfg: CompetitionConfig) -> None:
     mark_simulation(cfg, sim.model_dump(), None)
     plan = layout(sim)
     with progress() as bar:
-        for split, path in (("train", cfg.train_json), ("test", cfg.test_json)):
+        splits: tuple[tuple[Split, Path], ...] = (("train", cfg.train_json), ("test", cfg.test_json))
+        for split, path in splits:
             task = bar.add_task(f"simulating {split}", total=len(split_rows(plan, split)))
             _write_split(path, sim, plan, split, lambda k, task=task: bar.advance(task, k))
     test = split_rows(plan, "test")

@@ -25,6 +25,10 @@ PROFILES_DIR = CONFIG_DIR / "profiles"
 ProfileName = Literal["cpu", "gpu"]
 
 
+def _default_tta() -> list[Variant]:
+    return ["id"]
+
+
 class Profile(Strict):
     """Trainer settings that depend on the hardware; None = the model's own default (its `train:` section)."""
 
@@ -35,7 +39,7 @@ class Profile(Strict):
     mixed_precision: bool | None = None
     seeds: int = Field(1, ge=1, description="seeds per fold (seed, seed + 1, ...); more seeds are added without redoing the others")
     seed: int = Field(0, ge=0, description="first seed")
-    tta: list[Variant] = Field(default_factory=lambda: ["id"], min_length=1, description="dihedral views averaged at prediction time")
+    tta: list[Variant] = Field(default_factory=_default_tta, min_length=1, description="dihedral views averaged at prediction time")
     augment: AugmentConfig = AugmentConfig()
     predict_unscored: bool = Field(
         True,
