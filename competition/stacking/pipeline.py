@@ -57,6 +57,15 @@ def _tables(coll: Collection, train: Dataset, test: Dataset, scfg: StackConfig) 
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _blender(method: str, params: dict[str, Any]) -> Callable[[int, int | None], Estimator]:
+    """A factory of fresh `method` blenders built with `params` (the repeat and fold do not matter to them)."""
+
+    def make(_repeat: int, _fold: int | None) -> Estimator:
+        return BLENDERS[method](**params)
+
+    return make
+
+
 def _evaluate(
     name: str,
     kind: str,
@@ -97,7 +106,7 @@ def evaluate_methods(
     for method in scfg.methods:
         if method in BLENDERS:
             params = {"iterations": scfg.caruana_iterations} if method == "caruana" else {}
-            results.append(_evaluate(method, "blend", lambda r, f, m=method, p=params: BLENDERS[m](**p), *view(preds), y, coll, scfg))
+            results.append(_evaluate(method, "blend", _blender(method, params), *view(preds), y, coll, scfg))
     if "lgbm" in scfg.methods:
         results.append(_stacker(coll, tables, tests, y, scfg, out_dir))
     return results

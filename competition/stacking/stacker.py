@@ -171,7 +171,10 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
             valid_sets=[lgb.Dataset(X_val, y_val)],
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
-        return booster.predict(X_val, num_iteration=booster.best_iteration), max(1, booster.best_iteration)
+        held_out = booster.predict(X_val, num_iteration=booster.best_iteration)
+        if not isinstance(held_out, np.ndarray):
+            raise RuntimeError(f"LGBMStacker: the booster predicted a {type(held_out).__name__}, expected an array")
+        return held_out, max(1, booster.best_iteration)
 
     # -- the search ---------------------------------------------------------------------
     SEARCH_SETTINGS = ("inner_folds", "group_folds", "group_labels", "angle_column", "max_rounds", "early_stopping_rounds", "threads", "seed")
@@ -244,6 +247,8 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
         best = self._search(splits, self.search_key(X, y))
         self.params_ = dict(best.params)
         self.rounds_ = int(best.user_attrs["rounds"])
+        if best.value is None:
+            raise RuntimeError("LGBMStacker: the best trial of the search has no score")
         self.search_score_ = float(best.value)
         self.oof_ = np.empty(len(y))
         for (_, held), split in zip(index_splits, splits, strict=True):
