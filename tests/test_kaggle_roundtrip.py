@@ -13,7 +13,7 @@ import pytest
 import yaml
 from competition.config import CompetitionConfig
 from competition.errors import UserError
-from competition.kaggle.kernel import build, output, push, status
+from competition.kaggle.kernel import build, output, push, shipped_config, status
 from competition.kaggle.ledger import Ledger
 from competition.kaggle.settings import KaggleConfig
 
@@ -117,7 +117,7 @@ def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tm
     wheel = next(n for n in names if n.startswith("iceberg_harness-"))
     assert sent[wheel] == (dataset_dir / wheel).read_bytes()
     with zipfile.ZipFile(io.BytesIO(sent["configs.zip"])) as zf:  # -r zip: the configs folder travels zipped
-        assert yaml.safe_load(zf.read("competition.yaml")) == cfg.model_dump(mode="json")  # the resolved config
+        assert yaml.safe_load(zf.read("competition.yaml")) == shipped_config(cfg).model_dump(mode="json")  # the resolved config
     kernel = fake.requests("SaveKernel")[0]
     assert kernel["slug"] == meta["id"] and kernel["text"] == script and kernel["machineShape"] == "NvidiaTeslaT4"
     assert (kernel["enableGpu"], kernel["enableInternet"], kernel["isPrivate"]) == (True, False, True)
