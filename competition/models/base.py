@@ -51,7 +51,8 @@ class ImageModel(ABC):
     framework: ClassVar[str]
     divergence_measure: ClassVar[str]
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, pretrained: bool = True) -> None:
+        # `pretrained` is for the subclasses, which resolve weights when it is True (see the class doc)
         self.config = config
         self.name = config.name
         self.weight_source = "none"  # "file:<path>", "package:<pip name>", "hub:...", "hed-bsds500", "none"

@@ -16,6 +16,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import h5py
 import keras
@@ -71,6 +72,15 @@ def _adapt_stem(kernel: np.ndarray, in_chans: int) -> np.ndarray:
     return np.tile(kernel, (1, 1, reps, 1))[:, :, :in_chans] * (kernel.shape[2] / in_chans)
 
 
+class _Head(TypedDict):
+    """The head's layers, shared by every suffix model."""
+
+    pool: layers.Layer
+    angle: layers.Layer
+    concat: layers.Layer
+    mlp: list[layers.Layer]
+
+
 class KerasVgg16(ImageModel):
     """VGG16 + angle, as the classic public kernels built it."""
 
@@ -108,7 +118,7 @@ class KerasVgg16(ImageModel):
 
     # --- construction ---------------------------------------------------------------------
 
-    def _build_head(self) -> dict[str, layers.Layer | list[layers.Layer]]:
+    def _build_head(self) -> _Head:
         head = self.config.head
         pool = layers.GlobalMaxPooling2D(name="head_pool") if head.pooling == "max" else layers.GlobalAveragePooling2D(name="head_pool")
         mlp: list[layers.Layer] = []
@@ -153,8 +163,8 @@ class KerasVgg16(ImageModel):
             return
         if source.kind == "hub":
             conv = _keras_conv_weights(keras.applications.VGG16(include_top=False, weights="imagenet"))
-        elif _hed_layout(source.path):
-            conv = hed_conv_weights(source.path)
+        elif _hed_layout(source.file()):
+            conv = hed_conv_weights(source.file())
         else:
             reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(cfg.image_size, cfg.image_size, 3))
             try:

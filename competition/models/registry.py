@@ -88,7 +88,7 @@ def load_model(path: Path) -> ImageModel:
 
 def describe_models(overrides: list[str] | tuple[str, ...] = ()) -> list[tuple[str, str, str, str, str, str]]:
     """One row per configured model: name, framework, architecture, channels, policy, weight source it would use."""
-    rows = []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     for name in list_models():
         cfg = load_model_config(name, overrides)
         try:

