@@ -18,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
+import torch  # noqa: F401 - torch and torchvision (timm) must be imported before TensorFlow in one process,
+import torchvision  # noqa: F401 - else the process segfaults once both are used (docs/weights.md)
+
+# isort: split
 import h5py
 import keras
 import numpy as np
-import torch  # noqa: F401 - torch and torchvision (timm) must be imported before TensorFlow in one process,
-import torchvision  # noqa: F401 - else the process segfaults once both are used (docs/weights.md)
 from keras import layers
 
 from competition.errors import ConfigError
