@@ -119,6 +119,8 @@ def _submit_offline(cfg: CompetitionConfig, submission: Path, test_fingerprint: 
     from competition.kaggle.submit import submit
 
     entry = submit(cfg, cfg.slug, submission, target="offline")
+    if entry.public_score is None or entry.private_score is None:
+        raise RuntimeError(f"{submission}: the offline submission was recorded without its scores")
     return entry.public_score, entry.private_score
 
 

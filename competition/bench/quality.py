@@ -163,6 +163,7 @@ def stack_methods(
     summary = run_stack(scfg_cfg, scfg, train, test)
     wall = time.perf_counter() - started
     preds = pd.read_csv(exp_cfg.stack_dir / "test.csv", dtype={"id": str})
+    no_scores: dict[str, float | None] = {"public": None, "private": None}  # no hidden solution of this data
     rows = []
     for name, rec in summary.methods.items():
         if rec.kind == "single":
@@ -171,7 +172,7 @@ def stack_methods(
             preds["id"].to_numpy(), preds[name].to_numpy(), exp_cfg.experiment_submissions_dir / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint)
         )
         rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
-                     "eps": rec.eps, **(scores or {"public": None, "private": None})})  # fmt: skip
+                     "eps": rec.eps, **(scores or no_scores)})  # fmt: skip
     return rows, wall
 
 
