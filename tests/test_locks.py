@@ -19,6 +19,8 @@ from competition.stacking.settings import StackConfig
 from competition.stacking.summary import read_summary
 
 from stack_data import make_competition, write_predictor
+from tiny_training import MODEL, tiny_competition
+from tiny_training import TINY as TRAINER_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"n_trials": 2, "inner_folds": 2, "max_rounds": 100, "timeout_s": None}
@@ -152,26 +154,13 @@ def test_a_file_system_without_flock_works_unlocked_and_says_so(tmp_path, monkey
 
 
 # -- train ------------------------------------------------------------------------------------
-MODEL = "mobilenetv3_small_050"  # the tiny timm setup of tests/test_trainer.py
-TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=1", "batch_size=16", "save_models=false", "policy=head"]
+TINY = [*TRAINER_TINY, "epochs=1"]  # one epoch is enough here (a later override wins)
 
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory):
     """48 simulated training images in 3 folds, 16 test images."""
-    from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
-    from competition.data.loader import load_train
-    from competition.folds import write_folds
-    from competition.simulate.writer import write_simulated
-
-    root = tmp_path_factory.mktemp("train-lock")
-    cfg = CompetitionConfig(
-        data_dir=root / "data", runs_dir=root / "runs", submissions_dir=root / "subs",
-        simulate=SimulateConfig(n_train=48, n_test=16, seed=1), folds=FoldsConfig(k=3, repeats=1),
-    )  # fmt: skip
-    write_simulated(cfg)
-    write_folds(load_train(cfg), cfg)
-    return cfg
+    return tiny_competition(tmp_path_factory.mktemp("train-lock"))
 
 
 def test_train_refuses_while_another_process_writes_the_run(tiny_cfg):

@@ -13,35 +13,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
+from competition.config import CompetitionConfig
 from competition.errors import FingerprintError
 from competition.training import dihedral, store, tta
 from competition.training.profiles import load_profile
 from competition.training.trainer import train_model
 from sklearn.metrics import log_loss
 
+from tiny_training import MODEL, TINY, tiny_competition
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "mobilenetv3_small_050"  # a timm architecture by name: built with timm defaults, no YAML needed
-TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false", "policy=head"]
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
     """48 simulated training images in 3 folds x 2 repeats, 16 test images."""
-    from competition.data.loader import load_train
-    from competition.folds import write_folds
-    from competition.simulate.writer import write_simulated
-
-    root = tmp_path_factory.mktemp("competition")
-    cfg = CompetitionConfig(
-        data_dir=root / "data", runs_dir=root / "runs", submissions_dir=root / "subs",
-        simulate=SimulateConfig(n_train=48, n_test=16, seed=1), folds=FoldsConfig(k=3, repeats=2),
-    )  # fmt: skip
-    write_simulated(cfg)
-    write_folds(load_train(cfg), cfg)
-    return cfg
+    return tiny_competition(tmp_path_factory.mktemp("competition"), repeats=2)
 
 
 @pytest.fixture(scope="module")

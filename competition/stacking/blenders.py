@@ -44,7 +44,24 @@ def two_columns(p: np.ndarray) -> np.ndarray:
     return np.column_stack([1.0 - p, p])
 
 
-class Blender(ClassifierMixin, BaseEstimator):
+class BinaryClassifier(ClassifierMixin, BaseEstimator):
+    """What every blender and the stacker share: `predict` from `predict_proba`, binary-only tags."""
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of the larger probability (the positive class on a tie above 0.5 only)."""
+        check_is_fitted(self)
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class Blender(BinaryClassifier):
     """Shared input checks and outputs; subclasses implement `_fit` (optional) and `_blend`."""
 
     def fit(self, X: Any, y: Any) -> Blender:
@@ -58,14 +75,8 @@ class Blender(ClassifierMixin, BaseEstimator):
         P = validate_data(self, X, dtype=np.float64, reset=False)
         return two_columns(np.clip(self._blend(P), 0.0, 1.0))
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The class of the larger probability (the positive class on a tie above 0.5 only)."""
-        check_is_fitted(self)
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
-
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
         # X is meant to hold probabilities; on arbitrary features a blend is no classifier
         tags.classifier_tags.poor_score = True
         return tags

@@ -31,12 +31,11 @@ import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from competition import fingerprint
-from competition.stacking.blenders import binary_targets, two_columns
+from competition.stacking.blenders import BinaryClassifier, binary_targets, two_columns
 from competition.stacking.crossval import inner_folds_for
 from competition.stacking.features import ANGLE, GROUP_TARGET_FEATURES, GroupTargetEncoder, group_folds_for
 from competition.stacking.metrics import logloss
@@ -44,7 +43,7 @@ from competition.stacking.metrics import logloss
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class LGBMStacker(ClassifierMixin, BaseEstimator):
+class LGBMStacker(BinaryClassifier):
     """Gradient-boosted stacker over a table of run predictions and side features: a scikit-learn
     binary classifier, like every blender.
 
@@ -271,13 +270,7 @@ class LGBMStacker(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, ensure_all_finite="allow-nan", reset=False)
         return two_columns(np.asarray(self.booster_.predict(self._design_apply(self.encoder_, X))))
 
-    def predict(self, X: Any) -> np.ndarray:
-        """The class of the larger probability."""
-        check_is_fitted(self)
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
-
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
         tags.input_tags.allow_nan = True
         return tags
