@@ -123,3 +123,29 @@ def test_the_cli_loads_no_framework_for_help_or_the_model_table(args: list[str])
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY []" in done.stdout, done.stdout[-2000:]
+
+
+def test_torch_and_torchvision_are_imported_before_keras_in_every_scope() -> None:
+    """torch 2.14 + TensorFlow 2.21 segfault in one process when TensorFlow comes first (docs/architecture.md);
+    an import sorter once put keras above torch. In every function or module body that imports keras or
+    tensorflow, torch and torchvision must come earlier."""
+    import ast
+
+    def imported(body: list[ast.stmt]) -> list[str]:
+        return [
+            alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+            for node in body
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in (node.names if isinstance(node, ast.Import) else node.names[:1])
+        ]
+
+    offenders = []
+    for path in sorted((ROOT / "competition").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        module = imported(tree.body)
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for name, before, order in [("<module>", [], module), *((f.name, module, imported(f.body)) for f in functions)]:
+            frameworks = [i for i, found in enumerate(order) if found in ("keras", "tensorflow")]
+            if frameworks and not {"torch", "torchvision"} <= {*before, *order[: frameworks[0]]}:
+                offenders.append(f"{path.relative_to(ROOT)}:{name}")
+    assert offenders == [], offenders

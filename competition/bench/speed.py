@@ -103,9 +103,11 @@ def bare_timm(architecture: str, x: np.ndarray, y: np.ndarray) -> tuple[Callable
 
 def bare_keras(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], Callable[[], None]]:
     """(train one epoch, predict all) with Keras's own fit/predict on VGG16 + a pooled sigmoid output."""
-    import keras
     import torch  # noqa: F401 - torch and torchvision before TensorFlow in one process (docs/weights.md)
     import torchvision  # noqa: F401
+
+    # isort: split
+    import keras
 
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(75, 75, 3))
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalMaxPooling2D()(vgg.output))
