@@ -218,3 +218,18 @@ def test_local_folders_given_to_make_kernel_are_not_shipped(tmp_path):
     assert (comp["runs_dir"], comp["work_dir"], comp["submissions_dir"], comp["experiment"]) == ("runs", "data", "submissions", "k2")
     script = (kernel / CODE_FILE).read_text()
     assert "SUBMISSIONS_DIR = 'submissions'" in script and str(tmp_path) not in script
+
+
+def test_a_build_holding_a_credential_is_refused_and_the_previous_build_stays(tmp_path, monkeypatch):
+    from competition.kaggle.kernel import SecretLeakError
+
+    monkeypatch.setenv("KAGGLE_KEY", "k3y-0123456789abcdef")
+    runs = [f"runs_dir={tmp_path / 'runs'}", *QUICK]
+    kernel, dataset = build_from_overrides(runs, _config("competition.yaml"), _config("kaggle.yaml"))
+    before = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    leaky = tmp_path / "weights.pth"
+    leaky.write_bytes(b"weights ... k3y-0123456789abcdef ...")
+    with pytest.raises(SecretLeakError, match=r"weights\.pth: contains a Kaggle credential"):
+        build_from_overrides([*runs, f"kaggle.dataset.weight_files=[{leaky}]"], _config("competition.yaml"), _config("kaggle.yaml"))
+    assert {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+    assert not any((tmp_path / "runs" / "kaggle" / ".staging").rglob("*.pth"))  # the refused build is gone

@@ -15,6 +15,7 @@ dataset version it installs from is ready.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,13 @@ from typing import Any
 import yaml
 
 import competition
-from competition.atomic import write_json, write_text
+from competition.atomic import replaced_folder, write_json, write_text
 from competition.config import COMPETITION_CONFIG, CONFIG_DIR, CompetitionConfig
 from competition.errors import ConfigError, MissingArtefactError, UserError
 from competition.kaggle.client import run_kaggle
 from competition.kaggle.credentials import CredentialsError, find_credentials, secrets
 from competition.kaggle.settings import KAGGLE_CONFIG, KaggleConfig, load_kernel_settings
+from competition.locks import hold
 
 CODE_FILE = "iceberg_kernel.py"
 _SKIP_DIST_FILES = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
@@ -150,15 +152,13 @@ def _check_clean(folder: Path) -> None:
         raise SecretLeakError(f"{leak}: contains a Kaggle credential; remove it (the folder was not pushed)")
 
 
-def _replace_dir(build: Path, target: Path) -> None:
-    """Swap a finished build folder into place (a failed build leaves the old folder)."""
-    _check_clean(build)
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    build.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+@contextlib.contextmanager
+def _built_folder(target: Path) -> Iterator[Path]:
+    """A staging folder that replaces `target` whole once built and checked for credentials
+    (competition.atomic.replaced_folder under the folder's lock); a failed build leaves the old folder."""
+    with hold(target, f"kernel build folder {target}"), replaced_folder(target) as build:
+        yield build
+        _check_clean(build)
 
 
 def _not_yaml(folder: str, names: list[str]) -> list[str]:
@@ -190,9 +190,7 @@ def shipped_config(cfg: CompetitionConfig) -> CompetitionConfig:
 def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path = CONFIG_DIR, scfg: Any = None, out_dir: Path | None = None) -> Path:
     """runs/kaggle/dataset/: harness wheel, weight wheels, configs/ (competition.yaml and stack.yaml as resolved), weights/, metadata."""
     target = (out_dir or cfg.kaggle_dir) / "dataset"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".dataset.", dir=target.parent))
-    try:
+    with _built_folder(target) as build:
         build_harness_wheel(build)
         for package in kcfg.dataset.weight_packages:
             repack_installed(package, build)
@@ -208,9 +206,6 @@ def build_dataset(cfg: CompetitionConfig, kcfg: KaggleConfig, config_dir: Path =
             build / "dataset-metadata.json",
             {"id": dataset_id(kcfg), "title": kcfg.dataset.title, "licenses": [{"name": kcfg.dataset.license}]},
         )
-        _replace_dir(build, target)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return target
 
 
@@ -285,9 +280,7 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
 def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = (), out_dir: Path | None = None) -> Path:
     """runs/kaggle/kernel/: kernel-metadata.json and the script."""
     target = (out_dir or cfg.kaggle_dir) / "kernel"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".kernel.", dir=target.parent))
-    try:
+    with _built_folder(target) as build:
         write_text(build / CODE_FILE, kernel_script(cfg, kcfg, harness_wheel, trainer))
         write_json(
             build / "kernel-metadata.json",
@@ -307,9 +300,6 @@ def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str,
                 "model_sources": [],
             },
         )
-        _replace_dir(build, target)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return target
 
 
