@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality stack validate kaggle-rehearsal
+.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality bench-ladder stack validate kaggle-rehearsal
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -88,6 +88,9 @@ kaggle-rehearsal: setup ## the kernel on Kaggle's versions (Python 3.12 venv, ca
 
 bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick"; the CPU default: about 1 h from scratch)
 	$(CLI) bench-quality $(ARGS)
+
+bench-ladder: setup ## small-data ladder: the policies, auto, probe and stack on 100/200/400/1604 simulated images and sklearn digits: docs/benchmarks.md, runs/ladder/ladder.json (ARGS="ladder.sizes=[100,200]")
+	$(CLI) bench-ladder $(ARGS)
 
 all: setup ## the main job: data (simulated when absent), folds, train the configured models, stack, offline score, report
 	$(CLI) all $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)

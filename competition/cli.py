@@ -261,6 +261,23 @@ def bench_quality(
     run_quality(cfg, overrides or [], quality_config)
 
 
+@app.command("bench-ladder")
+def bench_ladder(
+    overrides: Overrides = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    quality_config: Annotated[Path, typer.Option("--quality-config", help="Quality benchmark config (YAML): its ladder: section.")] = Path(
+        "configs/quality.yaml"
+    ),
+) -> None:
+    """Small-data ladder: the quality recipes on small simulated sets and sklearn digits, prior and stack; docs/benchmarks.md."""
+    from competition.bench.ladder import QualityConfig, run_ladder
+
+    route(overrides, "bench-ladder", QualityConfig.model_fields)  # refused before anything loads
+    cfg = load_competition([], config)
+
+    run_ladder(cfg, overrides or [], quality_config)
+
+
 @app.command("all")
 def all_(overrides: Overrides = None, profile: ProfileOpt = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """The whole flow: data (simulated when absent), folds, train `models`, stack, submit offline, report."""

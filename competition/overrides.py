@@ -9,7 +9,7 @@ and routed by the first part of its key to exactly one destination:
   this forces a destination (`model.seed=3` is the model's init seed, plain `seed=3` the
   profile's first training seed);
 - a key of `configs/quality.yaml` (`budget=quick`, `experiment=...`) -> that file, for
-  `bench-quality` only (it passes the file's keys), where it wins over a competition key of the same name;
+  `bench-quality` and `bench-ladder` only (they pass the file's keys), where it wins over a competition key of the same name;
 - a `CompetitionConfig` key (`experiment`, `data_dir`, `models`, `folds.k`, ...) -> `configs/competition.yaml`;
 - a `Profile` key (`epochs`, `batch_size`, `policy`, `seeds`, `tta`, `augment.*`, `cache_prefix`, ...)
   -> the trainer profile `configs/profiles/<profile>.yaml`;
@@ -66,6 +66,7 @@ COMMANDS: dict[str, frozenset[Destination]] = {
     "kernel-push": _KAGGLE,
     "kernel-status": _KAGGLE,
     "kernel-output": _KAGGLE,
+    "bench-ladder": _DATA | _STACK | _QUALITY | _TRAINER,
 }
 
 
@@ -129,13 +130,13 @@ def _refusal(command: str, item: str, key: str, dest: Destination) -> str:
 def route(items: Sequence[str] | None, command: str, quality_keys: Collection[str] = ()) -> Overrides:
     """Parse and route `command`'s overrides; refuse one whose destination `command` does not take (docs/architecture.md, "Override routing").
 
-    `quality_keys`: the top-level keys of configs/quality.yaml, given by `bench-quality`, the one command that takes them
+    `quality_keys`: the top-level keys of configs/quality.yaml, given by `bench-quality` and `bench-ladder`, the commands that take them
     (so this module imports no benchmark).
     """
     if command not in COMMANDS:
         raise ValueError(f"no override routing for command {command!r}")
     if bool(quality_keys) != ("quality" in COMMANDS[command]):
-        raise ValueError(f"quality_keys are for bench-quality only, and it needs them (command {command!r})")
+        raise ValueError(f"quality_keys are for bench-quality and bench-ladder only, and they need them (command {command!r})")
     items = list(items or [])
     routed = Overrides(command)
     for item, (keys, _) in zip(items, parse_overrides(items), strict=True):  # the syntax of every item first

@@ -29,7 +29,7 @@ from competition.config import CompetitionConfig, load
 from competition.console import console, table
 from competition.data.files import simulated_solution
 from competition.errors import ConfigError
-from competition.overrides import route
+from competition.overrides import Overrides, route
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 GROUPS = {"a": "classic", "b": "scratch", "c": "grid"}
@@ -202,7 +202,7 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["private"] if r["private"] is not None else r["cv_logloss"], r["cv_logloss"]))
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
@@ -228,7 +228,7 @@ def result_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """The results table's rows, best first (shared by the terminal and the markdown)."""
     stack_s = result["stack_wall_s"] or 0.0
     return [
-        (f"({r['group']}) {r['name']}", describe(r), budget_text(r), _fmt(r["cv_logloss"]), _fmt(r["public"]), _fmt(r["private"]), seconds(r, stack_s))
+        (f"({r['group']}) {r['name']}", describe(r), budget_text(r), fmt(r["cv_logloss"]), fmt(r["public"]), fmt(r["private"]), seconds(r, stack_s))
         for r in ranked(result["recipes"] + result["methods"])
     ]  # fmt: skip
 
@@ -284,7 +284,7 @@ def terminal_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """The results table narrowed to fit a terminal: recipe, policy (or method kind), scores, seconds."""
     stack_s = result["stack_wall_s"] or 0.0
     return [
-        (f"({r['group']}) {r['name']}", r["kind"] if r["group"] == "d" else r["policy"], _fmt(r["cv_logloss"]), _fmt(r["public"]), _fmt(r["private"]),
+        (f"({r['group']}) {r['name']}", r["kind"] if r["group"] == "d" else r["policy"], fmt(r["cv_logloss"]), fmt(r["public"]), fmt(r["private"]),
          f"{stack_s:.0f}*" if r["group"] == "d" else f"{r['units_s']:.0f}")
         for r in ranked(result["recipes"] + result["methods"])
     ]  # fmt: skip
@@ -314,11 +314,39 @@ def ensure_folds_file(cfg: CompetitionConfig, train: Any) -> Any:
         return folds
 
 
+def bench_data(cfg: CompetitionConfig, experiment: str, chosen: list[Recipe], budget: Budget, routed: Overrides) -> dict[str, Any]:
+    """Train `chosen` on `cfg`'s data and folds file into runs/<experiment>/, stack the (c) runs, score everything.
+
+    Returns the result's data part: `data`, `data_fingerprint`, `n_train`, `n_test`, `folds`, `recipes` (rows), `methods`
+    (the (d) rows) and `stack_wall_s` (None without two (c) runs). The data must be in `cfg.data_dir`.
+    """
+    from competition.data.files import describe
+    from competition.data.loader import load_competition
+
+    train, test = load_competition(cfg)
+    source = describe(cfg, train.fingerprint, test.fingerprint)
+    folds = ensure_folds_file(cfg, train)
+    rows = [train_recipe(cfg, experiment, recipe, budget, routed.trainer) for recipe in chosen]
+    grid = [r["name"] for r in rows if r["group"] == "c"]
+    if len(grid) == 1:
+        console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")
+    methods, stack_s = stack_methods(cfg, experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None)
+    return {
+        "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images"
+        + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
+        "data_fingerprint": {"train": train.fingerprint, "test": test.fingerprint},
+        "n_train": len(train),
+        "n_test": len(test),
+        "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
+        "recipes": rows,
+        "methods": methods,
+        "stack_wall_s": stack_s,
+    }
+
+
 def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
     """Train every selected recipe, stack the (c) runs, score everything; write quality.json and the docs section."""
     from competition.bench.speed import machine
-    from competition.data.files import describe
-    from competition.data.loader import load_competition
     from competition.pipeline import ensure_data
 
     routed = route(overrides, "bench-quality", QualityConfig.model_fields)
@@ -331,30 +359,17 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
         raise ConfigError(f"{config}: no recipe left to run (recipes={q.recipes or budget.recipes}, skip={budget.skip})")
     started = time.perf_counter()
     ensure_data(cfg)
-    train, test = load_competition(cfg)
-    source = describe(cfg, train.fingerprint, test.fingerprint)
-    folds = ensure_folds_file(cfg, train)
+    result = bench_data(cfg, q.experiment, chosen, budget, routed)
     exp_dir = cfg.model_copy(update={"experiment": q.experiment}).experiment_dir
-    rows = [train_recipe(cfg, q.experiment, recipe, budget, routed.trainer) for recipe in chosen]
-    grid = [r["name"] for r in rows if r["group"] == "c"]
-    if len(grid) == 1:
-        console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")
-    methods, stack_s = stack_methods(cfg, q.experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None)
     result = {
         "command": " ".join(["competition bench-quality", *overrides]),
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "experiment": q.experiment,
-        "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images"
-        + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
-        "data_fingerprint": {"train": train.fingerprint, "test": test.fingerprint},
-        "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
+        **result,
         "budget_name": budget_name,
         "budget": budget.model_dump(mode="json"),
-        "recipes": rows,
-        "methods": methods,
-        "stack_wall_s": stack_s,
-        "auto": auto_verdicts(rows, q.grid.models),
+        "auto": auto_verdicts(result["recipes"], q.grid.models),
         "skipped": [r.name for r in recipes if r not in chosen],
         "wall_s": time.perf_counter() - started,
     }

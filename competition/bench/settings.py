@@ -66,6 +66,41 @@ class Budget(Strict):
     stack: list[str] = Field(default_factory=list)
 
 
+class DigitsConfig(Strict):
+    """The ladder's real small image set: two classes of scikit-learn's digits (competition.simulate.digits)."""
+
+    classes: list[int] = Field([3, 8], min_length=2, max_length=2)
+    n_train: int = Field(100, ge=20)
+    seed: int = 0
+    public_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+
+    @field_validator("classes")
+    @classmethod
+    def _two_digits(cls, classes: list[int]) -> list[int]:
+        if len(set(classes)) != 2 or not all(0 <= c <= 9 for c in classes):
+            raise ValueError(f"expected two different digits 0-9, got {classes}")
+        return classes
+
+
+class LadderConfig(Strict):
+    """`competition bench-ladder`: the recipes on simulated training sets of several sizes and on the digits."""
+
+    experiment: str = "ladder"
+    sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1604])
+    n_test: int = Field(500, ge=10)
+    seed: int = 2017
+    digits: DigitsConfig | None = DigitsConfig()
+    recipes: list[str] = Field(default_factory=lambda: ["mobilenetv2_100"], min_length=1)
+    models: list[str] = Field(default_factory=list)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        if any(n < 20 for n in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError(f"expected distinct training-set sizes of at least 20 images, got {sizes}")
+        return sizes
+
+
 class QualityConfig(Strict):
     """configs/quality.yaml."""
 
@@ -78,3 +113,4 @@ class QualityConfig(Strict):
     scratch: RecipeConfig
     grid: GridConfig
     budgets: dict[str, Budget] = Field(min_length=1)
+    ladder: LadderConfig = LadderConfig()

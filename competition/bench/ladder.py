@@ -1,0 +1,308 @@
+"""`competition bench-ladder`: the quality benchmark's recipes on small data, rung by rung.
+
+Fine-tuned CNNs can be worse than the class prior on small training sets. The ladder measures the
+harness there: the same recipes (configs/quality.yaml `ladder.recipes`: (c) grid recipes, i.e.
+every fine-tuning policy and `auto`, plus `ladder.models` under their own policy, e.g. a linear
+probe) on simulated competitions of `ladder.sizes` training images (`ladder.n_test` test images
+each) and on a real small image set, two classes of scikit-learn's digits
+(competition.simulate.digits). Each rung is its own competition folder,
+runs/<ladder.experiment>/data/<rung>/ (data and work folder: its folds file made by the normal
+folds step from the competition's `folds:` settings), trained by the normal trainer into
+runs/<ladder.experiment>-<rung>/<recipe>/ (resumable) and stacked by the normal stack step, all
+through the quality benchmark (`competition.bench.quality.bench_data`). Every rung also gets the
+class prior (the training iceberg rate as every prediction) as a baseline. Results: a Rich table
+per rung, one summary table, the targets, runs/<ladder.experiment>/ladder.json and the ladder
+section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from competition.atomic import write_json
+from competition.bench.doc import replace_section
+from competition.bench.quality import Recipe, all_recipes, auto_verdicts, bench_data, choose_budget, fmt, score, select, terminal_rows
+from competition.bench.settings import QUALITY_CONFIG, LadderConfig, QualityConfig
+from competition.config import CompetitionConfig, load
+from competition.console import console, table
+from competition.data.files import read_marker, simulated_solution
+from competition.errors import ConfigError, DataError
+from competition.overrides import route
+
+START, END = "<!-- ladder:start -->", "<!-- ladder:end -->"
+DIGITS = "digits"
+SMALL = 100  # "every pretrained model beats the class prior" is checked on rungs of at most this many training images
+AUTO_TOLERANCE = 0.01  # log loss: `auto` within this of the best policy of its model
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung: a simulated training set of `size` images, or the digits (size None)."""
+
+    name: str
+    size: int | None
+
+
+def rungs(lad: LadderConfig) -> list[Rung]:
+    """The simulated sizes, smallest first, then the digits (when configured)."""
+    out = [Rung(str(n), n) for n in sorted(lad.sizes)]
+    return out + ([Rung(DIGITS, None)] if lad.digits is not None else [])
+
+
+def rung_config(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> CompetitionConfig:
+    """The competition config of one rung: its own data and work folder and experiment; the simulator sized to the rung."""
+    folder = cfg.runs_dir / lad.experiment / "data" / rung.name
+    update: dict[str, Any] = {"data_dir": folder, "work_dir": folder, "experiment": f"{lad.experiment}-{rung.name}"}
+    if rung.size is not None:
+        update["simulate"] = cfg.simulate.model_copy(update={"n_train": rung.size, "n_test": lad.n_test, "seed": lad.seed})
+    return cfg.model_copy(update=update)
+
+
+def ladder_recipes(q: QualityConfig, skip: Sequence[str]) -> list[Recipe]:
+    """The (c)-style recipes of every rung: `ladder.recipes` from the quality recipes, then each `ladder.models` under its own policy.
+
+    An extra model gets the budget's `head` epochs (it is meant for a head on frozen features: a linear probe).
+    """
+    chosen = select(all_recipes(q), q.ladder.recipes, skip)
+    return chosen + [Recipe(model, "c", model, "head", []) for model in q.ladder.models]
+
+
+def rung_params(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> dict[str, Any]:
+    """What the rung's data is made from, as its folder's marker records it."""
+    from competition.simulate.digits import digits_params
+
+    if lad.digits is None or rung.size is not None:
+        return cfg.simulate.model_dump()
+    d = lad.digits
+    return digits_params((d.classes[0], d.classes[1]), d.n_train, d.seed, d.public_fraction)
+
+
+def write_rung_data(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> None:
+    """Write the rung's competition folder unless it already holds this rung's data; then a folds file for the config's `folds:`.
+
+    A folder written with other parameters (or not finished) is written again; a folds file made with
+    other `folds:` settings or for other data is made again (the trainer then refuses the old runs).
+    """
+    from competition.data.loader import load_train
+    from competition.errors import FingerprintError, MissingArtefactError
+    from competition.folds import load_folds, write_folds
+    from competition.locks import folds_lock
+    from competition.simulate import write_simulated
+    from competition.simulate.digits import write_digits
+
+    params = rung_params(cfg, lad, rung)
+    marker = read_marker(cfg)
+    with folds_lock(cfg.folds_json):
+        if marker is None or marker.get("test_fingerprint") is None or marker.get("simulate") != params:
+            console.print(f"[bold]ladder rung {rung.name}[/]: writing its competition folder {cfg.data_dir}")
+            if rung.size is not None or lad.digits is None:
+                write_simulated(cfg)
+            else:
+                d = lad.digits
+                write_digits(cfg, (d.classes[0], d.classes[1]), d.n_train, d.seed, d.public_fraction)
+        train = load_train(cfg)
+        try:
+            current = load_folds(cfg, train).params == cfg.folds
+        except (MissingArtefactError, FingerprintError):
+            current = False
+        if not current:
+            folds = write_folds(train, cfg)
+            console.print(f"[green]wrote[/] {cfg.folds_csv} ({folds.describe()})")
+
+
+def prior_row(cfg: CompetitionConfig) -> dict[str, Any]:
+    """The class prior as a recipe: each fold predicts its training part's iceberg rate (OOF log loss, averaged over
+    repeats as the trainer does), the test set gets the whole training set's rate (scored on the hidden solution)."""
+    from competition.data.loader import load_competition
+    from competition.folds import load_folds
+    from competition.training.store import cv_logloss
+
+    train, test = load_competition(cfg)
+    labels = train.labels
+    if labels is None:
+        raise DataError(f"{cfg.data_dir}: the training data has no labels; the class prior needs them")
+    folds = load_folds(cfg, train)
+    oof = []
+    for repeat in range(folds.params.repeats):
+        fold = folds.assignment(train.ids, repeat)
+        rates = {f: float(labels[fold != f].mean()) for f in np.unique(fold)}
+        oof.append(pd.DataFrame({"id": train.ids, "repeat": repeat, "prediction": [rates[f] for f in fold]}))
+    cv = cv_logloss(pd.concat(oof), pd.Series(labels, index=train.ids))
+    rate = float(labels.mean())
+    path = cfg.experiment_submissions_dir / "prior.csv"
+    scores = score(test.ids, np.full(len(test), rate), path, simulated_solution(cfg, test.fingerprint))
+    return {"name": "prior", "rate": rate, "cv_logloss": cv, **(scores or {"public": None, "private": None})}
+
+
+def run_rung(cfg: CompetitionConfig, q: QualityConfig, rung: Rung, recipes: list[Recipe], budget: Any, routed: Any) -> dict[str, Any]:
+    """One rung from its data to its scores: data, folds, recipes, stack, prior (all resumable)."""
+    console.rule(f"[bold]ladder rung {rung.name}")
+    rcfg = rung_config(cfg, q.ladder, rung)
+    write_rung_data(rcfg, q.ladder, rung)
+    started = time.perf_counter()
+    result = bench_data(rcfg, rcfg.experiment, recipes, budget, routed)
+    return {
+        "rung": rung.name, "experiment": rcfg.experiment, **result,
+        "prior": prior_row(rcfg), "auto": auto_verdicts(result["recipes"], q.grid.models), "wall_s": time.perf_counter() - started,
+    }  # fmt: skip
+
+
+def metric(row: dict[str, Any]) -> float:
+    """The score a ladder comparison uses: the hidden private score where there is one, else the OOF CV log loss."""
+    return float(row["private"] if row.get("private") is not None else row["cv_logloss"])
+
+
+def stacker(rung: dict[str, Any]) -> dict[str, Any] | None:
+    """The rung's stacker row (kind `stack`), None when it was not run."""
+    return next((m for m in rung["methods"] if m["kind"] == "stack"), None)
+
+
+def check_targets(rung_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ladder's targets per rung, each {target, rung, holds, detail} (holds None: not measurable on this rung).
+
+    - auto: `auto` within AUTO_TOLERANCE log loss of the best concrete policy of its model;
+    - prior: at most SMALL training images: every single run better than the class prior;
+    - stack: the stacker not worse than the best single run.
+    Compared by `metric` (private where the hidden solution exists, else CV).
+    """
+    out = []
+    for r in rung_results:
+        rows = r["recipes"]
+        for v in r["auto"]:
+            mine = [x for x in rows if x["model"] == v["model"]]
+            auto = next(x for x in mine if x["policy_requested"] == "auto")
+            best = min((x for x in mine if x["policy_requested"] != "auto"), key=metric)
+            gap = metric(auto) - metric(best)
+            out.append({"target": "auto", "rung": r["rung"], "holds": gap <= AUTO_TOLERANCE,
+                        "detail": f"{v['model']}: auto -> {auto['policy']} {metric(auto):.4f}, best {best['policy']} {metric(best):.4f} (gap {gap:+.4f})"})  # fmt: skip
+        if r["n_train"] <= SMALL:
+            prior = metric(r["prior"])
+            worse = [x["name"] for x in rows if metric(x) >= prior]
+            out.append({"target": "prior", "rung": r["rung"], "holds": not worse,
+                        "detail": f"prior {prior:.4f}; " + (f"not better: {', '.join(worse)}" if worse else "every run is better")})  # fmt: skip
+        stack = stacker(r)
+        best_single = min(rows, key=metric)
+        out.append({"target": "stack", "rung": r["rung"], "holds": None if stack is None else metric(stack) <= metric(best_single),
+                    "detail": "not run" if stack is None else f"stacker {metric(stack):.4f}, best single {best_single['name']} {metric(best_single):.4f}"})  # fmt: skip
+    return out
+
+
+def column_label(recipe: dict[str, Any], grid_models: set[str]) -> str:
+    """A summary column: the policy for the one grid model, else the recipe name."""
+    return recipe["policy_requested"] if len(grid_models) == 1 and recipe["model"] in grid_models else recipe["name"]
+
+
+def cell(row: dict[str, Any] | None) -> str:
+    """`CV / private` of one row."""
+    return "-" if row is None else f"{fmt(row['cv_logloss'])} / {fmt(row.get('private'))}"
+
+
+def summary(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The summary table: one row per rung; columns the prior, each recipe (auto with its choice) and the stacker."""
+    rungs_ = result["rungs"]
+    names = list(dict.fromkeys(x["name"] for r in rungs_ for x in r["recipes"]))
+    grid = {x["model"] for r in rungs_ for x in r["recipes"] if x["policy_requested"] == "auto"}
+    example = {x["name"]: x for r in rungs_ for x in r["recipes"]}
+    columns = ["rung", "train / test", "prior", *(column_label(example[n], grid) for n in names), "stack (lgbm)"]
+    rows = []
+    for r in rungs_:
+        by_name = {x["name"]: x for x in r["recipes"]}
+        cells = []
+        for n in names:
+            x = by_name.get(n)
+            chose = f" ({x['policy']})" if x is not None and x["policy_requested"] == "auto" else ""
+            cells.append(cell(x) + chose)
+        rows.append((r["rung"], f"{r['n_train']} / {r['n_test']}", cell(r["prior"]), *cells, cell(stacker(r))))
+    return columns, rows
+
+
+VERDICT = {True: "holds", False: "FAILS", None: "not measured"}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The ladder section of docs/benchmarks.md."""
+    columns, rows = summary(result)
+    b = result["budget"]
+    lines = [
+        START,
+        "## Small-data ladder: the recipes on small simulated training sets and on a real small image set",
+        "",
+        f"Command: `{result['command']}` ({result['created']}, {result['wall_s'] / 60:.0f} min). Machine: {result['machine']}. "
+        f"Budget `{result['budget_name']}` (trainer profile `{b['profile']}`, batch {b['batch_size']}, epochs per unit: "
+        + ", ".join(f"{k} {v}" for k, v in b["epochs"].items())
+        + ").",
+        "",
+        "Each rung is its own competition folder (`runs/<experiment>/data/<rung>/`) with its own folds file; simulated rungs: "
+        f"the embedded simulator with that many training images and {result['n_test']} test images; `digits`: two classes of "
+        "scikit-learn's handwritten digits (8 x 8 resized to 75 x 75, two dB-like bands, no angle), about 100 training images and "
+        "the rest of the two classes as the scored test set. Cells: OOF CV log loss / hidden private log loss; `prior`: the "
+        "training iceberg rate as every prediction; `auto (x)`: what auto chose; stack: the LightGBM stacker on the rung's runs "
+        f"(nested CV). Figures: `runs/{result['experiment']}/ladder.json`.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "Targets (by the private score where there is one, else CV):",
+        "",
+        *(f"- {t['target']} @ {t['rung']}: **{VERDICT[t['holds']]}** - {t['detail']}" for t in result["targets"]),
+    ]
+    if result["skipped"]:
+        lines += ["", f"Not run: {', '.join(result['skipped'])}."]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def show(result: dict[str, Any]) -> None:
+    """A table per rung, the summary table and the targets, on the terminal."""
+    for r in result["rungs"]:
+        rows = [("prior", "-", fmt(r["prior"]["cv_logloss"]), fmt(r["prior"]["public"]), fmt(r["prior"]["private"]), "0"), *terminal_rows(r)]
+        console.print(table(f"Ladder rung {r['rung']}: {r['n_train']} train / {r['n_test']} test, {r['folds']['describe']}",
+                            ["recipe", "policy", "OOF CV", "public", "private", "train s"], rows))  # fmt: skip
+    columns, rows = summary(result)
+    console.print(table("Small-data ladder (CV / private)", columns, rows))
+    for t in result["targets"]:
+        colour = {True: "green", False: "red", None: "yellow"}[t["holds"]]
+        console.print(f"[{colour}]{t['target']} @ {t['rung']}: {VERDICT[t['holds']]}[/] - {t['detail']}")
+
+
+def run_ladder(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
+    """Every rung of configs/quality.yaml's `ladder:`; writes runs/<ladder.experiment>/ladder.json and the ladder section of the docs."""
+    from competition.bench.speed import machine
+
+    routed = route(overrides, "bench-ladder", QualityConfig.model_fields)
+    cfg = routed.apply_competition(cfg)
+    q = load(config, QualityConfig, routed.quality)
+    budget_name, budget = choose_budget(q)
+    recipes = ladder_recipes(q, budget.skip)
+    if not recipes:
+        raise ConfigError(f"{config}: key 'ladder.recipes': no recipe left to run (recipes={q.ladder.recipes}, budget skip={budget.skip})")
+    started = time.perf_counter()
+    results = [run_rung(cfg, q, rung, recipes, budget, routed) for rung in rungs(q.ladder)]
+    result = {
+        "command": " ".join(["competition bench-ladder", *overrides]),
+        "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "experiment": q.ladder.experiment,
+        "n_test": q.ladder.n_test,
+        "budget_name": budget_name,
+        "budget": budget.model_dump(mode="json"),
+        "rungs": results,
+        "targets": check_targets(results),
+        "skipped": [r.name for r in all_recipes(q) if r.model in {x.model for x in recipes} and r not in recipes],
+        "wall_s": time.perf_counter() - started,
+    }
+    out = cfg.runs_dir / q.ladder.experiment / "ladder.json"
+    write_json(out, result)
+    replace_section(q.output, START, END, markdown(result))
+    show(result)
+    console.print(f"[green]wrote[/] {out} and the ladder section of {q.output}")
+    return result

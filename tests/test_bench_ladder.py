@@ -1,0 +1,105 @@
+"""The small-data ladder: the digits competition folder, a tiny ladder end to end, and its option errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from competition.bench.ladder import END, START, run_ladder
+from competition.config import CompetitionConfig
+from competition.errors import ConfigError
+from sklearn.metrics import log_loss
+
+MODEL = "mobilenetv3_small_050"  # a timm architecture by name, random init
+TINY = [
+    "ladder.sizes=[40]", "ladder.digits=null", "ladder.n_test=30", "ladder.experiment=lad", "folds.k=2",
+    "budget=quick", f"grid.models=[{MODEL}]", "grid.policies=[head,auto]", f"ladder.recipes=[{MODEL}]",
+    "budgets.quick.epochs={classic: 1, scratch: 1, head: 1, top: 1, all_but_stem: 1, all: 1, auto: 1}",
+    "weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[8]", "save_models=false",
+    "stack.stacker.n_trials=2", "stack.stacker.inner_folds=2", "stack.features.band_stats=false",
+]  # fmt: skip
+
+
+def test_digits_folder_is_a_competition_scored_offline(tmp_path: Path) -> None:
+    """Two digit classes in Kaggle's format: the normal loader takes them, and the hidden solution scores a submission."""
+    from competition.data.files import simulated_solution
+    from competition.data.loader import load_competition
+    from competition.kaggle.scoring import score_submission
+    from competition.simulate.digits import write_digits
+
+    cfg = CompetitionConfig(data_dir=tmp_path / "digits")
+    write_digits(cfg, (3, 8), 100, 0, 0.3)
+    train, test = load_competition(cfg)
+    assert train.labels is not None
+    assert len(train) == 100 and len(test) == 357 - 100  # sklearn's digits hold 183 threes and 174 eights
+    assert set(train.labels.tolist()) == {0, 1}
+    assert train.images.shape == (100, 75, 75, 2) and np.isnan(train.angle).all()
+    assert train.images.min() > -46 and train.images.max() <= -10 + 1e-4  # dB-like: HH -35..-10, HV smoothed -10 dB
+    assert (train.images[..., 1].mean(axis=(1, 2)) < train.images[..., 0].mean(axis=(1, 2))).all()
+    solution = simulated_solution(cfg, test.fingerprint)
+    assert solution is not None
+    truth = pd.read_csv(solution, dtype={"id": str})
+    assert set(truth["Usage"]) == {"Public", "Private"} and set(truth["id"]) == set(test.ids.tolist())
+    rate = float(train.labels.mean())
+    sub = tmp_path / "prior.csv"
+    pd.DataFrame({"id": test.ids, "is_iceberg": rate}).to_csv(sub, index=False)
+    scores = score_submission(sub, solution)
+    private = truth[truth["Usage"] == "Private"]
+    assert scores.private == pytest.approx(log_loss(private["is_iceberg"], np.full(len(private), rate), labels=[0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ladder.sizes=[10,200]", "ladder.sizes"),
+        ("ladder.digits.classes=[3,3]", "ladder.digits.classes"),
+        ("ladder.size=[100]", "ladder.size"),
+        ("ladder.n_test=2", "ladder.n_test"),
+    ],
+)
+def test_option_errors_name_the_key(tmp_path: Path, override: str, key: str) -> None:
+    """A bad ladder option is one ConfigError naming the key, before any data is written."""
+    cfg = CompetitionConfig(runs_dir=tmp_path / "runs")
+    with pytest.raises(ConfigError, match=f"key '{key}"):
+        run_ladder(cfg, [override])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_tiny_ladder_end_to_end(tmp_path: Path) -> None:
+    """One rung of 40 simulated images, 2 folds, two recipes: its data, folds, runs, stack, prior, JSON and docs section."""
+    from competition.data.loader import load_train
+    from competition.folds import load_folds
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- quality:start -->\nquality\n<!-- quality:end -->\n")
+    result = run_ladder(CompetitionConfig(runs_dir=tmp_path / "runs"), [*TINY, f"output={docs}"])
+
+    saved: dict[str, Any] = json.loads((tmp_path / "runs" / "lad" / "ladder.json").read_text())
+    assert [r["rung"] for r in saved["rungs"]] == ["40"] and saved["targets"] == result["targets"]
+    rung = saved["rungs"][0]
+    assert (rung["n_train"], rung["n_test"]) == (40, 30)
+    assert [x["name"] for x in rung["recipes"]] == [f"{MODEL}-head", f"{MODEL}-auto"]
+    assert all(Path(x["run_dir"]).parent == tmp_path / "runs" / "lad-40" for x in rung["recipes"])
+    assert any(m["kind"] == "stack" for m in rung["methods"])
+
+    rcfg = CompetitionConfig(data_dir=tmp_path / "runs/lad/data/40", work_dir=tmp_path / "runs/lad/data/40")
+    train = load_train(rcfg)
+    assert train.labels is not None and len(train) == 40
+    folds = load_folds(rcfg, train)
+    assert folds.params.k == 2
+    fold = folds.assignment(train.ids, 0)
+    expected = np.array([train.labels[fold != f].mean() for f in fold])
+    assert rung["prior"]["cv_logloss"] == pytest.approx(log_loss(train.labels, expected))
+    assert rung["prior"]["private"] is not None
+
+    assert {t["target"] for t in result["targets"]} == {"auto", "prior", "stack"}
+    text = docs.read_text()
+    assert "quality\n<!-- quality:end -->" in text  # the other section stays
+    section = text.split(START, 1)[1].split(END, 1)[0]
+    assert "| rung | train / test | prior | head | auto | stack (lgbm) |" in section
+    assert "| 40 | 40 / 30 |" in section and "auto @ 40" in section
