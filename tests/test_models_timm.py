@@ -13,7 +13,8 @@ from competition.models import weights
 from competition.models.base import ImageModel, ModelInputs
 from competition.models.registry import create_model, load_model
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
-from competition.models.timm_net import imagenet_classifier
+from competition.models.timm_net import TimmModel, imagenet_classifier
+from competition.training.loop import Callback, FitLoop
 
 pytestmark = pytest.mark.slow
 TINY = {"image_size": 32, "head": {"pooling": "avg", "hidden": [16], "dropout": 0.1}}
@@ -178,21 +179,70 @@ def _max_change(before: dict[str, torch.Tensor], model: ImageModel, prefix: str)
     return max(float((after[k] - v).abs().max()) for k, v in before.items() if k.startswith(prefix))
 
 
-def test_gradual_unfreezing_and_discriminative_rates(sar: Dataset) -> None:
+class _OptimizerRecord(Callback):
+    """At each epoch end: the optimizer object and the AdamW step count of a head and a layer4 weight."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int]] = []
+
+    def on_epoch_end(self, loop: FitLoop, metrics: dict[str, float]) -> None:
+        model = loop.network
+        assert isinstance(model, TimmModel) and model._fit is not None
+        optimizer = model._fit.optimizer
+        steps = [
+            int(optimizer.state[p]["step"]) if p in optimizer.state else 0 for p in (model.net["head"][0].weight, model.net["backbone"].layer4[1].conv2.weight)
+        ]
+        self.rows.append((id(optimizer), *steps))
+
+
+def test_gradual_unfreezing_keeps_the_optimizer_state(sar: Dataset) -> None:
     train, valid = _inputs(sar, slice(0, 8)), _inputs(sar, slice(8, 12))
     gradual = create_model("resnet18", weights="none", policy="all", train={"unfreeze_every": 1}, **TINY)
-    before = _parameters(gradual)
+    before, record = _parameters(gradual), _OptimizerRecord()
     gradual.fit(train, valid, epochs=1, batch_size=8)  # epoch 0: the head alone
     assert _max_change(before, gradual, "head.") > 0 and _max_change(before, gradual, "backbone.") == 0
     assert gradual.trainable_parameter_names() == [n for n, _ in gradual.net.named_parameters()]  # the policy is restored
+    gradual.fit(train, valid, epochs=3, batch_size=8, callbacks=[record])  # one step an epoch; layer4 opens at epoch 1
+    assert [row[1:] for row in record.rows] == [(1, 0), (2, 1), (3, 2)]  # the head's moments and step count carry on
+    assert len({row[0] for row in record.rows}) == 1  # one optimizer for the whole fit
 
-    optimizer = {"name": "adamw", "lr": 1e-3, "block_lr_decay": 0.1}
-    decayed = create_model("resnet18", weights="none", policy="all", optimizer=optimizer, **TINY)
+
+def _group_rates(model: ImageModel) -> dict[str, float]:
+    assert isinstance(model, TimmModel) and model._fit is not None
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    return {names[id(p)]: group["base_lr"] for group in model._fit.optimizer.param_groups for p in group["params"]}
+
+
+def test_discriminative_rates_follow_timms_parameter_groups(sar: Dataset) -> None:
+    optimizer = {"name": "adamw", "lr": 1e-3, "block_lr_decay": 0.5}
+    model = create_model("resnet18", weights="none", policy="all", optimizer=optimizer, **TINY)
+    model.prepare(sar.images, sar.angle)
+    model.apply_policy("all")
+    model.start_fit(_inputs(sar, slice(0, 8)), None, 0)
+    rates = _group_rates(model)
+    assert set(rates) == {n for n, _ in model.net.named_parameters()}
+    # resnet18.group_matcher: stem, then each residual block (layer1.0 ... layer4.1): 9 layers under the head
+    assert rates["head.0.weight"] == 1e-3 and rates["backbone.layer4.1.conv1.weight"] == 1e-3 * 0.5
+    assert rates["backbone.layer4.0.bn2.bias"] == 1e-3 * 0.5**2 and rates["backbone.layer1.0.conv1.weight"] == 1e-3 * 0.5**8
+    assert rates["backbone.conv1.weight"] == rates["backbone.bn1.weight"] == 1e-3 * 0.5**9
+    model.apply_policy("top:1")  # only the policy's blocks are in the optimizer
+    model.start_fit(_inputs(sar, slice(0, 8)), None, 0)
+    assert {n.split(".")[1] for n in _group_rates(model) if n.startswith("backbone.")} == {"layer4"}
+
+    model.apply_policy("all")
+    model.net["backbone"].group_matcher = None  # an architecture without a group matcher: one layer per block of ours
+    model.start_fit(_inputs(sar, slice(0, 8)), None, 0)
+    rates = _group_rates(model)
+    assert model.blocks() == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert rates["backbone.layer4.0.conv1.weight"] == rates["backbone.layer4.1.conv1.weight"] == 1e-3 * 0.5
+    assert rates["backbone.conv1.weight"] == 1e-3 * 0.5**5
+
+    decayed = create_model("resnet18", weights="none", policy="all", optimizer={**optimizer, "block_lr_decay": 0.1}, **TINY)
     before = _parameters(decayed)
-    decayed.fit(train, valid, epochs=1, batch_size=8)  # Adam steps are about lr: head 1e-3, layer4 1e-4, stem 1e-8
+    decayed.fit(_inputs(sar, slice(0, 8)), _inputs(sar, slice(8, 12)), epochs=1, batch_size=8)  # Adam steps are about lr
     assert _max_change(before, decayed, "head.") > 3e-4
-    assert 1e-5 < _max_change(before, decayed, "backbone.layer4.") < 3e-4
-    assert _max_change(before, decayed, "backbone.conv1.") < 1e-6
+    assert 1e-5 < _max_change(before, decayed, "backbone.layer4.1.") < 3e-4
+    assert _max_change(before, decayed, "backbone.conv1.") < 1e-9
 
 
 def test_fit_restores_the_best_epoch_when_only_the_head_trains(sar: Dataset) -> None:

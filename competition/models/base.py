@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +38,8 @@ import numpy as np
 from competition.models import policies, similarity
 from competition.models.inputs import InputPipeline
 from competition.models.schema import MODEL_FILE, Augment, FitResult, ModelConfig, ModelInputs, PolicyDecision
+from competition.training.callbacks import EarlyStopping, EpochReport, GradualUnfreezing, KeepBest, LearningRateSchedule, WeightEma
+from competition.training.loop import Callback, FitLoop, TrainableState
 
 
 class ImageModel(ABC):
@@ -192,6 +194,82 @@ class ImageModel(ABC):
     @abstractmethod
     def _load_weights(self, directory: Path) -> None:
         """Read the weights `_save_weights` wrote."""
+
+
+class NetworkModel(ImageModel):
+    """An `ImageModel` trained by gradient steps: `fit` runs `competition.training.loop.FitLoop`.
+
+    The callbacks come from the config: gradual unfreezing (`train.unfreeze_every`), the
+    learning-rate schedule (`optimizer.schedule`, `warmup_epochs`, `min_lr_ratio`), weight EMA
+    (`train.ema_decay`), keep-best, early stopping (`patience`) and the caller's `on_epoch`.
+    Subclasses implement the `TrainableNetwork` hooks below (the framework part of one step).
+    """
+
+    def fit(
+        self,
+        train: ModelInputs,
+        valid: ModelInputs,
+        *,
+        epochs: int,
+        batch_size: int,
+        augment: Augment | None = None,
+        seed: int = 0,
+        patience: int | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> FitResult:
+        """`ImageModel.fit`; `callbacks` run after the configured ones (see `competition.training.callbacks`)."""
+        check_fit_inputs(train, valid, augment)
+        if not self.inputs.fitted:
+            self.prepare(train.x, train.angle)
+        if not self._trainable or self.policy is None:
+            self.apply_policy(self.config.policy, None if train.is_features else train.x)
+        target = list(self._trainable)
+        loop = FitLoop(self, epochs=epochs, batch_size=batch_size, callbacks=[*self._callbacks(target, patience, on_epoch), *callbacks])
+        try:
+            return loop.run(train, valid, augment=augment, seed=seed)
+        finally:
+            self._set_trainable(target)
+
+    def _callbacks(self, target: list[bool], patience: int | None, on_epoch: Callable[[int, dict[str, float]], None] | None) -> list[Callback]:
+        opt, train = self.config.optimizer, self.config.train
+        out: list[Callback] = [LearningRateSchedule(opt.schedule, opt.warmup_epochs, opt.min_lr_ratio)]
+        if train.unfreeze_every is not None:
+            out.insert(0, GradualUnfreezing(target, train.unfreeze_every))
+        if train.ema_decay is not None:
+            out.append(WeightEma(train.ema_decay))
+        out.append(KeepBest())
+        if patience is not None:
+            out.append(EarlyStopping(patience))
+        if on_epoch is not None:
+            out.append(EpochReport(on_epoch))
+        return out
+
+    def open_blocks(self, flags: list[bool]) -> None:
+        """Gradual unfreezing: let only these blocks train for now; the policy (`frozen_prefix`) stays as applied."""
+        self._set_trainable(flags)
+
+    # --- the framework part of the fit loop (competition.training.loop.TrainableNetwork) ---
+
+    @abstractmethod
+    def start_fit(self, train: ModelInputs, augment: Augment | None, seed: int) -> None:
+        """Reset the head from `seed`; build the optimizer once over every block of the policy, with per-block rates."""
+
+    @abstractmethod
+    def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> float:
+        """One optimizer step on rows `idx` of the fit's training inputs; returns the batch's mean loss."""
+
+    @abstractmethod
+    def set_lr_multiplier(self, factor: float) -> None:
+        """Every parameter group's configured rate times `factor` from the next step on."""
+
+    @abstractmethod
+    def trainable_state(self) -> TrainableState:
+        """Copies of every tensor training can change: all but those of the blocks the policy freezes."""
+
+    @abstractmethod
+    def load_trainable_state(self, state: TrainableState) -> None:
+        """Put a `trainable_state` copy back (the frozen blocks never changed)."""
 
 
 def check_fit_inputs(train: ModelInputs, valid: ModelInputs, augment: Augment | None) -> None:

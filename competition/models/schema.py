@@ -39,7 +39,17 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     weight_decay: float = Field(0.0, ge=0.0)
-    block_lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="lr of block b = lr * decay ** (blocks above b); 1 = one rate")
+    block_lr_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="lr of a parameter = lr * decay ** (its depth below the head, from timm's group_matcher or the block list); 1 = one rate",
+    )
+    schedule: Literal["warmup_cosine", "one_cycle", "constant"] = Field(
+        "warmup_cosine", description="per-step multiplier on every rate (competition.training.schedules); cosine runs over the nominal epochs"
+    )
+    warmup_epochs: float = Field(1.0, ge=0.0, description="epochs of warm-up (a fraction is allowed); 0 = none")
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="floor of the annealing, as a fraction of the rates")
 
 
 class AutoPolicyConfig(Strict):
@@ -58,6 +68,7 @@ class TrainDefaults(Strict):
     batch_size: int = Field(32, ge=1)
     patience: int | None = Field(8, ge=1)
     unfreeze_every: int | None = Field(None, ge=1, description="gradual unfreezing: one more block every N epochs (None = off)")
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="validate and keep an exponential moving average of the weights (None = off)")
 
 
 Channel = Literal["hh", "hv", "mean", "ratio", "difference"]

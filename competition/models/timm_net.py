@@ -9,7 +9,6 @@ architecture whose tree does not replay as a chain of stages is one `backbone` b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +17,16 @@ from typing import Any, Protocol, cast
 import numpy as np
 import timm
 import torch
-from timm.models import adapt_input_conv
+from timm.models import adapt_input_conv, group_parameters
 from torch import nn
 from torch.nn import functional as F
 
 from competition.errors import ConfigError
-from competition.metrics import logloss
 from competition.models import weights as wt
-from competition.models.base import ImageModel, check_fit_inputs
+from competition.models.base import NetworkModel
 from competition.models.inputs import network_affine, photo_network_input
-from competition.models.policies import block_learning_rates, unfrozen_at_epoch
-from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
+from competition.models.policies import block_learning_rates
+from competition.models.schema import Augment, ModelConfig, ModelInputs
 from competition.models.similarity import channel_stats, layer_average, symmetric_kl
 
 WEIGHTS_FILE = "weights.pt"
@@ -149,8 +147,20 @@ def _backbone_state(classifier: nn.Module, in_chans: int) -> dict[str, torch.Ten
     return state
 
 
-class TimmModel(ImageModel):
-    """A timm backbone + angle-fusion MLP head, trained with a lean PyTorch loop."""
+@dataclass
+class _FitData:
+    """What one fit's steps share: the training inputs, the first block they enter, angles, labels, the optimizer."""
+
+    train: ModelInputs
+    augment: Augment | None
+    start: int
+    angles: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+
+
+class TimmModel(NetworkModel):
+    """A timm backbone + angle-fusion MLP head; `fit` is the shared fit loop, one PyTorch step per batch here."""
 
     framework = "timm"
     divergence_measure = "symmetric KL of batch vs BN running statistics"
@@ -172,6 +182,8 @@ class TimmModel(ImageModel):
         self._scale = torch.from_numpy(scale).view(1, -1, 1, 1).to(self.device)
         self._offset = torch.from_numpy(offset).view(1, -1, 1, 1).to(self.device)
         self._trainable = [True] * len(self._block_list)
+        self._open = list(self._trainable)  # the blocks training now (fewer than the policy's while gradually unfreezing)
+        self._fit: _FitData | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -211,6 +223,7 @@ class TimmModel(ImageModel):
         return [[p for m in b.modules for p in m.named_parameters(prefix=names[id(m)])] for b in self._block_list]
 
     def _set_trainable(self, flags: list[bool]) -> None:
+        self._open = list(flags)
         for params, flag in zip(self._block_parameters(), flags, strict=True):
             for _, p in params:
                 p.requires_grad_(flag)
@@ -219,9 +232,9 @@ class TimmModel(ImageModel):
         return [n for params in self._block_parameters() for n, p in params if p.requires_grad]
 
     def _train_mode(self) -> None:
-        """Training mode, except frozen blocks: their batch norm keeps using its running statistics."""
+        """Training mode, except blocks not training now: their batch norm keeps using its running statistics."""
         self.net.train()
-        for block, flag in zip(self._block_list, self._trainable, strict=True):
+        for block, flag in zip(self._block_list, self._open, strict=True):
             if not flag:
                 for m in block.modules:
                     m.eval()
@@ -270,10 +283,40 @@ class TimmModel(ImageModel):
             return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         return self._network_input(x)
 
+    def _parameter_layers(self) -> list[tuple[int, nn.Parameter]]:
+        """(depth layer, parameter) for every parameter of the policy's blocks; the head is the top layer.
+
+        Layers come from the architecture's own `group_matcher` (timm's `group_parameters`, as
+        `timm.optim.param_groups_layer_decay` builds layer-wise decay: stem, then each block); an
+        architecture without one falls back to our block list (one layer per block).
+        """
+        backbone = self.net["backbone"]
+        matcher = getattr(backbone, "group_matcher", None)
+        timm_layers: dict[str, int] = group_parameters(backbone, matcher(coarse=False), reverse=True) if matcher is not None else {}
+        n_backbone = max(timm_layers.values()) + 1 if timm_layers else len(self._block_list) - 1
+        out = []
+        for b, (params, flag) in enumerate(zip(self._block_parameters(), self._trainable, strict=True)):
+            for name, p in params if flag else ():
+                inner = name.removeprefix("backbone.")
+                layer = n_backbone if name.startswith("head.") else timm_layers.get(inner, n_backbone - 1) if timm_layers else b
+                out.append((layer, p))
+        return out
+
     def _optimizer(self) -> torch.optim.Optimizer:
+        """One optimizer over every parameter the policy trains, one group per depth layer with its own rate.
+
+        Parameters of blocks not yet open (gradual unfreezing) have no gradient and are skipped by
+        the optimizer's step until they open, so opening a block keeps everyone's state.
+        """
         opt = self.config.optimizer
-        rates = block_learning_rates(opt.lr, opt.block_lr_decay, self._trainable)
-        groups = [{"params": [p for _, p in params], "lr": lr} for params, lr in zip(self._block_parameters(), rates, strict=True) if lr > 0 and params]
+        layers = self._parameter_layers()
+        n_layers = max((layer for layer, _ in layers), default=0) + 1
+        rates = block_learning_rates(opt.lr, opt.block_lr_decay, [True] * n_layers)
+        groups = [
+            {"params": params, "lr": rates[layer], "base_lr": rates[layer]}
+            for layer in range(n_layers)
+            if (params := [p for depth, p in layers if depth == layer])
+        ]
         if opt.name == "sgd":
             return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay)
         cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
@@ -285,74 +328,45 @@ class TimmModel(ImageModel):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
 
-    def fit(
-        self,
-        train: ModelInputs,
-        valid: ModelInputs,
-        *,
-        epochs: int,
-        batch_size: int,
-        augment: Augment | None = None,
-        seed: int = 0,
-        patience: int | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> FitResult:
-        check_fit_inputs(train, valid, augment)
-        if not self.inputs.fitted:
-            self.prepare(train.x, train.angle)
-        if not self._trainable or self.policy is None:
-            self.apply_policy(self.config.policy, None if train.is_features else train.x)
-        start = self.frozen_prefix() if train.is_features else 0
-        target = list(self._trainable)
+    def start_fit(self, train: ModelInputs, augment: Augment | None, seed: int) -> None:
         self._reset_head(seed)
-        rng = np.random.default_rng(seed)
-        optimizer = self._optimizer()
         angles = torch.from_numpy(self.inputs.angles(train.angle)).to(self.device)
         labels = torch.from_numpy(np.asarray(train.y, np.float32)).to(self.device)
-        history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-        best, best_epoch, best_state = math.inf, 0, None
-        try:
-            for epoch in range(epochs):
-                self._trainable = unfrozen_at_epoch(target, epoch, self.config.train.unfreeze_every)
-                self._set_trainable(self._trainable)
-                self._train_mode()
-                total, order = 0.0, rng.permutation(len(train))
-                for i in range(0, len(order), batch_size):
-                    idx = order[i : i + batch_size]
-                    if len(idx) < 2 and len(order) > 1:
-                        continue  # batch norm cannot train on a single image
-                    with self._autocast():
-                        logits = self._logits(self._batch(train, idx, augment, rng), angles[idx], start)
-                    loss = F.binary_cross_entropy_with_logits(logits.float(), labels[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(idx)
-                val_loss = logloss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
-                history["train_loss"].append(total / len(order))
-                history["val_loss"].append(val_loss)
-                if on_epoch is not None:
-                    on_epoch(epoch, {"train_loss": history["train_loss"][-1], "val_loss": val_loss})
-                if val_loss < best:
-                    best, best_epoch, best_state = val_loss, epoch, self._snapshot(target)
-                elif patience is not None and epoch - best_epoch >= patience:
-                    break
-        finally:
-            self._trainable = target
-            self._set_trainable(target)
-        if best_state is not None:
-            self.net.load_state_dict(best_state, strict=False)  # the rest (frozen blocks) never changed
-        return FitResult(history=history, best_epoch=best_epoch)
+        start = self.frozen_prefix() if train.is_features else 0
+        self._fit = _FitData(train, augment, start, angles, labels, self._optimizer())
 
-    def _snapshot(self, flags: list[bool]) -> dict[str, torch.Tensor]:
-        """Copies of every tensor training can change: all but those of the blocks frozen under `flags`.
+    def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> float:
+        fit = self._fitting()
+        self._train_mode()
+        with self._autocast():
+            logits = self._logits(self._batch(fit.train, idx, fit.augment, rng), fit.angles[idx], fit.start)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), fit.labels[idx])
+        fit.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fit.optimizer.step()
+        return float(loss.detach())
+
+    def set_lr_multiplier(self, factor: float) -> None:
+        for group in self._fitting().optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def _fitting(self) -> _FitData:
+        if self._fit is None:
+            raise RuntimeError("start_fit must come before training steps")
+        return self._fit
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Copies of every tensor training can change: all but those of the blocks the policy freezes.
 
         Frozen blocks keep their weights and, in eval mode, their batch-norm statistics, so copying
         them at each better epoch (most of a `head` network) would only cost time.
         """
-        frozen = {id(t) for block, flag in zip(self._block_list, flags, strict=True) if not flag
+        frozen = {id(t) for block, flag in zip(self._block_list, self._trainable, strict=True) if not flag
                   for m in block.modules for t in (*m.parameters(), *m.buffers())}  # fmt: skip
         return {k: v.detach().clone() for k, v in self.net.state_dict(keep_vars=True).items() if id(v) not in frozen}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state, strict=False)  # the rest (frozen blocks) never changed
 
     def predict(self, inputs: ModelInputs, batch_size: int = 64) -> np.ndarray:
         start = self.frozen_prefix() if inputs.is_features else 0
