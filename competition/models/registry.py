@@ -24,6 +24,7 @@ MODELS_DIR = CONFIG_DIR / "models"
 FRAMEWORKS: dict[str, tuple[str, str]] = {
     "timm": ("competition.models.timm_net", "TimmModel"),
     "keras": ("competition.models.keras_vgg", "KerasVgg16"),
+    "probe": ("competition.models.linear_probe", "LinearProbe"),  # a logistic regression on frozen timm features
 }
 
 
