@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
 from competition.config import Strict
 
@@ -71,6 +71,18 @@ class TrainDefaults(Strict):
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="validate and keep an exponential moving average of the weights (None = off)")
 
 
+class ProbeConfig(Strict):
+    """The linear probe's logistic regression (framework `probe`; the other frameworks ignore this section)."""
+
+    c_grid: list[PositiveFloat] = Field(
+        default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+        min_length=1,
+        description="inverse regularisation strengths C tried; the one with the best inner-CV log loss is kept",
+    )
+    inner_folds: int = Field(5, ge=2, description="stratified inner folds that choose C (fewer when a class is smaller)")
+    max_iter: int = Field(1000, ge=1, description="L-BFGS iterations per fit")
+
+
 Channel = Literal["hh", "hv", "mean", "ratio", "difference"]
 
 
@@ -82,7 +94,9 @@ class ModelConfig(Strict):
     """One model's YAML (configs/models/<name>.yaml); any key can be overridden as KEY=VALUE."""
 
     name: str
-    framework: Literal["keras", "timm"]
+    framework: Literal["keras", "timm", "probe"] = Field(
+        description="keras | timm | probe (a logistic regression on frozen timm features: competition.models.linear_probe)"
+    )
     architecture: str = Field(description="timm model name, or 'vgg16' for Keras")
     weights: Literal["pretrained", "none"] = "pretrained"
     weights_file: Path | None = Field(None, description="a local weight file; first in the resolution order")
@@ -93,6 +107,7 @@ class ModelConfig(Strict):
     head: HeadConfig = HeadConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainDefaults = TrainDefaults()
+    probe: ProbeConfig = ProbeConfig()
     seed: int = Field(0, description="initialises what has no pretrained weights when the model is built")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="timm: cuda when present under auto; Keras uses TensorFlow's device placement")
     mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_float16 policy (Keras, GPU only)")
