@@ -240,7 +240,7 @@ def run_bench(models: Sequence[str] | None, *, n: int, repeats: int, output: Pat
     """Measure every model, print the tables, write the section into `output`."""
     import torch  # noqa: F401 - torch before TensorFlow in one process
 
-    names = list(models or list_models())
+    names = list(models or [n for n in list_models() if load_model_config(n).framework != "probe"])  # a linear probe has no epochs to time
     rows = []
     with progress() as bar:
         task = bar.add_task("bench", total=len(names))
