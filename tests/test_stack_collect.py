@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from competition.errors import DataError, FingerprintError, MissingArtefactError
@@ -41,6 +42,23 @@ def test_collect_aligns_every_run_to_the_folds_and_test_ids(comp):
     row = stored[(stored["repeat"] == 1)].iloc[7]
     i = list(coll.train_ids).index(row["id"])
     assert coll.oof[1, i, 1] == pytest.approx(row["prediction"]) and coll.fold[1, i] == row["fold"]
+    test = pd.read_csv(comp.cfg.runs_dir / "baseline" / "b" / "test.csv", dtype={"id": str}).set_index("id").loc[comp.test.ids]
+    assert coll.test_by_fold.shape == (2, 3, 20, 2)
+    assert np.allclose(coll.test_by_fold[1, 2, :, 1], test["r1_f2_s0"])
+
+
+def test_test_predictions_are_averaged_over_seeds_per_fold_and_a_missing_fold_is_refused(comp):
+    run = write_predictor(comp, "a", 1.0, 1.0, seed=1)
+    test = pd.read_csv(run / "test.csv", dtype={"id": str})
+    seeded = test.assign(r0_f1_s1=0.0, r0_f1_s0=1.0)
+    _rewrite(
+        run, test=seeded[["id", *[c for c in seeded.columns if c not in ("id", "mean")], "mean"]], units=[c for c in seeded.columns if c not in ("id", "mean")]
+    )
+    assert np.allclose(_collect(comp).test_by_fold[0, 1, :, 0], 0.5)
+    without = test.drop(columns="r1_f2_s0")
+    _rewrite(run, test=without, units=[c for c in without.columns if c not in ("id", "mean")])
+    with pytest.raises(DataError, match="no test predictions of the unit models of repeat 1, fold 2"):
+        _collect(comp)
 
 
 def test_named_runs_only_and_a_missing_named_run_is_refused(comp):

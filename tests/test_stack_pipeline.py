@@ -46,7 +46,12 @@ def test_stacker_beats_every_single_run_and_every_blend(stacked):
     best_blend = min(m.cv_mean for m in methods.values() if m.kind == "blend")
     assert best_single == summary.best_single.cv_mean
     assert methods["lgbm"].cv_mean < best_blend < best_single
+    # far better than every simpler method: the one-SE rule (the default) still submits the stacker
     assert summary.chosen.method == "lgbm" == summary.ranking[0]
+    assert summary.choice is not None and summary.choice.rule == "one_se" and summary.choice.candidates == ["lgbm"]
+    assert summary.choice.threshold == pytest.approx(methods["lgbm"].cv_mean + summary.choice.se)
+    assert summary.choice.threshold < best_blend
+    assert summary.choice.reason.startswith("lgbm: lowest mean CV")
 
 
 def test_summary_lists_every_method_best_first_with_fold_scores(stacked):
@@ -104,7 +109,8 @@ def test_an_interrupted_search_runs_only_the_missing_trials(stacked, tmp_path):
     comp, _, _ = stacked
     rng = np.random.default_rng(0)
     P = rng.uniform(0.05, 0.95, (len(comp.train), 2))
-    X, _ = stack_tables(["a", "b"], P, P[:5], comp.train.angle, comp.train.angle[:5])
+    fold = comp.folds.table["fold"].to_numpy()
+    X, _ = stack_tables(["a", "b"], P, P[:5], comp.train.angle, comp.train.angle[:5], fold, np.repeat(P[None, :5], comp.folds.params.k, axis=0))
     y = comp.train.labels.astype(int)
     storage = tmp_path / "optuna.sqlite"
     ticks: list[int] = []
@@ -147,6 +153,7 @@ def test_cli_stack_end_to_end_without_torch_or_tensorflow(tmp_path):
     summary = read_summary(comp.cfg.runs_dir / "baseline" / "stack")
     assert set(summary.methods) == {"single:m0", "single:m1", "mean", "weights", "lgbm"}
     assert "Optuna search" in done.stderr and "nested CV log loss" in done.stderr
+    assert f"chosen by one_se: {summary.choice.reason}" in " ".join(done.stderr.split())
     assert validate_submission(summary.submission, comp.cfg.sample_submission) == 40
     importances = pd.read_csv(comp.cfg.runs_dir / "baseline" / "stack" / "importances.csv")
     assert any(f.startswith("band_") for f in importances["feature"])

@@ -4,11 +4,18 @@ The trainer's reader (`competition.training.store.load_run`) refuses incomplete,
 malformed run folders. On top of that, OOF tables made on other folds or other data would leak
 or misalign, so every run must carry the current folds fingerprint and data fingerprints, and
 cover every training id exactly once per repeat, in the fold the folds file says; its test
-table must hold every current test id exactly once. A run's column is named after its folder.
+table must hold every current test id exactly once, with one column per unit (`r{repeat}_f{fold}_s{seed}`,
+`store.Unit.name`) covering every (repeat, fold) of the folds file. A run's column is named after
+its folder.
+
+Besides each run's mean test prediction, the collection keeps its test predictions by the models
+of each (repeat, fold) (mean over seeds): the leak-free `group_pred` of a training row reads only
+the models that never saw its label (competition.stacking.features).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +34,8 @@ class Collection:
     """The runs' predictions aligned to the folds' training ids and the test ids.
 
     oof: R x n_train x n_runs; fold: R x n_train (outer fold of each id per repeat);
-    test: n_test x n_runs (each run's `mean` column).
+    test: n_test x n_runs (each run's `mean` column); test_by_fold: R x K x n_test x n_runs (each
+    run's test predictions by the models of (repeat, fold), mean over seeds).
     """
 
     names: list[str]
@@ -36,6 +44,7 @@ class Collection:
     oof: np.ndarray
     fold: np.ndarray
     test: np.ndarray
+    test_by_fold: np.ndarray
     folds_fingerprint: str
     data_fingerprint: dict[str, str]
     config_hashes: dict[str, str]
@@ -121,6 +130,26 @@ def align_test(run: Run, test_ids: np.ndarray) -> np.ndarray:
     return run.test.set_index("id").loc[test_ids, "mean"].to_numpy(dtype=np.float64)
 
 
+UNIT_COLUMN = re.compile(r"r(\d+)_f(\d+)_s(\d+)")  # store.Unit.name
+
+
+def align_test_by_fold(run: Run, test_ids: np.ndarray, folds: Folds) -> np.ndarray:
+    """R x K x n_test: the run's test predictions by the models of each (repeat, fold), mean over seeds,
+    in `test_ids` order; refused when a (repeat, fold) of the folds file has no unit column."""
+    table = run.test.set_index("id").loc[test_ids]
+    units: dict[tuple[int, int], list[str]] = {}
+    for column in run.unit_columns:
+        match = UNIT_COLUMN.fullmatch(column)
+        if match is not None:
+            units.setdefault((int(match[1]), int(match[2])), []).append(column)
+    out = np.empty((folds.params.repeats, folds.params.k, len(test_ids)))
+    for r, f in folds.units():
+        if (r, f) not in units:
+            raise DataError(f"{run.path / TEST_FILE}: no test predictions of the unit models of repeat {r}, fold {f}: retrain the run on the current folds")
+        out[r, f] = table[units[r, f]].to_numpy(dtype=np.float64).mean(axis=1)
+    return out
+
+
 def collect(paths: Sequence[Path], folds: Folds, test_ids: np.ndarray, test_fingerprint: str) -> Collection:
     """Read, check and align the runs at `paths` against the current folds and test data."""
     runs = [load_run(p) for p in paths]
@@ -134,6 +163,7 @@ def collect(paths: Sequence[Path], folds: Folds, test_ids: np.ndarray, test_fing
         oof=np.stack([a[0] for a in aligned], axis=-1),
         fold=aligned[0][1],
         test=np.column_stack([align_test(r, np.asarray(test_ids)) for r in runs]),
+        test_by_fold=np.stack([align_test_by_fold(r, np.asarray(test_ids), folds) for r in runs], axis=-1),
         folds_fingerprint=folds.fingerprint,
         data_fingerprint={"train": folds.data_fingerprint, "test": test_fingerprint},
         config_hashes={r.name: r.meta.config_hash for r in runs},

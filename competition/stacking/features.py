@@ -1,14 +1,35 @@
 """The stacker's features: each run's prediction and logit, the angle, band statistics, angle groups.
 
 Images that share an exact incidence angle come from one radar scene and tend to share a label
-(on the real data 873 of 879 angle groups hold one class). Three group features carry that:
+(on the real data 873 of 879 angle groups hold one class). The group features carry that:
 - `group_size`: how many train + test images share the exact angle (label-free);
-- `group_pred`: the mean base-model prediction of the *other* images of the group (label-free);
+- `group_pred`, `group_pred_mates`: the mean base-model prediction of the *other* images of the
+  group that may be read without leaking (below), and how many mates fed it (NaN / 0: none);
 - `group_labelled`, `group_rate`: how many labelled training rows share the angle and their
   iceberg rate - a target encoding of the angle group (`GroupTargetEncoder`). These read labels,
   so they are never part of the stored table: the stacker computes them inside `fit` from its own
   training rows only - cross-fitted (inner OOF) for those rows (`fit_transform`), and from all of
   them for the rows it predicts (`transform`) - so no row's feature ever sees its own label.
+
+Why `group_pred` of a training row reads only some mates (`leak_free_group_pred`). Row i sits in
+outer fold f of repeat r. A mate j in another fold g has an OOF prediction from the fold-g models,
+which were trained on every fold but g - fold f, row i's label, included; and scene mates are
+near-copies, so a model that fits its training rows well predicts j much as it learnt i. The
+same holds for a test mate's mean prediction over all fold models (all but the fold-f ones saw
+i). A mean over those mates therefore carries y_i, and the stacker's CV, which scores row i
+from that feature, is optimistic (on the simulated competition: CV 0.050-0.057 against a hidden
+private score of 0.067-0.069). So row i's `group_pred` averages only predictions by the fold-f
+models of repeat r, the only base models that never saw y_i: the OOF predictions of its mates in
+fold f (made by exactly those models) and the fold-f models' predictions of its test mates
+(each unit's own test column, `Collection.test_by_fold`). Every input of the feature is then a
+function of the inputs and of labels outside fold f: y_i cannot reach it, whatever the base
+models memorise. The stacker's held-out rows of outer fold f are scored from features no fold-f
+label fed, as nested CV requires. Test rows have no label to leak: they average all their mates
+(training mates' OOF predictions, test mates' mean predictions), so their `group_pred_mates` is
+larger; LightGBM sees the count and can weigh the feature by it.
+
+With `folds.group_by_angle: true` every scene sits in one fold, so a training row's train mates
+all share its fold and only its test mates' predictions change.
 """
 
 from __future__ import annotations
@@ -53,26 +74,43 @@ def group_size(angle: np.ndarray) -> np.ndarray:
     return pd.Series(angle).map(counts).fillna(1.0).to_numpy(dtype=np.float64)
 
 
-def group_neighbour_mean(angle: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of `values` over the other rows sharing the exact angle (NaN when there are none)."""
+def group_neighbour_mean(angle: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of `values` over the other rows sharing the exact angle (NaN when there are none), and
+    how many such rows there are (a missing angle has none)."""
     frame = pd.DataFrame({"a": angle, "v": values})
     stats = frame.dropna(subset=["a"]).groupby("a")["v"].agg(["sum", "count"])
     total = frame["a"].map(stats["sum"]).to_numpy(dtype=np.float64)
-    count = frame["a"].map(stats["count"]).to_numpy(dtype=np.float64)
+    count = frame["a"].map(stats["count"]).fillna(1.0).to_numpy(dtype=np.float64) - 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (total - values) / (count - 1)
-    out[~(count > 1)] = np.nan
-    return out
+        out = (total - values) / count
+    out[~(count > 0)] = np.nan
+    return out, count
 
 
-def label_free_group_features(
-    angle_train: np.ndarray, angle_test: np.ndarray, pred_train: np.ndarray, pred_test: np.ndarray
+GROUP_PRED, GROUP_PRED_MATES = "group_pred", "group_pred_mates"
+
+
+def leak_free_group_pred(
+    angle_train: np.ndarray, angle_test: np.ndarray, fold: np.ndarray, oof: np.ndarray, test: np.ndarray, test_by_fold: np.ndarray
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Group size and neighbours' mean prediction over train + test together (no labels read)."""
-    angle = np.concatenate([angle_train, angle_test])
-    frame = pd.DataFrame({"group_size": group_size(angle), "group_pred": group_neighbour_mean(angle, np.concatenate([pred_train, pred_test]))})
+    """`group_pred` and `group_pred_mates` of the training and the test rows (see the module docstring).
+
+    fold: (n_train,) outer fold of each training row (one repeat); oof: (n_train,) its OOF
+    prediction; test: (n_test,) mean test prediction of all fold models; test_by_fold: (K, n_test)
+    test predictions by the models of each fold. A training row of fold f averages its fold-f
+    mates' OOF predictions and its test mates' fold-f predictions; a test row averages all mates.
+    """
     n = len(angle_train)
-    return frame.iloc[:n].reset_index(drop=True), frame.iloc[n:].reset_index(drop=True)
+    pred_train, mates_train = np.full(n, np.nan), np.zeros(n)
+    for f in range(test_by_fold.shape[0]):
+        rows = np.flatnonzero(fold == f)
+        mean, count = group_neighbour_mean(np.concatenate([angle_train[rows], angle_test]), np.concatenate([oof[rows], test_by_fold[f]]))
+        pred_train[rows], mates_train[rows] = mean[: len(rows)], count[: len(rows)]
+    mean, count = group_neighbour_mean(np.concatenate([angle_train, angle_test]), np.concatenate([oof, test]))
+    return (
+        pd.DataFrame({GROUP_PRED: pred_train, GROUP_PRED_MATES: mates_train}),
+        pd.DataFrame({GROUP_PRED: mean[n:], GROUP_PRED_MATES: count[n:]}),
+    )
 
 
 GROUP_TARGET_FEATURES = ["group_labelled", "group_rate"]
@@ -174,18 +212,27 @@ def stack_tables(
     test: np.ndarray,
     angle_train: np.ndarray,
     angle_test: np.ndarray,
+    fold: np.ndarray,
+    test_by_fold: np.ndarray,
     bands_train: pd.DataFrame | None = None,
     bands_test: pd.DataFrame | None = None,
     angle_groups: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Label-free feature tables of the training rows (from one repeat's OOF matrix) and the test rows."""
+    """Label-free feature tables of the training rows and the test rows, for one repeat.
+
+    oof: n_train x n_runs OOF predictions; test: n_test x n_runs mean test predictions; fold:
+    (n_train,) outer fold of each training row; test_by_fold: K x n_test x n_runs test predictions
+    by each fold's models (what the leak-free `group_pred` of a training row may read).
+    """
     parts_train = [run_features(oof, names), angle_features(angle_train)]
     parts_test = [run_features(test, names), angle_features(angle_test)]
     if bands_train is not None and bands_test is not None:
         parts_train.append(bands_train.add_prefix(BAND).reset_index(drop=True))
         parts_test.append(bands_test.add_prefix(BAND).reset_index(drop=True))
     if angle_groups:
-        g_train, g_test = label_free_group_features(angle_train, angle_test, oof.mean(axis=1), test.mean(axis=1))
-        parts_train.append(g_train)
-        parts_test.append(g_test)
+        angle = np.concatenate([angle_train, angle_test])
+        size = group_size(angle)
+        pred_train, pred_test = leak_free_group_pred(angle_train, angle_test, fold, oof.mean(axis=1), test.mean(axis=1), test_by_fold.mean(axis=-1))
+        parts_train += [pd.DataFrame({"group_size": size[: len(angle_train)]}), pred_train]
+        parts_test += [pd.DataFrame({"group_size": size[len(angle_train) :]}), pred_test]
     return pd.concat(parts_train, axis=1), pd.concat(parts_test, axis=1)

@@ -1,4 +1,5 @@
-"""`competition stack`: collect the runs, compare every method by nested CV, submit the best.
+"""`competition stack`: collect the runs, compare every method by nested CV, submit the one chosen
+by configs/stack.yaml's `choice` rule (competition.stacking.choice; default: one standard error).
 
 Reads the folds file, the runs of one experiment and the train/test data (labels, angles, and
 images for band statistics); writes runs/<experiment>/stack/{oof.csv, test.csv, cv_scores.png,
@@ -25,12 +26,13 @@ from competition.data.dataset import Dataset
 from competition.folds import load_folds
 from competition.locks import stack_lock
 from competition.stacking.blenders import BLENDERS, MeanBlender
+from competition.stacking.choice import choose
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.collect import Collection, collect, run_dirs
 from competition.stacking.crossval import Estimator, cross_validate, fit_predict_test
 from competition.stacking.features import PRED, pred_columns, stack_tables
 from competition.stacking.settings import StackConfig
-from competition.stacking.summary import MethodResult, StackSummary, plot_results, ranked, results_table, write_summary
+from competition.stacking.summary import MethodResult, StackSummary, plot_results, results_table, write_summary
 from competition.submission import write_submission
 
 SINGLE = "single:"
@@ -51,7 +53,8 @@ def _tables(coll: Collection, train: Dataset, test: Dataset, scfg: StackConfig) 
 
         bands_train, bands_test = image_statistics(train.images[pos]), image_statistics(test.images)
     pairs = [
-        stack_tables(coll.names, coll.oof[r], coll.test, train.angle[pos], test.angle, bands_train, bands_test, scfg.features.angle_groups)
+        stack_tables(coll.names, coll.oof[r], coll.test, train.angle[pos], test.angle, coll.fold[r], coll.test_by_fold[r], bands_train, bands_test,
+                     scfg.features.angle_groups)
         for r in range(coll.oof.shape[0])
     ]  # fmt: skip
     return [p[0] for p in pairs], [p[1] for p in pairs]
@@ -188,10 +191,11 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
     try:
         with replaced_folder(out_dir, carry=[STUDY_FILE], keep_on_failure=[STUDY_FILE + "*"]) as work:
             results = evaluate_methods(coll, tables, tests, y, scfg, work)
-            chosen = ranked(results)[0]
+            choice = choose(results, scfg.choice)
+            chosen = choice.chosen
             stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
             _write_tables(work, coll, results)
-            plot_results(results, work / "cv_scores.png")
+            plot_results(results, work / "cv_scores.png", chosen.name)
             data = files.describe(cfg, train.fingerprint, test.fingerprint)
             context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
                        "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint,
@@ -201,14 +205,15 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
                 {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
                  "data_fingerprint": coll.data_fingerprint, "data": data, "runs": coll.names},
             )  # fmt: skip
-            summary = write_summary(work / "summary.json", results, chosen, submission, context)
+            summary = write_summary(work / "summary.json", results, chosen, submission, context, choice.record())
     except BaseException:
         if submission is not None:  # written, but its stack folder did not make it: no submission without its record
             submission.unlink(missing_ok=True)
             submission.with_suffix(".json").unlink(missing_ok=True)
         raise
-    console.print(results_table(results, cfg.experiment))
+    console.print(results_table(results, cfg.experiment, choice.record()))
     console.print(
-        f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}); summary in {out_dir / 'summary.json'}"
+        f"[green]wrote[/] {submission} ({chosen.name}, CV {chosen.cv.mean:.4f} +- {chosen.cv.std:.4f}, eps {chosen.eps:g}; "
+        f"chosen by {choice.rule}: {choice.reason}); summary in {out_dir / 'summary.json'}"
     )
     return summary

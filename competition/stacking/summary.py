@@ -50,10 +50,28 @@ class ChosenMethod(MethodScore):
     eps: float
 
 
+class ChoiceRecord(BaseModel):
+    """`summary.json`'s `choice`: the rule that picked `chosen` (competition.stacking.choice), the
+    method with the lowest mean CV (`best`), its standard error, the mean a method had to reach, the
+    methods that reached it (simplest first) and a one-line reason."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    rule: str
+    method: str
+    best: str
+    best_cv_mean: float
+    se: float
+    threshold: float
+    candidates: list[str]
+    reason: str
+
+
 class StackSummary(BaseModel):
     """`runs/<experiment>/stack/summary.json` (docs/architecture.md): written by `write_summary`, read by
-    `read_summary`. `data` (which data, `files.describe`) is optional: summaries written before it was
-    recorded still read. Unknown keys are kept (`extra="allow"`)."""
+    `read_summary`. `data` (which data, `files.describe`) and `choice` (why `chosen` was chosen) are
+    optional: summaries written before they were recorded still read. Unknown keys are kept
+    (`extra="allow"`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -68,6 +86,7 @@ class StackSummary(BaseModel):
     ranking: list[str]
     best_single: MethodScore | None
     chosen: ChosenMethod
+    choice: ChoiceRecord | None = None
     eps: float
     submission: str
 
@@ -99,20 +118,26 @@ def ranked(results: list[MethodResult]) -> list[MethodResult]:
     return sorted(results, key=lambda m: (m.cv.mean, m.cv.std))
 
 
-def results_table(results: list[MethodResult], experiment: str) -> Any:
-    rows = [
-        (m.name, m.kind, m.cv.mean, m.cv.std, float(m.cv.scores.min()), float(m.cv.scores.max()), f"{m.eps:g}")
-        for m in ranked(results)
-    ]  # fmt: skip
-    return table(
-        f"Stacking {experiment}: nested CV log loss over the outer folds, best first",
-        ["method", "kind", "CV mean", "std", "best fold", "worst fold", "eps"],
-        rows,
-    )
+def results_table(results: list[MethodResult], experiment: str, choice: ChoiceRecord | None = None) -> Any:
+    """The terminal table, best mean CV first; with `choice`, a column marks the chosen method and the
+    others within its rule's threshold, and the caption gives the reason."""
+    rows = []
+    for m in ranked(results):
+        row = [m.name, m.kind, m.cv.mean, m.cv.std, float(m.cv.scores.min()), float(m.cv.scores.max()), f"{m.eps:g}"]
+        if choice is not None:
+            row.append("chosen" if m.name == choice.method else "within" if m.name in choice.candidates else "")
+        rows.append(row)
+    columns = ["method", "kind", "CV mean", "std", "best fold", "worst fold", "eps"] + ([] if choice is None else [f"choice ({choice.rule})"])
+    out = table(f"Stacking {experiment}: nested CV log loss over the outer folds, best first", columns, rows)
+    if choice is not None:
+        out.caption = f"chosen by {choice.rule}: {choice.reason}"
+        out.caption_justify = "left"
+    return out
 
 
-def plot_results(results: list[MethodResult], path: Path) -> Path:
-    """Horizontal bars of each method's mean CV log loss with its spread over folds, best on top."""
+def plot_results(results: list[MethodResult], path: Path, chosen: str | None = None) -> Path:
+    """Horizontal bars of each method's mean CV log loss with its spread over folds, best on top; the
+    `chosen` method's bar is outlined in black and named in the title."""
     plt = pyplot()
     order = ranked(results)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(order) + 1.2))
@@ -122,15 +147,19 @@ def plot_results(results: list[MethodResult], path: Path) -> Path:
         xerr=[m.cv.std for m in order],
         color=[KIND_COLOURS[m.kind] for m in order],
         error_kw={"elinewidth": 1, "capsize": 2},
+        edgecolor=["black" if m.name == chosen else "none" for m in order],
+        linewidth=1.5,
     )
     ax.set_xlabel("CV log loss (mean over outer folds, bar: +-1 sd; lower is better)")
-    ax.set_title("Single runs (grey), blends (blue), stacker (green)")
+    ax.set_title("Single runs (grey), blends (blue), stacker (green)" + ("" if chosen is None else f"; submitted: {chosen}"))
     ax.set_xlim(left=max(0.0, min(m.cv.mean - m.cv.std for m in order) - 0.02))
     return save_figure(fig, path)
 
 
-def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any]) -> StackSummary:
-    """runs/<experiment>/stack/summary.json: every method's CV, the best single run and what was submitted."""
+def write_summary(
+    path: Path, results: list[MethodResult], chosen: MethodResult, submission: Path, context: dict[str, Any], choice: ChoiceRecord | None = None
+) -> StackSummary:
+    """runs/<experiment>/stack/summary.json: every method's CV, the best single run, what was submitted and why."""
     singles = [m for m in ranked(results) if m.kind == "single"]
     best_single = singles[0] if singles else None
     summary = {
@@ -139,6 +168,7 @@ def write_summary(path: Path, results: list[MethodResult], chosen: MethodResult,
         "ranking": [m.name for m in ranked(results)],
         "best_single": None if best_single is None else {"method": best_single.name, "cv_mean": best_single.cv.mean, "cv_std": best_single.cv.std},
         "chosen": {"method": chosen.name, "cv_mean": chosen.cv.mean, "cv_std": chosen.cv.std, "eps": chosen.eps},
+        **({} if choice is None else {"choice": choice.model_dump()}),
         "eps": chosen.eps,
         "submission": str(submission),
     }
