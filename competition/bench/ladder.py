@@ -30,7 +30,7 @@ import pandas as pd
 from competition.atomic import write_json
 from competition.bench.doc import replace_section
 from competition.bench.quality import Recipe, all_recipes, auto_verdicts, bench_data, choose_budget, fmt, score, select, terminal_rows
-from competition.bench.settings import QUALITY_CONFIG, LadderConfig, QualityConfig
+from competition.bench.settings import QUALITY_CONFIG, DigitsConfig, LadderConfig, QualityConfig
 from competition.config import CompetitionConfig, load
 from competition.console import console, table
 from competition.data.files import read_marker, simulated_solution
@@ -45,16 +45,17 @@ AUTO_TOLERANCE = 0.01  # log loss: `auto` within this of the best policy of its 
 
 @dataclass(frozen=True)
 class Rung:
-    """One rung: a simulated training set of `size` images, or the digits (size None)."""
+    """One rung: a simulated training set of `size` images, or the digits (`digits` set, size None)."""
 
     name: str
     size: int | None
+    digits: DigitsConfig | None = None
 
 
 def rungs(lad: LadderConfig) -> list[Rung]:
     """The simulated sizes, smallest first, then the digits (when configured)."""
     out = [Rung(str(n), n) for n in sorted(lad.sizes)]
-    return out + ([Rung(DIGITS, None)] if lad.digits is not None else [])
+    return out + ([Rung(DIGITS, None, lad.digits)] if lad.digits is not None else [])
 
 
 def rung_config(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> CompetitionConfig:
@@ -75,17 +76,17 @@ def ladder_recipes(q: QualityConfig, skip: Sequence[str]) -> list[Recipe]:
     return chosen + [Recipe(model, "c", model, "head", []) for model in q.ladder.models]
 
 
-def rung_params(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> dict[str, Any]:
+def rung_params(cfg: CompetitionConfig, rung: Rung) -> dict[str, Any]:
     """What the rung's data is made from, as its folder's marker records it."""
     from competition.simulate.digits import digits_params
 
-    if lad.digits is None or rung.size is not None:
+    if rung.digits is None:
         return cfg.simulate.model_dump()
-    d = lad.digits
+    d = rung.digits
     return digits_params((d.classes[0], d.classes[1]), d.n_train, d.seed, d.public_fraction)
 
 
-def write_rung_data(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> None:
+def write_rung_data(cfg: CompetitionConfig, rung: Rung) -> None:
     """Write the rung's competition folder unless it already holds this rung's data; then a folds file for the config's `folds:`.
 
     A folder written with other parameters (or not finished) is written again; a folds file made with
@@ -98,15 +99,15 @@ def write_rung_data(cfg: CompetitionConfig, lad: LadderConfig, rung: Rung) -> No
     from competition.simulate import write_simulated
     from competition.simulate.digits import write_digits
 
-    params = rung_params(cfg, lad, rung)
-    marker = read_marker(cfg)
+    params = rung_params(cfg, rung)
     with folds_lock(cfg.folds_json):
+        marker = read_marker(cfg)
         if marker is None or marker.get("test_fingerprint") is None or marker.get("simulate") != params:
             console.print(f"[bold]ladder rung {rung.name}[/]: writing its competition folder {cfg.data_dir}")
-            if rung.size is not None or lad.digits is None:
+            if rung.digits is None:
                 write_simulated(cfg)
             else:
-                d = lad.digits
+                d = rung.digits
                 write_digits(cfg, (d.classes[0], d.classes[1]), d.n_train, d.seed, d.public_fraction)
         train = load_train(cfg)
         try:
@@ -146,7 +147,7 @@ def run_rung(cfg: CompetitionConfig, q: QualityConfig, rung: Rung, recipes: list
     """One rung from its data to its scores: data, folds, recipes, stack, prior (all resumable)."""
     console.rule(f"[bold]ladder rung {rung.name}")
     rcfg = rung_config(cfg, q.ladder, rung)
-    write_rung_data(rcfg, q.ladder, rung)
+    write_rung_data(rcfg, rung)
     started = time.perf_counter()
     result = bench_data(rcfg, rcfg.experiment, recipes, budget, routed)
     return {
