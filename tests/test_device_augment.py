@@ -95,3 +95,27 @@ def test_the_device_generator_makes_runs_repeatable(images: np.ndarray) -> None:
     second = DeviceAugmenter(cfg, seed=4, device="cpu")(x, np.random.default_rng(0))
     other = DeviceAugmenter(cfg, seed=5, device="cpu")(x, np.random.default_rng(0))
     assert torch.equal(first, second) and not torch.equal(first, other)
+
+
+@pytest.mark.slow
+def test_a_fit_with_batches_built_on_the_device_equals_the_numpy_path() -> None:
+    """The timm adapter's GPU path (images kept on the device, augmented and standardised there), forced on CPU:
+    the same draws give the same batches, so the fitted model predicts as the numpy path's does."""
+    from competition.models.registry import create_model
+    from competition.models.schema import ModelInputs
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(-20, 5, size=(40, 33, 33, 2)).astype(np.float32)
+    angle, y = rng.uniform(30, 45, 40), (rng.random(40) < 0.5).astype(np.float32)
+    train, valid = ModelInputs(images[:32], angle[:32], y[:32]), ModelInputs(images[32:], angle[32:], y[32:])
+    augment = Augmenter(AugmentConfig(hflip=0.5, vflip=0.5, rot90=0.5, rotate=0.5, zoom=0.5))
+    predictions = []
+    for on_device in (False, True):
+        model = create_model("mobilenetv3_small_050", weights="none", channels=["hv", "mean", "ratio"], image_size=32, policy="all", seed=0)
+        model.prepare(train.x, train.angle)
+        model.device_batches = on_device  # what a CUDA device sets
+        model.fit(train, valid, epochs=1, batch_size=8, augment=augment, seed=3)
+        assert (model._fit is not None and model._fit.on_device is not None) == on_device
+        predictions.append(model.predict(valid))
+    np.testing.assert_allclose(predictions[1], predictions[0], atol=2e-3)
+    assert np.ptp(predictions[0]) > 1e-3  # not a constant that any path would match

@@ -18,7 +18,7 @@ training images only, so test data never leaks into them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -37,8 +37,13 @@ _BUILDERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "hv": lambda images: images[..., 1],
     "mean": lambda images: (images[..., 0] + images[..., 1]) / 2,
     "difference": _difference,
-    "ratio": lambda images: np.power(10.0, _difference(images) / 10),
-}
+    "ratio": lambda images: 10.0 ** (_difference(images) / 10),
+}  # indexing and arithmetic only: each works on numpy arrays and torch tensors alike (channel_planes)
+
+
+def channel_planes(bands: Any, channels: Sequence[str]) -> list[Any]:
+    """The named channels of N x H x W x 2 dB `bands`, a numpy array or a torch tensor, as N x H x W planes of the same kind."""
+    return [_BUILDERS[name](bands) for name in channels]
 
 
 def build_channels(images: np.ndarray, channels: Sequence[str]) -> np.ndarray:
@@ -50,8 +55,8 @@ def build_channels(images: np.ndarray, channels: Sequence[str]) -> np.ndarray:
         raise ValueError(f"unknown or no channels {unknown or list(channels)}: choose from {', '.join(CHANNELS)}")
     bands = images.astype(np.float32, copy=False)
     out = np.empty(images.shape[:-1] + (len(channels),), dtype=np.float32)
-    for k, name in enumerate(channels):
-        out[..., k] = _BUILDERS[name](bands)
+    for k, plane in enumerate(channel_planes(bands, channels)):
+        out[..., k] = plane
     return out
 
 

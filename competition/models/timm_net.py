@@ -21,6 +21,7 @@ from timm.models import adapt_input_conv, group_parameters
 from torch import nn
 from torch.nn import functional as F
 
+from competition.data.channels import channel_planes
 from competition.errors import ConfigError
 from competition.models import weights as wt
 from competition.models.base import NetworkModel
@@ -28,6 +29,8 @@ from competition.models.inputs import network_affine, photo_network_input
 from competition.models.policies import block_learning_rates
 from competition.models.schema import Augment, ModelConfig, ModelInputs
 from competition.models.similarity import channel_stats, layer_average, symmetric_kl
+from competition.training.augment import Augmenter
+from competition.training.device_augment import DeviceAugmenter
 
 WEIGHTS_FILE = "weights.pt"
 _EXPANDED = ("blocks", "stages", "layers", "features")
@@ -157,6 +160,17 @@ class _FitData:
     angles: torch.Tensor
     labels: torch.Tensor
     optimizer: torch.optim.Optimizer
+    on_device: _DeviceImages | None = None  # set: batches are built and augmented on the device (a GPU)
+
+
+@dataclass
+class _DeviceImages:
+    """One fit's raw training images kept on the device (N x 2 x H x W dB), the standardiser as tensors, the augmenter there."""
+
+    pixels: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    augment: DeviceAugmenter | None
 
 
 class TimmModel(NetworkModel):
@@ -184,6 +198,8 @@ class TimmModel(NetworkModel):
         self._trainable = [True] * len(self._block_list)
         self._open = list(self._trainable)  # the blocks training now (fewer than the policy's while gradually unfreezing)
         self._fit: _FitData | None = None
+        # on a GPU the training images stay on it per fit and batches are built and augmented there (numpy on the CPU would starve it)
+        self.device_batches = self.device.type == "cuda"
 
     # --- construction ---------------------------------------------------------------------
 
@@ -243,7 +259,10 @@ class TimmModel(NetworkModel):
 
     def _network_input(self, images: np.ndarray) -> torch.Tensor:
         """Raw dB images -> standardised channels -> the network's input space (N x C x S x S)."""
-        z = torch.from_numpy(self.inputs.images(images)).permute(0, 3, 1, 2).to(self.device)
+        return self._to_network(torch.from_numpy(self.inputs.images(images)).permute(0, 3, 1, 2).to(self.device))
+
+    def _to_network(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised channels (N x C x H x W, on the device) -> the network's input space at `image_size`."""
         x = z * self._scale + self._offset
         size = self.config.image_size
         return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -282,6 +301,22 @@ class TimmModel(NetworkModel):
         if inputs.is_features:
             return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         return self._network_input(x)
+
+    def _device_images(self, train: ModelInputs, augment: Augment | None, seed: int) -> _DeviceImages:
+        """The fit's training images on the device once (1,604 x 2 x 75 x 75 float32 is 36 MB) and what builds batches there."""
+        std = self.inputs.standardizer
+        assert std is not None  # fitted by prepare() before any fit
+        pixels = torch.from_numpy(np.asarray(train.x, np.float32)).permute(0, 3, 1, 2).contiguous().to(self.device)
+        mean, scale = (torch.as_tensor(np.asarray(a, np.float32), device=self.device).view(1, -1, 1, 1) for a in (std.mean_, std.scale_))
+        return _DeviceImages(pixels, mean, scale, DeviceAugmenter(augment.cfg, seed, self.device) if isinstance(augment, Augmenter) else None)
+
+    def _device_batch(self, images: _DeviceImages, idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """`_batch` on the device: the kept rows `idx`, augmented there, channels and standardising in torch."""
+        raw = images.pixels.index_select(0, torch.from_numpy(idx).to(self.device))
+        if images.augment is not None:
+            raw = images.augment(raw, rng)
+        z = torch.stack(channel_planes(raw.permute(0, 2, 3, 1), self.config.channels), dim=1)
+        return self._to_network((z - images.mean) / images.scale)
 
     def _parameter_layers(self) -> list[tuple[int, nn.Parameter]]:
         """(depth layer, parameter) for every parameter of the policy's blocks; the head is the top layer.
@@ -333,13 +368,16 @@ class TimmModel(NetworkModel):
         angles = torch.from_numpy(self.inputs.angles(train.angle)).to(self.device)
         labels = torch.from_numpy(np.asarray(train.y, np.float32)).to(self.device)
         start = self.frozen_prefix() if train.is_features else 0
-        self._fit = _FitData(train, augment, start, angles, labels, self._optimizer())
+        on_device = self.device_batches and not train.is_features and (augment is None or isinstance(augment, Augmenter))
+        images = self._device_images(train, augment, seed) if on_device else None
+        self._fit = _FitData(train, augment, start, angles, labels, self._optimizer(), images)
 
     def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> float:
         fit = self._fitting()
         self._train_mode()
         with self._autocast():
-            logits = self._logits(self._batch(fit.train, idx, fit.augment, rng), fit.angles[idx], fit.start)
+            x = self._batch(fit.train, idx, fit.augment, rng) if fit.on_device is None else self._device_batch(fit.on_device, idx, rng)
+            logits = self._logits(x, fit.angles[idx], fit.start)
         loss = F.binary_cross_entropy_with_logits(logits.float(), fit.labels[idx])
         fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
