@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from competition.data.dataset import Dataset
 from competition.models import weights
-from competition.models.keras_vgg import hed_conv_weights
+from competition.models.keras_vgg import KerasVgg16, hed_conv_weights
 from competition.models.registry import create_model, load_model
 from competition.models.schema import ModelInputs
 from competition.models.similarity import BASELINE_PHOTOS, natural_patches
+from competition.training.loop import Callback, FitLoop
 
 pytestmark = pytest.mark.slow
 TINY = {"image_size": 32, "head": {"pooling": "max", "hidden": [16], "dropout": 0.3}}
@@ -117,3 +118,36 @@ def test_photos_score_closer_to_natural_images_than_sar_and_noise(sar: Dataset) 
     assert photos < chips < noise
     decision = model.apply_policy("auto", sar.images[:16])
     assert decision.name == "all_but_stem" and "conv activations vs natural photos" in decision.reason
+
+
+class _OptimizerRecord(Callback):
+    """At each epoch end: the head's and block5's optimizer objects, their step counts and block5's first kernel."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, int, int, int]] = []
+        self.block5: list[np.ndarray] = []
+
+    def on_epoch_end(self, loop: FitLoop, metrics: dict[str, float]) -> None:
+        model = loop.network
+        assert isinstance(model, KerasVgg16) and model._fit is not None
+        head, block5 = model._fit.optimizers[5], model._fit.optimizers[4]
+        self.rows.append((id(head), id(block5), int(head.iterations.numpy()), int(block5.iterations.numpy())))
+        self.block5.append(model._conv_blocks[4][0].get_weights()[0].copy())
+
+
+def test_unfreezing_keeps_the_optimizer_state_and_blocks_get_their_own_rates(sar: Dataset) -> None:
+    optimizer = {"name": "sgd", "lr": 1e-3, "block_lr_decay": 0.5}
+    model = create_model("vgg16_angle", weights="none", policy="top:1", train={"unfreeze_every": 1}, optimizer=optimizer, **TINY)
+    block4_before = model._conv_blocks[3][0].get_weights()[0].copy()
+    block5_before = model._conv_blocks[4][0].get_weights()[0].copy()
+    record = _OptimizerRecord()
+    model.fit(_inputs(sar, slice(0, 8)), _inputs(sar, slice(8, 12)), epochs=3, batch_size=8, callbacks=[record])  # one step an epoch
+    assert [row[2:] for row in record.rows] == [(1, 0), (2, 1), (3, 2)]  # block5 opens at epoch 1; the head's momentum carries on
+    assert len({row[:2] for row in record.rows}) == 1  # the optimizers are built once per fit
+    np.testing.assert_array_equal(block5_before, record.block5[0])
+    assert not np.array_equal(block5_before, record.block5[1])  # opened at epoch 1 and trained
+    np.testing.assert_array_equal(block4_before, model._conv_blocks[3][0].get_weights()[0])  # frozen by the policy: never opens
+    assert model._fit is not None
+    rates = {b: float(opt.learning_rate.numpy()) for b, opt in model._fit.optimizers.items()}
+    assert set(rates) == {4, 5} and rates[4] == pytest.approx(rates[5] * 0.5)  # block5 at half the head's rate
+    assert model.trainable_parameter_names() == _conv_params(5) + HEAD  # the policy is restored after the fit

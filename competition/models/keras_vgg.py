@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch  # noqa: F401 - torch and torchvision (timm) must be imported before TensorFlow in one process,
 import torchvision  # noqa: F401 - else the process segfaults once both are used (docs/weights.md)
@@ -28,12 +29,11 @@ import numpy as np
 from keras import layers
 
 from competition.errors import ConfigError
-from competition.metrics import logloss
 from competition.models import weights as wt
-from competition.models.base import ImageModel, check_fit_inputs
+from competition.models.base import NetworkModel
 from competition.models.inputs import network_affine, photo_network_input
-from competition.models.policies import unfrozen_at_epoch
-from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs
+from competition.models.policies import block_learning_rates
+from competition.models.schema import Augment, ModelConfig, ModelInputs
 from competition.models.similarity import REFERENCE_PHOTOS, RELATIVE_EPS, channel_stats, layer_average, natural_patches, symmetric_kl
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -83,7 +83,21 @@ class _Head(TypedDict):
     mlp: list[layers.Layer]
 
 
-class KerasVgg16(ImageModel):
+@dataclass
+class _KerasFit:
+    """What one fit's steps share: inputs, the first block they enter, one optimizer per trained block and its base rate."""
+
+    train: ModelInputs
+    augment: Augment | None
+    start: int
+    angles: np.ndarray
+    labels: np.ndarray
+    optimizers: dict[int, keras.optimizers.Optimizer]
+    rates: dict[int, float]
+    steps: dict[tuple[bool, ...], Callable[[np.ndarray, np.ndarray, np.ndarray], Any]]
+
+
+class KerasVgg16(NetworkModel):
     """VGG16 + angle, as the classic public kernels built it."""
 
     framework = "keras"
@@ -93,12 +107,10 @@ class KerasVgg16(ImageModel):
         super().__init__(config)
         if config.architecture != "vgg16":
             raise ConfigError(f"model '{config.name}': the Keras adapter builds architecture 'vgg16', got {config.architecture!r}")
-        if config.optimizer.block_lr_decay != 1.0:
-            raise ConfigError(f"model '{config.name}': key 'optimizer.block_lr_decay': discriminative rates are supported for timm models only; use 1.0")
         if config.device == "cuda" and not _has_gpu():
             raise ConfigError(f"model '{config.name}': key 'device' is cuda but TensorFlow sees no GPU here; use device=auto or cpu")
         if config.mixed_precision and _has_gpu():
-            keras.mixed_precision.set_global_policy("mixed_float16")
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")  # no loss scaling needed, as torch's bfloat16 autocast
         keras.utils.set_random_seed(config.seed)
         size, chans = config.image_size, len(config.channels)
         with warnings.catch_warnings():  # two bands are intended: block1_conv1 is adapted below
@@ -109,7 +121,7 @@ class KerasVgg16(ImageModel):
         self._suffixes: dict[int, keras.Model] = {}  # block `start` -> probability (0 = the whole network)
         self._prefixes: dict[int, keras.Model] = {}  # network input -> output of the first `stop` blocks
         self._probe: keras.Model | None = None  # network input -> every conv layer's output
-        self._compiled: tuple[int, tuple[bool, ...]] | None = None
+        self._fit: _KerasFit | None = None
         self._reference: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._scale, self._offset = network_affine(CAFFE_MEAN_RGB, CAFFE_STD, chans)
         self._model(0)  # builds the head's layers
@@ -117,6 +129,7 @@ class KerasVgg16(ImageModel):
         if pretrained:
             self._load_pretrained()
         self._trainable = [True] * (N_BLOCKS + 1)
+        self._open = list(self._trainable)  # the blocks training now (fewer than the policy's while gradually unfreezing)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -204,7 +217,7 @@ class KerasVgg16(ImageModel):
         for block, flag in zip(self._block_layers(), flags, strict=True):
             for layer in block:
                 layer.trainable = flag
-        self._compiled = None
+        self._open = list(flags)
 
     def trainable_parameter_names(self) -> list[str]:
         return [w.path for block in self._block_layers() for layer in block for w in layer.trainable_weights]
@@ -223,20 +236,17 @@ class KerasVgg16(ImageModel):
 
     # --- training -------------------------------------------------------------------------
 
-    def _compile(self, start: int) -> keras.Model:
-        model = self._model(start)
-        key = (start, tuple(self._trainable))
-        if self._compiled != key:
-            opt = self.config.optimizer
-            if opt.name == "sgd":
-                optimizer = keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay or None)
-            elif opt.name == "adamw":
-                optimizer = keras.optimizers.AdamW(learning_rate=opt.lr, weight_decay=opt.weight_decay)
-            else:
-                optimizer = keras.optimizers.Adam(learning_rate=opt.lr, weight_decay=opt.weight_decay or None)
-            model.compile(optimizer=optimizer, loss="binary_crossentropy", jit_compile=False)
-            self._compiled = key
-        return model
+    def _block_variables(self) -> list[list[keras.Variable]]:
+        """Every variable of each block (whether it trains now or not)."""
+        return [[w for layer in block for w in layer.weights] for block in self._block_layers()]
+
+    def _optimizer(self, lr: float) -> keras.optimizers.Optimizer:
+        opt = self.config.optimizer
+        if opt.name == "sgd":
+            return keras.optimizers.SGD(learning_rate=lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay or None)
+        if opt.name == "adamw":
+            return keras.optimizers.AdamW(learning_rate=lr, weight_decay=opt.weight_decay)
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=opt.weight_decay or None)
 
     def _reset_head(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)
@@ -245,56 +255,80 @@ class KerasVgg16(ImageModel):
                 layer.kernel.assign(layer.kernel_initializer(layer.kernel.shape))
                 layer.bias.assign(layer.bias_initializer(layer.bias.shape))
 
-    def fit(
-        self,
-        train: ModelInputs,
-        valid: ModelInputs,
-        *,
-        epochs: int,
-        batch_size: int,
-        augment: Augment | None = None,
-        seed: int = 0,
-        patience: int | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> FitResult:
-        check_fit_inputs(train, valid, augment)
-        if not self.inputs.fitted:
-            self.prepare(train.x, train.angle)
-        if not self._trainable or self.policy is None:
-            self.apply_policy(self.config.policy, None if train.is_features else train.x)
-        start = self.frozen_prefix() if train.is_features else 0
-        target = list(self._trainable)
-        self._compiled = None  # a fresh optimizer for every fit: the same seed gives the same model
+    def start_fit(self, train: ModelInputs, augment: Augment | None, seed: int) -> None:
+        """Reset the head; one optimizer per block the policy trains, each built now over its block's variables.
+
+        Per-block optimizers give discriminative rates (`optimizer.block_lr_decay`, as
+        `policies.block_learning_rates`) and keep every block's state when another block opens.
+        """
         self._reset_head(seed)
-        rng = np.random.default_rng(seed)
+        opt = self.config.optimizer
+        rates = block_learning_rates(opt.lr, opt.block_lr_decay, self._trainable)
+        optimizers = {}
+        for b, (variables, lr) in enumerate(zip(self._block_variables(), rates, strict=True)):
+            if lr > 0 and variables:
+                optimizers[b] = self._optimizer(lr)
+                optimizers[b].build(variables)
+        start = self.frozen_prefix() if train.is_features else 0
         angles, labels = self.inputs.angles(train.angle), np.asarray(train.y, np.float32)
-        history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-        best, best_epoch, best_weights = math.inf, 0, None
-        try:
-            for epoch in range(epochs):
-                flags = unfrozen_at_epoch(target, epoch, self.config.train.unfreeze_every)
-                if flags != self._trainable:
-                    self._trainable = flags
-                    self._set_trainable(flags)
-                model = self._compile(start)
-                batches = _Batches(train, angles, labels, rng.permutation(len(train)), batch_size, self._network_input, augment, rng)
-                train_loss = float(model.fit(batches, epochs=1, verbose=0).history["loss"][-1])
-                val_loss = logloss(np.asarray(valid.y), self.predict(valid, batch_size=max(batch_size, 64)))
-                history["train_loss"].append(train_loss)
-                history["val_loss"].append(val_loss)
-                if on_epoch is not None:
-                    on_epoch(epoch, {"train_loss": train_loss, "val_loss": val_loss})
-                if val_loss < best:
-                    best, best_epoch, best_weights = val_loss, epoch, self._model(0).get_weights()
-                elif patience is not None and epoch - best_epoch >= patience:
-                    break
-        finally:
-            if self._trainable != target:
-                self._trainable = target
-                self._set_trainable(target)
-        if best_weights is not None:
-            self._model(0).set_weights(best_weights)
-        return FitResult(history=history, best_epoch=best_epoch)
+        self._fit = _KerasFit(train, augment, start, angles, labels, optimizers, {b: r for b, r in enumerate(rates)}, {})
+
+    def _fitting(self) -> _KerasFit:
+        if self._fit is None:
+            raise RuntimeError("start_fit must come before training steps")
+        return self._fit
+
+    def _batch(self, inputs: ModelInputs, idx: np.ndarray, augment: Augment | None, rng: np.random.Generator) -> np.ndarray:
+        x = inputs.x[idx]
+        if augment is not None:
+            x = augment(x, idx, rng)  # raw images, or cached features of a random flip/turn view
+        return x if inputs.is_features else self._network_input(x)
+
+    def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> float:
+        fit = self._fitting()
+        x = self._batch(fit.train, idx, fit.augment, rng)
+        return float(self._step(fit)(x, fit.angles[idx], fit.labels[idx]))
+
+    def _step(self, fit: _KerasFit) -> Callable[[np.ndarray, np.ndarray, np.ndarray], Any]:
+        """The compiled step for the blocks open now (one per set of open blocks, kept for the fit)."""
+        import tensorflow as tf
+
+        key = tuple(self._open)
+        if key not in fit.steps:
+            model = self._model(fit.start)
+            blocks = [b for b, flag in enumerate(self._open) if flag and b >= fit.start and b in fit.optimizers]
+            per_block = [self._block_variables()[b] for b in blocks]
+            flat = [v for variables in per_block for v in variables]
+
+            @tf.function(reduce_retracing=True)
+            def step(x: tf.Tensor, angle: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+                with tf.GradientTape() as tape:
+                    p = model([x, angle], training=True)
+                    loss = keras.ops.mean(keras.losses.binary_crossentropy(keras.ops.expand_dims(y, -1), p))
+                grads = tape.gradient(loss, flat)
+                i = 0
+                for b, variables in zip(blocks, per_block, strict=True):
+                    fit.optimizers[b].apply(grads[i : i + len(variables)], variables)
+                    i += len(variables)
+                return loss
+
+            fit.steps[key] = step
+        return fit.steps[key]
+
+    def set_lr_multiplier(self, factor: float) -> None:
+        fit = self._fitting()
+        for b, optimizer in fit.optimizers.items():
+            optimizer.learning_rate = fit.rates[b] * factor
+
+    def trainable_state(self) -> dict[str, np.ndarray]:
+        """Copies of the variables of the policy's blocks (frozen blocks never change)."""
+        return {v.path: np.array(v.numpy()) for variables, flag in zip(self._block_variables(), self._trainable, strict=True) if flag for v in variables}
+
+    def load_trainable_state(self, state: dict[str, np.ndarray]) -> None:
+        for variables in self._block_variables():
+            for v in variables:
+                if v.path in state:
+                    v.assign(state[v.path])
 
     def predict(self, inputs: ModelInputs, batch_size: int = 64) -> np.ndarray:
         start = self.frozen_prefix() if inputs.is_features else 0
@@ -342,37 +376,6 @@ class KerasVgg16(ImageModel):
 
     def _load_weights(self, directory: Path) -> None:
         self._model(0).load_weights(str(directory / WEIGHTS_FILE))
-
-
-class _Batches(keras.utils.PyDataset):
-    """One epoch of batches in a given order; raw images are augmented, then turned into network input."""
-
-    def __init__(
-        self,
-        inputs: ModelInputs,
-        angles: np.ndarray,
-        labels: np.ndarray,
-        order: np.ndarray,
-        batch_size: int,
-        to_network: Callable[[np.ndarray], np.ndarray],
-        augment: Augment | None,
-        rng: np.random.Generator,
-    ) -> None:
-        super().__init__()
-        self.inputs, self.angles, self.labels, self.order = inputs, angles, labels, order
-        self.batch_size, self.to_network, self.augment, self.rng = batch_size, to_network, augment, rng
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
-
-    def __getitem__(self, i: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = self.inputs.x[idx]
-        if self.augment is not None:
-            x = self.augment(x, idx, self.rng)  # raw images, or cached features of a random flip/turn view
-        if not self.inputs.is_features:
-            x = self.to_network(x)
-        return (x, self.angles[idx]), self.labels[idx]
 
 
 def _has_gpu() -> bool:

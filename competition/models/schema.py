@@ -110,7 +110,7 @@ class ModelConfig(Strict):
     probe: ProbeConfig = ProbeConfig()
     seed: int = Field(0, description="initialises what has no pretrained weights when the model is built")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="timm: cuda when present under auto; Keras uses TensorFlow's device placement")
-    mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_float16 policy (Keras, GPU only)")
+    mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_bfloat16 policy (Keras, GPU only)")
 
 
 @dataclass
