@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality bench-ladder stack validate kaggle-rehearsal
+.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality bench-ladder stack validate kaggle-rehearsal gpu-wheels gpu-check
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -85,6 +85,15 @@ kernel-output: setup ## download the kernel's output into runs/kaggle/output/
 
 kaggle-rehearsal: setup ## the kernel on Kaggle's versions (Python 3.12 venv, cached in .cache/), offline, in a fake /kaggle tree, both data layouts (docs/kaggle-kernel.md)
 	$(PY) tools/kaggle_rehearsal.py $(ARGS)
+
+gpu-wheels: setup ## wheels the GPU machine lacks (tools/gpu-requirements.txt; Python 3.12, x86-64, no deps) into .cache/gpu-wheels/ for `make gpu-check` there (docs/gpu.md)
+	rm -rf .cache/gpu-wheels
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .cache/gpu-wheels -c constraints.txt -r tools/gpu-requirements.txt
+	@du -sh .cache/gpu-wheels
+
+gpu-check: ## the gpu profile end to end with its figures: wall time, images/s, peak GPU memory, CV per model (tools/gpu_check.sh; ARGS="--tiny" on a CPU; docs/gpu.md)
+	PYTHON=$$(test -x $(PY) && echo $(PY) || echo python3) tools/gpu_check.sh $(ARGS)  # the GPU machine has no .venv: its python3
 
 bench-quality: setup ## quality benchmark on the same data and folds: classic VGG16, CNN from scratch, model x policy, blenders + stacker: docs/benchmarks.md, runs/quality/quality.json (ARGS="budget=quick"; the CPU default: about 1 h from scratch)
 	$(CLI) bench-quality $(ARGS)

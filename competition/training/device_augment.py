@@ -62,8 +62,9 @@ def warp_theta(angle: np.ndarray, shift: np.ndarray, scale: np.ndarray, height: 
 def warp(x: torch.Tensor, angle: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> torch.Tensor:
     """`augment.warp` on N x C x H x W tensors: per-sample rotation, zoom and shift, bilinear, mirrored borders."""
     n, _, h, w = x.shape
-    grid = F.affine_grid(warp_theta(angle, shift, scale, h, w).to(x.device), [n, 1, h, w], align_corners=True)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # affine_grid is a matmul: bf16 would move pixels by ~0.1
+        grid = F.affine_grid(warp_theta(angle, shift, scale, h, w).to(x.device), [n, 1, h, w], align_corners=True)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=True).to(x.dtype)
 
 
 def speckle_db(shape: tuple[int, ...], looks: float, generator: torch.Generator) -> torch.Tensor:
