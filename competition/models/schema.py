@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat
@@ -52,9 +52,32 @@ class OptimizerConfig(Strict):
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="floor of the annealing, as a fraction of the rates")
 
 
-class AutoPolicyConfig(Strict):
-    """Thresholds of the `auto` policy (the seed's 2 x 2 table: dataset size x domain similarity)."""
+RACE_CANDIDATE = r"^(probe|head|top:[1-9][0-9]*|all_but_stem|all)$"
 
+
+def _default_race_candidates() -> list[str]:
+    return ["probe", "head", "top:3", "all_but_stem", "all"]
+
+
+class PolicyRaceConfig(Strict):
+    """The `auto` policy's race: the table's pick against other policies on inner validation data (docs/policy-race.md)."""
+
+    enabled: bool = Field(True, description="race the candidates (pretrained weights only); false = the 2 x 2 table decides alone")
+    candidates: list[Annotated[str, Field(pattern=RACE_CANDIDATE)]] = Field(
+        default_factory=_default_race_candidates, min_length=1, description="probe | head | top:K | all_but_stem | all; the table's pick always races"
+    )
+    budget: float = Field(0.3, gt=0.0, description="seconds the race may spend, as a fraction of one policy's full run (units x epochs x seconds per epoch)")
+    eta: int = Field(3, ge=2, description="successive halving: past a rung only a candidate among the best 1/eta there trains on")
+    min_epochs: int = Field(1, ge=1, description="epochs of the first rung; rung i is at min_epochs x eta^i epochs")
+    max_epochs: int = Field(9, ge=1, description="most epochs a candidate trains in the race (and at most train.epochs)")
+    min_valid: int = Field(200, ge=1, description="inner validation predictions wanted per candidate: inner folds (of 5) are added until reached")
+    margin_se: float = Field(1.0, ge=0.0, description="another candidate replaces the table's pick only when better by more than this many standard errors")
+
+
+class AutoPolicyConfig(Strict):
+    """Thresholds of the `auto` policy (the seed's 2 x 2 table: dataset size x domain similarity) and its race."""
+
+    race: PolicyRaceConfig = PolicyRaceConfig()
     large_n: int = Field(5000, ge=1, description="training sets with at least this many images count as large")
     different_above: float = Field(1.5, gt=0.0, description="domain counts as different when its divergence exceeds this many times that of natural photos")
     top_k: int = Field(3, ge=1, description="K of `top:K` for large, similar data")

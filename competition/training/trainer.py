@@ -33,7 +33,7 @@ from competition.metrics import logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision
 from competition.overrides import Overrides, route
-from competition.training import dihedral, store, tta
+from competition.training import dihedral, policy_race, store, tta
 from competition.training.augment import Augmenter
 from competition.training.curves import CURVES_FILE, plot_curves
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
@@ -71,6 +71,7 @@ class Plan:
     prints: store.Fingerprints
     units: list[store.Unit]
     policy_source: str
+    decision: PolicyDecision | None = None  # the policy race's decision for `auto` (settle_policy); model_cfg then trains it
 
     @property
     def profile(self) -> Profile:
@@ -152,7 +153,29 @@ def fresh_model(plan: Plan) -> tuple[ImageModel, PolicyDecision]:
     model = create_model(plan.model_name, plan.model_cfg)
     model.prepare(plan.train.images, plan.train.angle)
     decision = model.apply_policy(plan.model_cfg.policy, plan.train.images)
+    if plan.decision is not None:  # the race's pick is applied above; the model and the run record the race's reason
+        model.policy = decision = plan.decision
     return model, decision
+
+
+def settle_policy(plan: Plan) -> Plan:
+    """The plan with an `auto` policy settled by the policy race (stored in the run folder), or unchanged.
+
+    The race trains on the first unit's training rows only (repeat 0, fold 0 held out); its pick
+    (a policy, or `probe`: the linear probe's config) then trains every unit.
+    """
+    decision = policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan))
+    if decision is None:
+        return plan
+    return replace(plan, model_cfg=policy_race.candidate_config(plan.model_cfg, decision.name), decision=decision)
+
+
+def race_setup(plan: Plan) -> policy_race.RaceSetup:
+    """The policy race's data: the training rows of the first unit (repeat 0, fold 0 held out), and its budget's terms."""
+    first = plan.units[0]
+    held = plan.folds.assignment(plan.train.ids, first.repeat) == first.fold
+    rows = np.flatnonzero(~held)
+    return policy_race.RaceSetup(plan.model_name, plan.model_cfg, plan.train, rows, len(plan.units), plan.profile.cache_prefix, plan.profile.predict_batch_size)
 
 
 def cache_views(profile: Profile) -> tuple[list[dihedral.Variant], list[dihedral.Variant]]:
@@ -332,6 +355,8 @@ def _train_units(plan: Plan, run_name: str | None, started: float, in_place: boo
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
+    if todo:
+        plan = settle_policy(plan)
     console.print(
         f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
         f"{len(plan.units)} units ({len(done)} already finished)"
@@ -380,6 +405,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "policy_source": plan.policy_source,
         "policy_reason": first.policy["reason"],
         "policy_numbers": first.policy["numbers"],
+        "policy_race": race_cost(results),
         "prefix_cache": first.prefix_cache,
         "augment": first.augment,
         "tta": list(plan.profile.tta),
@@ -393,11 +419,20 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "cv_logloss": cv,
         "curves": {r.unit.name: r.history for r in results},
     }
-    with nullcontext(plan.run_dir) if in_place else replaced_folder(plan.run_dir, link=[store.UNITS_DIR]) as out:
+    with nullcontext(plan.run_dir) if in_place else replaced_folder(plan.run_dir, link=[store.UNITS_DIR, policy_race.RACE_FILE]) as out:
         store.write_run(out, oof, test, meta)
         plot_curves(meta["curves"], out / CURVES_FILE, f"{plan.run_dir.name}: CV log loss {cv:.4f}")
     rows = [(r.unit.name, r.best_epoch, r.logloss, f"{r.timings['fit_s']:.1f}") for r in results]
     console.print(table(f"{plan.run_dir.name}: log loss per unit (CV {cv:.4f})", ["unit", "best epoch", "log loss", "fit s"], rows))
+
+
+def race_cost(results: list[store.UnitResult]) -> dict[str, float | str] | None:
+    """What the policy race cost against this run's units (seconds of every phase), or None when none ran."""
+    race = results[0].policy["numbers"].get("race")
+    if race is None:
+        return None
+    run_s = sum(sum(r.timings.values()) for r in results)
+    return {"file": policy_race.RACE_FILE, "race_s": race["race_s"], "units_s": round(run_s, 2), "fraction_of_units": round(race["race_s"] / run_s, 4)}
 
 
 def augment_note(profile: Profile, cached: bool) -> str:

@@ -1,0 +1,372 @@
+"""The `auto` policy decided by measurement: a bounded race of fine-tuning policies (docs/policy-race.md).
+
+The seed's 2 x 2 table (`policies.choose_auto`) gives the prior pick. The race then trains the
+prior and the other candidates (`head`, `top:K`, `all_but_stem`, `all`, and `probe`, the linear probe
+on frozen features of `competition.models.linear_probe`) on inner folds of the run's first unit's
+training rows, never on its held-out fold, and stops weak candidates early by asynchronous successive
+halving (ASHA: Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020,
+arXiv:1810.05934) applied to candidates trained one after another. The whole race costs at most
+`auto.race.budget` of one policy's full run (plus one epoch). The prior is kept unless another
+candidate's inner-validation log loss is lower by more than `margin_se` standard errors of the
+per-row loss difference.
+
+The decision is stored in the run folder (`policy_race.json`, keyed by the run's fingerprints), so
+a resumed run reuses it and every unit trains with the same policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from competition.artefact import read_json
+from competition.atomic import write_json
+from competition.console import console, table
+from competition.data.dataset import Dataset
+from competition.errors import FingerprintError
+from competition.metrics import EPS, logloss
+from competition.models.base import ImageModel
+from competition.models.schema import ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
+
+PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
+RACE_FILE = "policy_race.json"
+INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds
+_CHEAP_FIRST = {PROBE: 0, "head": 1, "all_but_stem": 3, "all": 4}  # top:K ranks 2; the prior races before them all
+
+
+class _Stop(Exception):
+    """Raised from `on_epoch` to end a candidate's fit: past a rung it did not pass, or the budget is spent."""
+
+
+class RaceRecord(BaseModel):
+    """`policy_race.json`: the decision and the fingerprints of the run it was made for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: dict[str, str]
+    decision: dict[str, Any]
+
+
+@dataclass
+class Entry:
+    """One candidate in the race: what it cost and how well it did."""
+
+    name: str
+    val_loss: list[float] = field(default_factory=list)  # per epoch, on the first inner fold
+    epochs: int = 0  # epochs trained over all inner folds
+    seconds: float = 0.0
+    outcome: str = "not run: budget spent"
+    loss: float | None = None  # pooled inner-validation log loss of its kept weights (complete candidates only)
+    row_loss: np.ndarray | None = field(default=None, repr=False)  # per validation row, complete candidates only
+
+    def record(self) -> dict[str, Any]:
+        """The numbers meta.json and the report show (no per-row arrays)."""
+        out = asdict(self)
+        out.pop("row_loss")
+        out["val_loss"] = [round(v, 5) for v in self.val_loss]
+        out["seconds"] = round(self.seconds, 2)
+        return out
+
+
+class Rungs:
+    """ASHA's promotion rule for candidates trained one after another.
+
+    Rung i sits at `min_epochs * eta**i` epochs (below `max_epochs`). Every candidate reaching a rung
+    records its best validation loss so far there; it trains on only while it ranks among the best
+    ceil(n / eta) of the n losses recorded at that rung (the first one always does).
+    """
+
+    def __init__(self, min_epochs: int, eta: int, max_epochs: int) -> None:
+        self.eta = eta
+        self.epochs: list[int] = []
+        e = min_epochs
+        while e < max_epochs:
+            self.epochs.append(e)
+            e *= eta
+        self.seen: dict[int, list[float]] = {e: [] for e in self.epochs}
+
+    def passes(self, epochs_done: int, best_loss: float) -> bool:
+        """Record `best_loss` if `epochs_done` is a rung; False when the candidate should stop there."""
+        if epochs_done not in self.seen:
+            return True
+        losses = self.seen[epochs_done]
+        losses.append(best_loss)
+        return sorted(losses).index(best_loss) < math.ceil(len(losses) / self.eta)
+
+
+def row_logloss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-row log loss, clipped as `competition.metrics.logloss` (its mean is that function's value)."""
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    y = np.asarray(y, np.float64)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified inner folds (fit rows, validation rows) of these rows: the first m of 5, m the fewest whose
+    validation rows add up to `min_valid` (all 5 when the rows are fewer)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    splits = list(StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    chosen, total = [], 0
+    for fit, valid in splits:
+        chosen.append((fit, valid))
+        total += len(valid)
+        if total >= min_valid:
+            break
+    return chosen
+
+
+def race_order(candidates: list[str], prior: str) -> list[str]:
+    """The prior first (its first epoch sets the budget), then the others cheapest first."""
+    rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=lambda c: _CHEAP_FIRST.get(c, 2))
+    return [prior, *rest]
+
+
+@dataclass
+class RaceSetup:
+    """What the race trains on and what its budget is measured against."""
+
+    model_name: str
+    model_cfg: ModelConfig  # the requested config (policy auto)
+    train: Dataset  # every training row (input statistics are fitted on all images, as the trainer does)
+    rows: np.ndarray  # the first unit's training rows: the race's data
+    n_units: int
+    cache_prefix: bool
+    predict_batch_size: int
+
+
+def candidate_config(model_cfg: ModelConfig, name: str) -> ModelConfig:
+    """The config a candidate trains with: the linear probe's for `probe`, else the model's with that policy."""
+    if name == PROBE:
+        from competition.models.linear_probe import probe_for
+
+        return probe_for(model_cfg)
+    return model_cfg.model_copy(update={"policy": name})
+
+
+class Race:
+    """One race: candidates in order, each on the inner folds, stopped by the rungs or the budget."""
+
+    def __init__(self, setup: RaceSetup, prior: PolicyDecision) -> None:
+        self.setup = setup
+        self.settings: PolicyRaceConfig = setup.model_cfg.auto.race
+        labels = setup.train.labels
+        assert labels is not None
+        self.y = labels[setup.rows].astype(np.float64)
+        self.folds = inner_folds(self.y, self.settings.min_valid, setup.model_cfg.seed)
+        self.valid_y = np.concatenate([self.y[v] for _, v in self.folds])
+        self.max_epochs = min(self.settings.max_epochs, setup.model_cfg.train.epochs)
+        self.rungs = Rungs(self.settings.min_epochs, self.settings.eta, self.max_epochs)
+        self.prior = prior
+        self.entries = [Entry(name) for name in race_order(self.settings.candidates, prior.name)]
+        self.started = time.perf_counter()
+        self.budget_s = math.inf  # known once the prior's first epoch is timed
+        self.reference_s = math.nan
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.started
+
+    def run(self) -> None:
+        """Train every candidate the budget allows."""
+        for entry in self.entries:
+            if self.spent() >= self.budget_s:
+                break
+            if entry.name == PROBE and self.setup.model_cfg.framework != "timm":
+                entry.outcome = "not raced: the linear probe needs a timm backbone"
+                continue
+            started = time.perf_counter()
+            try:
+                self._candidate(entry)
+            finally:
+                entry.seconds = time.perf_counter() - started
+
+    def _candidate(self, entry: Entry) -> None:
+        """All inner folds of one candidate; on the first, the rungs may stop it; the budget may stop any fold."""
+        cfg = candidate_config(self.setup.model_cfg, entry.name)
+        features: np.ndarray | None = None
+        predictions = []
+        for i, (fit, valid) in enumerate(self.folds):
+            if self.spent() >= self.budget_s:
+                entry.outcome = f"stopped: budget spent before inner fold {i + 1} of {len(self.folds)}"
+                return
+            model = self._model(cfg)
+            if features is None and self.setup.cache_prefix and model.frozen_prefix() >= 2:
+                features = model.prefix_features(self.setup.train.images[self.setup.rows], self.setup.predict_batch_size)
+            fit_in, valid_in = self._inputs(features, fit), self._inputs(features, valid)
+            epochs = self.max_epochs if i == 0 else max(1, len(entry.val_loss))
+            fit_started = time.perf_counter()
+            seed = int(np.random.SeedSequence([self.setup.model_cfg.seed, 7919, i]).generate_state(1)[0])
+            try:
+                model.fit(
+                    fit_in,
+                    valid_in,
+                    epochs=epochs,
+                    batch_size=cfg.train.batch_size,
+                    seed=seed,
+                    patience=cfg.train.patience,
+                    on_epoch=partial(self._watch, entry, i, fit_started, len(fit)),
+                )
+            except _Stop as stop:
+                entry.outcome = str(stop)
+                return
+            predictions.append(model.predict(valid_in, self.setup.predict_batch_size))
+        entry.row_loss = row_logloss(self.valid_y, np.concatenate(predictions))
+        entry.loss = float(entry.row_loss.mean())
+        entry.outcome = "complete"
+
+    def _model(self, cfg: ModelConfig) -> ImageModel:
+        """A fresh candidate model (pretrained weights, input statistics from every training image), its policy applied."""
+        from competition.models.registry import create_model
+
+        model = create_model(self.setup.model_name, cfg)
+        model.prepare(self.setup.train.images, self.setup.train.angle)
+        model.apply_policy(cfg.policy, self.setup.train.images)
+        return model
+
+    def _inputs(self, features: np.ndarray | None, index: np.ndarray) -> ModelInputs:
+        rows, train = self.setup.rows[index], self.setup.train
+        x = train.images[rows] if features is None else features[index]
+        return ModelInputs(x, train.angle[rows], self.y[index], is_features=features is not None)
+
+    def _watch(self, entry: Entry, fold: int, fit_started: float, n_fit: int, epoch: int, metrics: dict[str, float]) -> None:
+        """`on_epoch` of every race fit: times the prior's first epoch (the budget), applies the rungs and the budget."""
+        entry.epochs += 1
+        if fold == 0:
+            entry.val_loss.append(float(metrics["val_loss"]))
+        if entry is self.entries[0] and fold == 0 and epoch == 0:
+            per_epoch = (time.perf_counter() - fit_started) * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
+            self.reference_s = self.setup.n_units * self.setup.model_cfg.train.epochs * per_epoch
+            self.budget_s = self.settings.budget * self.reference_s
+        if self.spent() >= self.budget_s:
+            raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
+        if fold == 0 and not self.rungs.passes(epoch + 1, min(entry.val_loss)):
+            raise _Stop(f"stopped at the {epoch + 1}-epoch rung")
+
+    def class_prior_loss(self) -> float:
+        """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
+        return logloss(self.valid_y, np.concatenate([np.full(len(v), self.y[f].mean()) for f, v in self.folds]))
+
+    def decide(self) -> tuple[str, str]:
+        """(winner, rule text): the lowest loss among complete candidates, but the prior unless beaten beyond the noise."""
+        prior = self.entries[0]
+        complete = [e for e in self.entries if e.row_loss is not None]
+        if prior.row_loss is None:
+            return prior.name, f"the table's pick {prior.name} did not complete its inner folds within the budget: kept"
+        best = min(complete, key=lambda e: e.loss if e.loss is not None else math.inf)
+        if best is prior:
+            return prior.name, f"the table's pick {prior.name} has the lowest inner-validation log loss ({prior.loss:.4f}): kept"
+        assert best.row_loss is not None
+        diff = prior.row_loss - best.row_loss
+        gain, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
+        margin = self.settings.margin_se
+        figures = (
+            f"{best.name} {best.loss:.4f} vs the table's {prior.name} {prior.loss:.4f}: better by {gain:.4f}, standard error {se:.4f} over {len(diff)} rows"
+        )
+        if gain > margin * se:
+            return best.name, f"{figures} > {margin:g} SE -> {best.name}"
+        return prior.name, f"{figures} <= {margin:g} SE (within the noise) -> the table's pick {prior.name} kept"
+
+    def numbers(self, rule: str, winner: str) -> dict[str, Any]:
+        """The race's figures for meta.json (`policy_numbers.race`) and the report."""
+        spent = self.spent()
+        return {
+            "candidates": [e.record() for e in self.entries],
+            "prior": self.prior.name,
+            "winner": winner,
+            "rule": rule,
+            "class_prior_loss": round(self.class_prior_loss(), 5),
+            "inner_folds": len(self.folds),
+            "valid_rows": len(self.valid_y),
+            "race_rows": len(self.setup.rows),
+            "rungs": self.rungs.epochs,
+            "max_epochs": self.max_epochs,
+            "eta": self.settings.eta,
+            "margin_se": self.settings.margin_se,
+            "budget": self.settings.budget,
+            "budget_s": round(self.budget_s, 4),
+            "reference_s": round(self.reference_s, 4),
+            "race_s": round(spent, 4),
+            "spent_fraction": round(spent / self.reference_s, 4),
+        }
+
+
+def table_pick(setup: RaceSetup) -> PolicyDecision:
+    """The seed's 2 x 2 table's decision (`ImageModel.apply_policy("auto")` on every training image): the race's prior."""
+    from competition.models.registry import create_model
+
+    model = create_model(setup.model_name, setup.model_cfg)
+    model.prepare(setup.train.images, setup.train.angle)
+    return model.apply_policy("auto", setup.train.images)
+
+
+def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
+    """Race the candidates (prior first) and return the decision with its figures in `numbers["race"]`."""
+    contest = Race(setup, prior)
+    contest.run()
+    winner, rule = contest.decide()
+    figures = contest.numbers(rule, winner)
+    reason = (
+        f"race on {figures['valid_rows']} inner-validation predictions ({figures['inner_folds']} inner folds of the first unit's "
+        f"{figures['race_rows']} training rows; {figures['spent_fraction']:.0%} of one policy's run): {rule}. Table: {prior.reason}"
+    )
+    return PolicyDecision(name=winner, requested="auto", reason=reason, numbers={**prior.numbers, "table_pick": prior.name, "race": figures})
+
+
+RACE_COLUMNS = ["candidate", "val loss: first, best (inner fold 1)", "epochs", "s", "inner log loss", "outcome"]
+
+
+def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, str]]:
+    """Rows (candidate, first and best validation loss, epochs, seconds, inner log loss, outcome) of a race's figures
+    (`policy_numbers.race` of meta.json); the table's pick is marked "(table)", the winner "*"."""
+    rows = []
+    for c in figures["candidates"]:
+        curve = f"{c['val_loss'][0]:.4f}, {min(c['val_loss']):.4f}" if c["val_loss"] else ""
+        loss = "" if c["loss"] is None else f"{c['loss']:.4f}"
+        name = c["name"] + (" (table)" if c["name"] == figures["prior"] else "") + (" *" if c["name"] == figures["winner"] else "")
+        rows.append((name, curve, c["epochs"], f"{c['seconds']:.1f}", loss, c["outcome"]))
+    return rows
+
+
+def print_race(figures: dict[str, Any]) -> None:
+    """The race as a Rich table in the terminal, with its rule and cost."""
+    title = (
+        f"policy race ({figures['valid_rows']} inner-validation rows; class prior {figures['class_prior_loss']:.4f}; "
+        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {figures['budget']:.0%})"
+    )
+    console.print(table(title, RACE_COLUMNS, race_table(figures)))
+    console.print(f"policy race: {figures['rule']}")
+
+
+def stored(run_dir: Path, key: dict[str, str]) -> PolicyDecision | None:
+    """The decision stored in `run_dir` for these fingerprints, or None (none stored, or made for other ones)."""
+    path = Path(run_dir) / RACE_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path, RaceRecord, f"delete {path} to race again", FingerprintError)
+    return PolicyDecision(**record.decision) if record.key == key else None
+
+
+def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup) -> PolicyDecision | None:
+    """The run's `auto` decision: stored in `run_dir`, else raced and stored; None when nothing is raced.
+
+    Nothing is raced (the caller applies the policy as before) when the policy is not `auto`, the
+    race is off (`auto.race.enabled: false`), or the weights are random (`weights: none` trains every block).
+    """
+    cfg = setup.model_cfg
+    if cfg.policy != "auto" or not cfg.auto.race.enabled or cfg.weights == "none":
+        return None
+    decision = stored(run_dir, key)
+    if decision is not None:
+        console.print(f"policy race: reusing the decision in {Path(run_dir) / RACE_FILE}: {decision.name}")
+        return decision
+    decision = race(setup, table_pick(setup))
+    print_race(decision.numbers["race"])
+    write_json(Path(run_dir) / RACE_FILE, {"key": key, "decision": asdict(decision)})
+    return decision

@@ -1,0 +1,159 @@
+"""The `auto` policy's race (competition.training.policy_race) on simulated data and a tiny timm network.
+
+The network is mobilenetv3_small_050 at 32 px with "pretrained" weights from a local file (a seeded
+random init saved as the ImageNet classifier's state dict: the race only runs for pretrained weights,
+and the tests have no network).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from competition.config import CompetitionConfig
+from competition.training import policy_race, store
+from competition.training.policy_race import RACE_FILE, Rungs, inner_folds, race_order
+from competition.training.trainer import plan_run, race_setup, train_model
+
+from tiny_training import MODEL, TINY, tiny_competition
+
+pytestmark = pytest.mark.slow
+
+FREE = "auto.race.budget=1000"  # a budget that does not bind: the race runs as its rungs decide
+# the table picks head here (similar above 100 x); a high rate makes fine-tuning every block clearly worse
+RACE = [
+    "epochs=2",
+    "optimizer.lr=0.3",
+    "policy=auto",
+    "auto.different_above=100",
+    "auto.race.eta=2",
+    "auto.race.min_valid=1",
+    "auto.race.candidates=[probe,head,all]",
+]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
+    """48 simulated training images in 3 folds, 16 test images."""
+    return tiny_competition(tmp_path_factory.mktemp("competition"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(cfg: CompetitionConfig) -> list[str]:
+    """The tiny setup with a local weight file standing in for ImageNet weights, policy auto, the race's settings."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = cfg.data_dir.parent / "weights.pth"
+    torch.save(timm.create_model(MODEL).state_dict(), path)
+    kept = [o for o in TINY if not o.startswith(("weights=", "policy=", "epochs="))]
+    return [*kept, "weights=pretrained", f"weights_file={path}", *RACE]
+
+
+@pytest.fixture(scope="module")
+def raced(cfg: CompetitionConfig, pretrained: list[str]) -> store.Run:
+    """One run whose policy the race decides (a generous budget: the race is not cut short)."""
+    return store.load_run(train_model(cfg, MODEL, "cpu", [*pretrained, FREE]))
+
+
+def _figures(run: store.Run) -> dict:
+    extra = run.meta.model_extra or {}
+    return extra["policy_numbers"]["race"]
+
+
+def test_rungs_let_only_the_best_fraction_train_on() -> None:
+    rungs = Rungs(min_epochs=1, eta=2, max_epochs=5)
+    assert rungs.epochs == [1, 2, 4]
+    assert rungs.passes(1, 0.60)  # the first at a rung always trains on
+    assert not rungs.passes(1, 0.70)  # 2 recorded: only the best ceil(2/2) = 1 trains on
+    assert rungs.passes(1, 0.50)  # 3 recorded: best 2 of 3
+    assert not rungs.passes(1, 0.65)  # 4 recorded: 0.65 ranks third of [0.5, 0.6, 0.65, 0.7]
+    assert rungs.passes(3, 9.0)  # not a rung: nothing is compared
+
+
+def test_inner_folds_add_folds_until_enough_validation_rows() -> None:
+    y = np.tile([0, 1], 16)
+    assert len(inner_folds(y, 1, seed=0)) == 1
+    folds = inner_folds(y, 16, seed=0)
+    assert len(folds) == 3 and sum(len(v) for _, v in folds) >= 16
+    assert len(inner_folds(y, 1000, seed=0)) == 5  # fewer rows than wanted: all of them
+    for fit, valid in folds:
+        assert not set(fit) & set(valid) and y[valid].mean() == pytest.approx(0.5, abs=0.15)
+
+
+def test_prior_races_first_then_cheapest_first() -> None:
+    assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["all_but_stem", "probe", "head", "top:3", "all"]
+    assert race_order(["head"], "all") == ["all", "head"]  # the table's pick always races
+
+
+def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: store.Run) -> None:
+    meta, figures = raced.meta, _figures(raced)
+    names = [c["name"] for c in figures["candidates"]]
+    assert meta.policy_requested == "auto" and names[0] == figures["prior"] and set(names) == {figures["prior"], "probe", "head", "all"}
+    assert meta.policy == figures["winner"] and figures["rule"] in meta.policy_reason
+    assert figures["valid_rows"] >= 1 and figures["race_rows"] == 32  # fold 0 of 3 held out of 48 rows
+    assert all(len(c["val_loss"]) >= 1 and c["seconds"] > 0 for c in figures["candidates"])
+    complete = [c for c in figures["candidates"] if c["outcome"] == "complete"]
+    assert any(c["name"] == figures["winner"] for c in complete) and all(c["loss"] > 0 for c in complete)
+    stored = json.loads((raced.path / RACE_FILE).read_text())
+    assert stored["decision"]["name"] == meta.policy and stored["key"]["config_hash"] == meta.config_hash
+    units = [json.loads(p.read_text()) for p in sorted((raced.path / store.UNITS_DIR).glob("*.json"))]
+    assert len(units) == 3 and {u["policy"]["name"] for u in units} == {meta.policy}  # every unit trains the race's pick
+    cost = (meta.model_extra or {})["policy_race"]
+    assert cost["race_s"] == figures["race_s"] and cost["fraction_of_units"] == pytest.approx(figures["race_s"] / cost["units_s"], rel=1e-3)
+
+
+def test_a_candidate_worse_at_a_rung_stops_early(raced: store.Run) -> None:
+    figures = _figures(raced)
+    stopped = [c for c in figures["candidates"] if c["outcome"].startswith("stopped at the 1-epoch rung")]
+    assert stopped, figures["candidates"]
+    ahead = [c for c in figures["candidates"] if c["outcome"] == "complete"]
+    for c in stopped:
+        assert c["epochs"] == 1 < figures["max_epochs"] and c["loss"] is None
+        earlier = figures["candidates"][: figures["candidates"].index(c)]
+        assert any(e["val_loss"][0] < c["val_loss"][0] for e in earlier)  # eta=2: it had to beat one of those before it
+    assert all(c["epochs"] >= figures["max_epochs"] or c["name"] == "probe" for c in ahead)
+
+
+def test_same_seed_same_decision(cfg: CompetitionConfig, pretrained: list[str], raced: store.Run) -> None:
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, FREE]))
+    again = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    first = _figures(raced)
+    assert again["winner"] == first["winner"] and again["rule"] == first["rule"]
+    assert [(c["name"], c["val_loss"], c["outcome"]) for c in again["candidates"]] == [(c["name"], c["val_loss"], c["outcome"]) for c in first["candidates"]]
+
+
+def test_resumed_run_reuses_the_stored_decision(cfg: CompetitionConfig, pretrained: list[str], raced: store.Run, tmp_path: Path) -> None:
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(raced.path.parent, runs / cfg.experiment)
+    run_dir = runs / cfg.experiment / raced.path.name
+    for path in store.unit_paths(run_dir, store.Unit(0, 2, 0)):
+        path.unlink()
+    race_file = run_dir / RACE_FILE
+    before = (race_file.stat().st_mtime_ns, race_file.read_bytes())
+    resumed = store.load_run(train_model(cfg.model_copy(update={"runs_dir": runs}), MODEL, "cpu", [*pretrained, FREE]))
+    assert resumed.meta.trained_this_run == ["r0_f2_s0"]
+    assert (race_file.stat().st_mtime_ns, race_file.read_bytes()) == before  # not raced again
+    assert resumed.meta.policy == raced.meta.policy and _figures(resumed) == _figures(raced)
+    assert policy_race.stored(run_dir, {"config_hash": "other"}) is None  # another run's fingerprints: race again
+
+
+def test_budget_bounds_the_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.4", "auto.race.candidates=[head,top:3,all,probe]"]))
+    figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    slack_s = max(c["seconds"] / max(1, c["epochs"]) for c in figures["candidates"])  # one epoch (with its model's setup)
+    assert figures["spent_fraction"] <= figures["budget"] + slack_s / figures["reference_s"]
+    assert figures["budget_s"] == pytest.approx(0.4 * figures["reference_s"], rel=1e-2)
+    assert any("budget" in c["outcome"] for c in figures["candidates"]), figures["candidates"]  # it did bind
+
+
+def test_no_race_for_an_explicit_policy_or_random_init(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:
+    for extra in (["policy=head"], ["weights=none"], ["auto.race.enabled=false"]):
+        setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, *extra]))
+        assert policy_race.settled(tmp_path, {"config_hash": "x"}, setup) is None
+    assert not (tmp_path / RACE_FILE).exists()
