@@ -112,11 +112,18 @@ def test_inner_folds_shrink_to_the_smaller_class(config: ModelConfig, toy: tuple
     assert model.selection["inner_folds"] == 3 and model.selection["C"] == 0.05 == result.history["C"][0]
 
 
-def test_raw_images_and_cached_features_give_the_same_predictions(fitted: tuple[LinearProbe, np.ndarray], toy: tuple[np.ndarray, ...]) -> None:
+def test_raw_images_and_cached_features_give_the_same_fit_and_predictions(
+    fitted: tuple[LinearProbe, np.ndarray], toy: tuple[np.ndarray, ...], config: ModelConfig
+) -> None:
     model, features = fitted
-    x, angle, _ = toy
-    raw = model.predict(ModelInputs(x[32:], angle[32:]), batch_size=16)
-    np.testing.assert_allclose(raw, model.predict(ModelInputs(features[32:], angle[32:], is_features=True)), rtol=1e-6, atol=1e-9)
+    x, angle, y = toy
+    cached = model.predict(ModelInputs(features[32:], angle[32:], is_features=True))
+    np.testing.assert_allclose(model.predict(ModelInputs(x[32:], angle[32:]), batch_size=16), cached, rtol=1e-6, atol=1e-9)
+    raw_fit = create_model(config.name, config)
+    raw_fit.prepare(x, angle)  # as the trainer does: input statistics from every training image
+    raw_fit.fit(ModelInputs(x[:32], angle[:32], y[:32]), ModelInputs(x[32:], angle[32:], y[32:]), epochs=1, batch_size=16)
+    assert isinstance(raw_fit, LinearProbe) and raw_fit.selection["C"] == model.selection["C"]
+    np.testing.assert_allclose(raw_fit.predict(ModelInputs(features[32:], angle[32:], is_features=True)), cached, rtol=1e-5, atol=1e-7)
 
 
 def test_it_beats_the_class_prior_on_held_out_images(fitted: tuple[LinearProbe, np.ndarray], toy: tuple[np.ndarray, ...]) -> None:

@@ -179,11 +179,12 @@ class LinearProbe(ImageModel):
             max_iter=probe.max_iter,
             use_legacy_attributes=False,
         )
-        self._pipeline = Pipeline([("scale", StandardScaler()), ("logreg", search)]).fit(self._design(train, batch_size), y)
+        design = self._design(train, batch_size)
+        self._pipeline = Pipeline([("scale", StandardScaler()), ("logreg", search)]).fit(design, y)
         inner = -np.asarray(search.scores_).reshape(folds, -1).mean(axis=0)  # (folds, 1 l1_ratio, Cs) -> per C
         self.selection = {"C": float(search.C_), "inner_folds": folds, "c_grid": [float(c) for c in search.Cs_], "inner_logloss": inner.tolist()}
         history = {
-            "train_loss": [logloss(y, self.predict(train, batch_size))],
+            "train_loss": [logloss(y, self._probability(design))],
             "val_loss": [logloss(np.asarray(valid.y), self.predict(valid, batch_size))],
             "C": [self.selection["C"]],
             "inner_cv_logloss": [float(inner.min())],
@@ -193,9 +194,13 @@ class LinearProbe(ImageModel):
         return FitResult(history=history, best_epoch=0)
 
     def predict(self, inputs: ModelInputs, batch_size: int = 64) -> np.ndarray:
+        return self._probability(self._design(inputs, batch_size))
+
+    def _probability(self, design: np.ndarray) -> np.ndarray:
+        """P(iceberg) for rows of `_design`'s matrix, shape (N,)."""
         if self._pipeline is None:
             raise RuntimeError(f"linear probe '{self.name}' is not fitted: call fit first")
-        return np.asarray(self._pipeline.predict_proba(self._design(inputs, batch_size))[:, 1], dtype=np.float64)
+        return np.asarray(self._pipeline.predict_proba(design)[:, 1], dtype=np.float64)
 
     # --- persistence ----------------------------------------------------------------------
 
