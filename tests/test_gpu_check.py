@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from competition.bench.gpu_check import RESULT_FILE, check_config, torch_models
+from competition.bench.gpu_check import RESULT_FILE, check_config, run_gpu_check, torch_models
+from competition.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # not on the GPU machine and not among the wheels it gets (tools/gpu-requirements.txt)
@@ -22,6 +23,16 @@ def test_the_check_trains_the_configured_pytorch_models_only(tmp_path: Path) -> 
     assert set(cfg.models) >= {"vgg16_angle", "tf_efficientnet_lite0", "mobilenetv2_100"}  # configs/competition.yaml
     assert torch_models(cfg) == [m for m in cfg.models if m != "vgg16_angle"]  # Keras needs TensorFlow
     assert (cfg.simulate.n_train, cfg.folds.k) == (64, 2) and cfg.data_dir == tmp_path / "data"
+
+
+def test_the_full_check_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the full check would run")
+    with pytest.raises(UserError, match="no CUDA device.*--tiny"):
+        run_gpu_check(tmp_path / "root", tmp_path / "out")
+    assert not (tmp_path / "root").exists()  # refused before simulating anything
 
 
 @pytest.mark.slow

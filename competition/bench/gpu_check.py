@@ -26,6 +26,7 @@ from typing import Any
 
 from competition.config import COMPETITION_CONFIG, CompetitionConfig, load_competition
 from competition.console import console, table
+from competition.errors import UserError
 
 OUT_ENV = "GPU_CHECK_OUT"  # folder of gpu_check.json (tools/gpu_check.sh sets it to the device tool's $OUT)
 RESULT_FILE = "gpu_check.json"
@@ -127,6 +128,8 @@ def run_gpu_check(
     root: Path, out: Path, *, tiny: bool = False, seeds: int = FULL_SEEDS, epochs: int | None = None, models: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Simulate, fold and train under `root`; write `out`/gpu_check.json after each model and return its content."""
+    if not tiny and _cuda() is None:
+        raise UserError("gpu check: PyTorch sees no CUDA device here; on a CPU run the tiny mode (--tiny)")
     cfg = check_config(root, tiny)
     chosen = list(models) or torch_models(cfg)
     overrides = [f"seeds={seeds}", *(TINY_TRAIN if tiny else []), *([f"epochs={epochs}"] if epochs else [])]
@@ -134,8 +137,9 @@ def run_gpu_check(
     out.mkdir(parents=True, exist_ok=True)
     result["data_s"] = round(prepare_data(cfg), 1)
     result["data"] = {"n_train": cfg.simulate.n_train, "n_test": cfg.simulate.n_test, "folds": cfg.folds.k}
-    for model in chosen:
-        result["models"].append(measure(cfg, model, overrides))
+    for model in [None, *chosen]:  # written before the first model too: a run cut short still says where it ran
+        if model is not None:
+            result["models"].append(measure(cfg, model, overrides))
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
     rows = [
         (m["model"], m["units"], m["epochs_run"], f"{m['wall_s']:.0f}", f"{m['train_images_per_s']}", f"{m['peak_gpu_mib']}", f"{m['cv_logloss']:.4f}")
@@ -159,8 +163,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or Path(os.environ.get(OUT_ENV) or args.root)
     models = [m for m in args.models.split(",") if m]
-    from competition.errors import UserError
-
     try:
         run_gpu_check(args.root.resolve(), out, tiny=args.tiny, seeds=args.seeds, epochs=args.epochs, models=models)
     except UserError as exc:
