@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from competition.config import CompetitionConfig
 from competition.locks import report_lock
 from competition.plots import pyplot, save_figure
 from competition.stacking.summary import StackSummary, read_summary
+
+if TYPE_CHECKING:
+    from competition.training.store import Run
 
 
 def plot_fold_scores(scores: pd.DataFrame, path: Path) -> Path:
@@ -111,13 +115,18 @@ def _fold_scores(summary: StackSummary) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _runs_table(exp_dir: Path) -> pd.DataFrame:
-    """One row per run (folder): its model, CV, weights, fine-tuning policy and wall time (each read by `load_run`)."""
+def _load_runs(exp_dir: Path) -> list[Run]:
+    """Every run folder of the experiment, each read by `load_run`."""
     from competition.stacking.collect import run_dirs
     from competition.training.store import load_run
 
+    return [load_run(path) for path in run_dirs(exp_dir, [])]
+
+
+def _runs_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run (folder): its model, CV, weights, fine-tuning policy and wall time."""
     rows = []
-    for run in (load_run(path) for path in run_dirs(exp_dir, [])):
+    for run in runs:
         meta = run.meta
         rows.append({
             "run": run.name,
@@ -129,6 +138,24 @@ def _runs_table(exp_dir: Path) -> pd.DataFrame:
             "fit s (all units)": round(sum(t.get("fit_s", 0.0) for t in meta.timings.units.values()), 1),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _race_sections(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """One section per run whose `auto` policy a race decided (competition.training.policy_race): its candidates, rule and cost."""
+    from competition.training.policy_race import RACE_COLUMNS, race_table
+
+    sections = []
+    for run in runs:
+        race = ((run.meta.model_extra or {}).get("policy_numbers") or {}).get("race")
+        if race is None:
+            continue
+        text = (
+            f"<p>{html.escape(race['rule'])}. Cost: {race['race_s']:.1f} s = {race['spent_fraction']:.0%} of one policy's run "
+            f"(budget {race['budget']:.0%}); the class prior scores {race['class_prior_loss']:.4f} on the {race['valid_rows']} "
+            f"inner-validation rows. (table) = the 2 x 2 table's pick, * = the policy trained.</p>"
+        )
+        sections.append((f"Policy race: {run.name}", text + html_table(pd.DataFrame(race_table(race), columns=RACE_COLUMNS))))
+    return sections
 
 
 def build_report(cfg: CompetitionConfig) -> Path:
@@ -167,6 +194,7 @@ def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
     chosen = summary.chosen.method
     best = summary.best_single
     best_text = "none" if best is None else f"{best.method} {best.cv_mean:.4f}"
+    runs = _load_runs(exp_dir)
 
     methods = pd.DataFrame([
         {"method": name, "kind": rec.kind, "CV mean": rec.cv_mean, "CV sd": rec.cv_std, "eps": rec.eps}
@@ -178,7 +206,8 @@ def _build(cfg: CompetitionConfig, exp_dir: Path, out: Path) -> Path:
                     f"CV log loss {summary.chosen.cv_mean:.4f} &plusmn; {summary.chosen.cv_std:.4f} "
                     f"(best single run: {html.escape(best_text)}); "
                     f"clipped to [{summary.eps:g}, {1 - summary.eps:g}]. File: <code>{html.escape(summary.submission)}</code>.</p>"),
-        ("Models", html_table(_runs_table(exp_dir))),
+        ("Models", html_table(_runs_table(runs))),
+        *_race_sections(runs),
         ("Methods (nested CV over the same outer folds)", html_table(methods)),
         ("Fold scores", img(plot_fold_scores(_fold_scores(summary), out / "fold_scores.png"), out)),
         ("OOF calibration", img(plot_calibration(oof[list(dict.fromkeys([*singles, chosen]))], labels, out / "calibration.png"), out)),

@@ -115,7 +115,7 @@ def test_every_reader_of_a_run_refuses_a_tampered_meta(comp, monkeypatch):
     readers = {
         "collect": lambda: collect(run_dirs(comp.cfg.runs_dir / "baseline", []), comp.folds, comp.test.ids, TEST_FP),
         "pipeline._cv": lambda: pipeline._cv(run_dir),
-        "report._runs_table": lambda: report._runs_table(comp.cfg.runs_dir / "baseline"),
+        "report._load_runs": lambda: report._load_runs(comp.cfg.runs_dir / "baseline"),
     }
     for read in readers.values():
         with pytest.raises(FingerprintError, match=r"field 'data_fingerprint' missing.*--fresh") as info:

@@ -157,3 +157,13 @@ def test_no_race_for_an_explicit_policy_or_random_init(cfg: CompetitionConfig, p
         setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, *extra]))
         assert policy_race.settled(tmp_path, {"config_hash": "x"}, setup) is None
     assert not (tmp_path / RACE_FILE).exists()
+
+
+def test_report_shows_the_race(raced: store.Run) -> None:
+    from competition.report import _race_sections
+
+    [(heading, body)] = _race_sections([raced])
+    figures = _figures(raced)
+    winner = figures["winner"] + (" (table)" if figures["winner"] == figures["prior"] else "") + " *"
+    assert heading == f"Policy race: {raced.name}" and f"<td>{winner}</td>" in body and "(table)" in body
+    assert all(f"<td>{c['outcome']}</td>" in body for c in figures["candidates"])
