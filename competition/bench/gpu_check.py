@@ -75,7 +75,7 @@ def measure(cfg: CompetitionConfig, model: str, overrides: Sequence[str]) -> dic
     Training images/s: images seen by the optimiser (epochs run x fitted rows, summed over units)
     per second of `fit` (which also predicts the held-out fold after each epoch).
     """
-    from competition.training.store import load_run
+    from competition.training.store import Unit, load_run
     from competition.training.trainer import train_model
 
     cuda = _cuda()
@@ -87,7 +87,7 @@ def measure(cfg: CompetitionConfig, model: str, overrides: Sequence[str]) -> dic
     held = run.oof.groupby(["repeat", "fold"]).size()
     n_train = int(len(run.oof) / run.oof["repeat"].nunique())
     images = sum(
-        (n_train - int(held[(s.repeat, s.fold)])) * len(run.meta.curves[f"r{s.repeat}_f{s.fold}_s{s.seed}"]["train_loss"]) for s in run.meta.fold_scores
+        (n_train - int(held[(s.repeat, s.fold)])) * len(run.meta.curves[Unit(s.repeat, s.fold, s.seed).name]["train_loss"]) for s in run.meta.fold_scores
     )
     units = run.meta.timings.units.values()
     fit_s, predict_s = sum(u["fit_s"] for u in units), sum(u["predict_s"] for u in units)
