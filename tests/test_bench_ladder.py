@@ -16,7 +16,7 @@ from sklearn.metrics import log_loss
 
 MODEL = "mobilenetv3_small_050"  # a timm architecture by name, random init
 TINY = [
-    "ladder.sizes=[40]", "ladder.digits=null", "ladder.n_test=30", "ladder.experiment=lad", "folds.k=2",
+    "ladder.sizes=[40]", "ladder.digits=null", "ladder.n_test=30", "ladder.experiment=lad", "ladder.models=[]", "folds.k=2",
     "budget=quick", f"grid.models=[{MODEL}]", "grid.policies=[head,auto]", f"ladder.recipes=[{MODEL}]",
     "budgets.quick.epochs={classic: 1, scratch: 1, head: 1, top: 1, all_but_stem: 1, all: 1, auto: 1}",
     "weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[8]", "save_models=false",

@@ -91,7 +91,7 @@ class LadderConfig(Strict):
     seed: int = 2017
     digits: DigitsConfig | None = DigitsConfig()
     recipes: list[str] = Field(default_factory=lambda: ["mobilenetv2_100"], min_length=1)
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list, description="extra models under their own policy (the linear probe)")
 
     @field_validator("sizes")
     @classmethod
