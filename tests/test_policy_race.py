@@ -8,11 +8,14 @@ and the tests have no network).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from competition.atomic import write_json
 from competition.config import CompetitionConfig
+from competition.models.schema import PolicyDecision
 from competition.training import policy_race, store
 from competition.training.policy_race import RACE_FILE, Rungs, inner_folds, race_order
 from competition.training.trainer import plan_run, race_setup, train_model
@@ -167,3 +170,15 @@ def test_report_shows_the_race(raced: store.Run) -> None:
     winner = figures["winner"] + (" (table)" if figures["winner"] == figures["prior"] else "") + " *"
     assert heading == f"Policy race: {raced.name}" and f"<td>{winner}</td>" in body and "(table)" in body
     assert all(f"<td>{c['outcome']}</td>" in body for c in figures["candidates"])
+
+
+def test_a_probe_decision_trains_the_linear_probe_in_every_unit(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:
+    local = cfg.model_copy(update={"runs_dir": tmp_path / "runs"})
+    plan = plan_run(local, MODEL, "cpu", [*pretrained, FREE])
+    decision = PolicyDecision(name="probe", requested="auto", reason="the race picked the probe (stored by this test)")
+    plan.run_dir.mkdir(parents=True)
+    write_json(plan.run_dir / RACE_FILE, {"key": asdict(plan.prints), "decision": asdict(decision)})
+    meta = store.load_run(train_model(local, MODEL, "cpu", [*pretrained, FREE])).meta
+    assert meta.policy == "probe" and meta.policy_reason == decision.reason and meta.config["model"]["framework"] == "probe"
+    assert meta.config_hash == plan.prints.config_hash and len(meta.fold_scores) == 3
+    assert meta.tta == ["id"] and meta.augment is not None and meta.augment.startswith("no flips/turns")  # its features average all 8 already

@@ -167,7 +167,20 @@ def settle_policy(plan: Plan) -> Plan:
     decision = policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan))
     if decision is None:
         return plan
-    return replace(plan, model_cfg=policy_race.candidate_config(plan.model_cfg, decision.name), decision=decision)
+    chosen = probe_profile(plan.chosen) if decision.name == policy_race.PROBE else plan.chosen
+    return replace(plan, model_cfg=policy_race.candidate_config(plan.model_cfg, decision.name), chosen=chosen, decision=decision)
+
+
+def probe_profile(chosen: ChosenProfile) -> ChosenProfile:
+    """The profile for a linear probe the race picked: one cached view (TTA `id`), no flips or turns.
+
+    The probe's features already average all 8 flips/turns (docs/linear-probe.md), so more cached
+    views would cost 8 backbone passes each and give the same features; configs/profiles/cpu.yaml's
+    `per_model` does the same for the `*_probe` models.
+    """
+    profile = chosen.profile
+    augment = profile.augment.model_copy(update={"hflip": 0.0, "vflip": 0.0, "rot90": 0.0})
+    return replace(chosen, profile=profile.model_copy(update={"tta": ["id"], "augment": augment}))
 
 
 def race_setup(plan: Plan) -> policy_race.RaceSetup:
