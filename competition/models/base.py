@@ -17,6 +17,10 @@ Input statistics (channel standardiser, angle scaling): `prepare(images, angle)`
 caches prefix features calls `prepare` once first, so the cached and the raw paths see the same
 statistics; `fit` never refits them.
 
+Networks trained by gradient steps subclass `NetworkModel`, whose `fit` runs the shared fit loop
+(`competition.training.loop`, callbacks in `competition.training.callbacks`, docs/training-loop.md);
+a model that fits otherwise (the linear probe) implements `ImageModel.fit` itself.
+
 Beyond the first published sketch: `prepare`, `domain_divergence` (what `auto` measures),
 `load_dir` (used by `registry.load_model`), and the module helper `check_fit_inputs` (the metric is `competition.metrics.logloss`).
 """
@@ -45,8 +49,8 @@ from competition.training.loop import Callback, FitLoop, TrainableState
 class ImageModel(ABC):
     """A two-input (image, angle) binary classifier with a declared block structure.
 
-    Subclasses (one per framework) build the network in `__init__` (resolving weights unless
-    `pretrained=False`, which `load_dir` uses) and implement the framework hooks at the bottom.
+    Subclasses build the network in `__init__` (resolving weights unless `pretrained=False`,
+    which `load_dir` uses) and implement the framework hooks at the bottom.
     Policy bookkeeping, input statistics and saving are shared here.
     """
 
