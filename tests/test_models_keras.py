@@ -136,7 +136,7 @@ class _OptimizerRecord(Callback):
 
 
 def test_unfreezing_keeps_the_optimizer_state_and_blocks_get_their_own_rates(sar: Dataset) -> None:
-    optimizer = {"name": "sgd", "lr": 1e-3, "block_lr_decay": 0.5}
+    optimizer = {"name": "sgd", "lr": 1e-3, "block_lr_decay": 0.5, "schedule": "warmup_cosine", "warmup_epochs": 1}
     model = create_model("vgg16_angle", weights="none", policy="top:1", train={"unfreeze_every": 1}, optimizer=optimizer, **TINY)
     block4_before = model._conv_blocks[3][0].get_weights()[0].copy()
     block5_before = model._conv_blocks[4][0].get_weights()[0].copy()
@@ -150,4 +150,5 @@ def test_unfreezing_keeps_the_optimizer_state_and_blocks_get_their_own_rates(sar
     assert model._fit is not None
     rates = {b: float(opt.learning_rate.numpy()) for b, opt in model._fit.optimizers.items()}
     assert set(rates) == {4, 5} and rates[4] == pytest.approx(rates[5] * 0.5)  # block5 at half the head's rate
+    assert rates[5] == pytest.approx(1e-3 * 0.505)  # warmup_cosine over 3 steps (1 of warm-up): the last at (1 + 0.01) / 2
     assert model.trainable_parameter_names() == _conv_params(5) + HEAD  # the policy is restored after the fit

@@ -205,6 +205,10 @@ def test_gradual_unfreezing_keeps_the_optimizer_state(sar: Dataset) -> None:
     gradual.fit(train, valid, epochs=3, batch_size=8, callbacks=[record])  # one step an epoch; layer4 opens at epoch 1
     assert [row[1:] for row in record.rows] == [(1, 0), (2, 1), (3, 2)]  # the head's moments and step count carry on
     assert len({row[0] for row in record.rows}) == 1  # one optimizer for the whole fit
+    fit = gradual._fit
+    assert isinstance(gradual, TimmModel) and fit is not None
+    # warm-up_cosine over 3 steps (1 of warm-up): the last step ran at (1 + 0.01) / 2 of each group's rate
+    assert all(g["lr"] == pytest.approx(g["base_lr"] * 0.505) for g in fit.optimizer.param_groups)
 
 
 def _group_rates(model: ImageModel) -> dict[str, float]:
