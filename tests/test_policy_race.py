@@ -106,7 +106,9 @@ def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: s
     units = [json.loads(p.read_text()) for p in sorted((raced.path / store.UNITS_DIR).glob("*.json"))]
     assert len(units) == 3 and {u["policy"]["name"] for u in units} == {meta.policy}  # every unit trains the race's pick
     cost = (meta.model_extra or {})["policy_race"]
-    assert cost["race_s"] == figures["race_s"] and cost["fraction_of_units"] == pytest.approx(figures["race_s"] / cost["units_s"], rel=1e-3)
+    assert cost["race_s"] == figures["race_s"] and cost["fraction_of_units"] == pytest.approx(
+        figures["race_s"] / cost["units_s"], rel=1e-2
+    )  # units_s is rounded to 0.01 s
 
 
 def test_a_candidate_worse_at_a_rung_stops_early(raced: store.Run) -> None:
@@ -182,3 +184,33 @@ def test_a_probe_decision_trains_the_linear_probe_in_every_unit(cfg: Competition
     assert meta.policy == "probe" and meta.policy_reason == decision.reason and meta.config["model"]["framework"] == "probe"
     assert meta.config_hash == plan.prints.config_hash and len(meta.fold_scores) == 3
     assert meta.tta == ["id"] and meta.augment is not None and meta.augment.startswith("no flips/turns")  # its features average all 8 already
+
+
+def _entry(name: str, row_loss: list[float]) -> policy_race.Entry:
+    loss = np.asarray(row_loss, np.float64)
+    return policy_race.Entry(name, outcome="complete", loss=float(loss.mean()), row_loss=loss)
+
+
+def test_one_se_rule_prefers_the_simplest_candidate_within_the_noise() -> None:
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(0.5, 0.4, 60).clip(0.01)
+    # the table's pick (all_but_stem) is a little better than the probe, by far less than one standard error
+    prior, probe = _entry("all_but_stem", noisy - 0.01), _entry("probe", noisy + rng.normal(0, 0.3, 60))
+    winner, rule = policy_race.one_se_choice([prior, probe], margin_se=1.0)
+    assert prior.loss is not None and probe.loss is not None and prior.loss < probe.loss
+    assert winner == "probe" and "within 1 SE" in rule and "simpler" in rule
+    assert policy_race.one_se_choice([prior, probe], margin_se=0.0)[0] == "all_but_stem"  # margin 0: the lowest loss
+
+
+def test_one_se_rule_takes_the_best_when_it_is_clearly_better() -> None:
+    base = np.linspace(0.2, 0.8, 400)
+    prior, head = _entry("all_but_stem", base), _entry("head", base + 0.15)
+    stopped = policy_race.Entry("all", val_loss=[0.1], epochs=1, outcome="stopped: budget spent")  # never eligible
+    winner, rule = policy_race.one_se_choice([prior, head, stopped], margin_se=1.0)
+    assert winner == "all_but_stem" and "lowest inner-validation log loss" in rule
+    assert policy_race.one_se_choice([policy_race.Entry("top:3"), stopped], 1.0)[0] == "top:3"  # nothing complete: the table's pick
+
+
+def test_simplicity_orders_by_trained_weights() -> None:
+    names = ["all", "top:5", "probe", "all_but_stem", "top:2", "head"]
+    assert sorted(names, key=policy_race.simplicity) == ["probe", "head", "top:2", "top:5", "all_but_stem", "all"]

@@ -6,9 +6,10 @@ on frozen features of `competition.models.linear_probe`) on inner folds of the r
 training rows, never on its held-out fold, and stops weak candidates early by asynchronous successive
 halving (ASHA: Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020,
 arXiv:1810.05934) applied to candidates trained one after another. The whole race costs at most
-`auto.race.budget` of one policy's full run (plus one epoch). The prior is kept unless another
-candidate's inner-validation log loss is lower by more than `margin_se` standard errors of the
-per-row loss difference.
+`auto.race.budget` of one policy's full run, fits and predictions (plus one epoch). The winner is the
+simplest candidate whose inner-validation log loss is within `margin_se` standard errors of the best
+(the one-standard-error rule), so on small, noisy data a probe or a head wins unless fine-tuning is
+clearly better.
 
 The decision is stored in the run folder (`policy_race.json`, keyed by the run's fingerprints), so
 a resumed run reuses it and every unit trains with the same policy.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,14 +33,14 @@ from competition.atomic import write_json
 from competition.console import console, table
 from competition.data.dataset import Dataset
 from competition.errors import FingerprintError
-from competition.metrics import EPS, logloss
+from competition.metrics import logloss, row_logloss
 from competition.models.base import ImageModel
 from competition.models.schema import ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
 
 PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
 RACE_FILE = "policy_race.json"
 INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds
-_CHEAP_FIRST = {PROBE: 0, "head": 1, "all_but_stem": 3, "all": 4}  # top:K ranks 2; the prior races before them all
+_CHEAP_FIRST = {PROBE: 0, "head": 1, "top": 2, "all_but_stem": 3, "all": 4}  # also the simplicity order; the prior races first
 
 
 class _Stop(Exception):
@@ -101,11 +103,11 @@ class Rungs:
         return sorted(losses).index(best_loss) < math.ceil(len(losses) / self.eta)
 
 
-def row_logloss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Per-row log loss, clipped as `competition.metrics.logloss` (its mean is that function's value)."""
-    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
-    y = np.asarray(y, np.float64)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+def _seconds(work: Callable[[], object]) -> float:
+    """Wall seconds `work()` takes."""
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -123,9 +125,16 @@ def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.
     return chosen
 
 
+def simplicity(name: str) -> tuple[int, int]:
+    """Rank of a candidate by how many weights it trains: probe < head < top:K (by K) < all_but_stem < all."""
+    if name.startswith("top:"):
+        return (_CHEAP_FIRST.get("top", 2), int(name[4:]))
+    return (_CHEAP_FIRST[name], 0)
+
+
 def race_order(candidates: list[str], prior: str) -> list[str]:
-    """The prior first (its first epoch sets the budget), then the others cheapest first."""
-    rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=lambda c: _CHEAP_FIRST.get(c, 2))
+    """The prior first (its epochs set the budget), then the others cheapest first."""
+    rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
     return [prior, *rest]
 
 
@@ -140,6 +149,7 @@ class RaceSetup:
     n_units: int
     cache_prefix: bool
     predict_batch_size: int
+    predict_rows: int = 0  # predictions one unit makes after its fit: (held-out + test rows) x TTA views
 
 
 def candidate_config(model_cfg: ModelConfig, name: str) -> ModelConfig:
@@ -167,8 +177,10 @@ class Race:
         self.prior = prior
         self.entries = [Entry(name) for name in race_order(self.settings.candidates, prior.name)]
         self.started = time.perf_counter()
-        self.budget_s = math.inf  # known once the prior's first epoch is timed
+        self.budget_s = math.inf  # known once the prior has trained an epoch
         self.reference_s = math.nan
+        self._prior_epoch_ends: list[float] = []  # when each of the prior's epochs on the first inner fold ended
+        self._predict_row_s = 0.0  # seconds per predicted row of the prior (timed once, after its first epoch)
 
     def spent(self) -> float:
         return time.perf_counter() - self.started
@@ -211,7 +223,7 @@ class Race:
                     batch_size=cfg.train.batch_size,
                     seed=seed,
                     patience=cfg.train.patience,
-                    on_epoch=partial(self._watch, entry, i, fit_started, len(fit)),
+                    on_epoch=partial(self._watch, entry, i, fit_started, len(fit), partial(model.predict, valid_in, self.setup.predict_batch_size)),
                 )
             except _Stop as stop:
                 entry.outcome = str(stop)
@@ -235,43 +247,40 @@ class Race:
         x = train.images[rows] if features is None else features[index]
         return ModelInputs(x, train.angle[rows], self.y[index], is_features=features is not None)
 
-    def _watch(self, entry: Entry, fold: int, fit_started: float, n_fit: int, epoch: int, metrics: dict[str, float]) -> None:
-        """`on_epoch` of every race fit: times the prior's first epoch (the budget), applies the rungs and the budget."""
+    def _watch(self, entry: Entry, fold: int, fit_started: float, n_fit: int, predict: Callable[[], np.ndarray], epoch: int, metrics: dict[str, float]) -> None:
+        """`on_epoch` of every race fit: times the prior's epochs (the budget), applies the rungs and the budget."""
         entry.epochs += 1
         if fold == 0:
             entry.val_loss.append(float(metrics["val_loss"]))
-        if entry is self.entries[0] and fold == 0 and epoch == 0:
-            per_epoch = (time.perf_counter() - fit_started) * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
-            self.reference_s = self.setup.n_units * self.setup.model_cfg.train.epochs * per_epoch
-            self.budget_s = self.settings.budget * self.reference_s
+        if entry is self.entries[0] and fold == 0:
+            now = time.perf_counter()
+            if epoch == 0:
+                self._predict_row_s = _seconds(predict) / max(1, len(self.folds[0][1]))
+            self._time_reference(now, fit_started, n_fit)
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
         if fold == 0 and not self.rungs.passes(epoch + 1, min(entry.val_loss)):
             raise _Stop(f"stopped at the {epoch + 1}-epoch rung")
+
+    def _time_reference(self, now: float, fit_started: float, n_fit: int) -> None:
+        """The budget's reference, one policy's run: units x (epochs x the prior's fastest epoch so far, scaled to a
+        unit's rows, + the unit's predictions at the prior's speed). The fastest epoch, re-timed after each: one slow
+        first epoch (warm-up, a busy machine) would otherwise inflate the budget for the whole race."""
+        self._prior_epoch_ends.append(now)
+        ends = [fit_started, *self._prior_epoch_ends]
+        fastest = min(b - a for a, b in zip(ends, ends[1:], strict=False))
+        per_epoch = fastest * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
+        per_unit = self.setup.model_cfg.train.epochs * per_epoch + self.setup.predict_rows * self._predict_row_s
+        self.reference_s = self.setup.n_units * per_unit
+        self.budget_s = self.settings.budget * self.reference_s
 
     def class_prior_loss(self) -> float:
         """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
         return logloss(self.valid_y, np.concatenate([np.full(len(v), self.y[f].mean()) for f, v in self.folds]))
 
     def decide(self) -> tuple[str, str]:
-        """(winner, rule text): the lowest loss among complete candidates, but the prior unless beaten beyond the noise."""
-        prior = self.entries[0]
-        complete = [e for e in self.entries if e.row_loss is not None]
-        if prior.row_loss is None:
-            return prior.name, f"the table's pick {prior.name} did not complete its inner folds within the budget: kept"
-        best = min(complete, key=lambda e: e.loss if e.loss is not None else math.inf)
-        if best is prior:
-            return prior.name, f"the table's pick {prior.name} has the lowest inner-validation log loss ({prior.loss:.4f}): kept"
-        assert best.row_loss is not None
-        diff = prior.row_loss - best.row_loss
-        gain, se = float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(len(diff)))
-        margin = self.settings.margin_se
-        figures = (
-            f"{best.name} {best.loss:.4f} vs the table's {prior.name} {prior.loss:.4f}: better by {gain:.4f}, standard error {se:.4f} over {len(diff)} rows"
-        )
-        if gain > margin * se:
-            return best.name, f"{figures} > {margin:g} SE -> {best.name}"
-        return prior.name, f"{figures} <= {margin:g} SE (within the noise) -> the table's pick {prior.name} kept"
+        """(winner, rule text) of this race's complete candidates: `one_se_choice`."""
+        return one_se_choice(self.entries, self.settings.margin_se)
 
     def numbers(self, rule: str, winner: str) -> dict[str, Any]:
         """The race's figures for meta.json (`policy_numbers.race`) and the report."""
@@ -295,6 +304,38 @@ class Race:
             "race_s": round(spent, 4),
             "spent_fraction": round(spent / self.reference_s, 4),
         }
+
+
+def one_se_choice(entries: list[Entry], margin_se: float) -> tuple[str, str]:
+    """(winner, rule text) by the one-standard-error rule over the complete candidates of `entries` (the first is the
+    table's pick): the simplest whose inner-validation log loss is within `margin_se` standard errors of the best's
+    (Hastie, Tibshirani, Friedman, The Elements of Statistical Learning, 2nd ed., 7.10). Simplest = fewest trained
+    weights (`simplicity`). On small data the noise is large and a simple candidate wins unless a richer one is clearly
+    better; on large data the best wins. The table's pick only breaks exact ties; it is kept when nothing completed."""
+    prior = entries[0]
+    complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
+    if not complete:
+        return prior.name, f"no candidate completed its inner folds within the budget: the table's pick {prior.name} kept"
+    best = min(complete, key=lambda e: (e.loss, e is not prior))
+    gaps = {e.name: paired_gap(e, best) for e in complete}
+    within = [e for e in complete if e is best or gaps[e.name][0] <= margin_se * gaps[e.name][1]]
+    simplest = min(within, key=lambda e: (simplicity(e.name), e is not prior))
+    if simplest is best:
+        return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); no simpler candidate within {margin_se:g} SE"
+    gap, se = gaps[simplest.name]
+    n_rows = 0 if best.row_loss is None else len(best.row_loss)
+    return simplest.name, (
+        f"{simplest.name} {simplest.loss:.4f} is within {margin_se:g} SE of the best, {best.name} {best.loss:.4f} "
+        f"(worse by {gap:.4f}, standard error {se:.4f} over {n_rows} rows), and simpler -> {simplest.name}"
+    )
+
+
+def paired_gap(entry: Entry, best: Entry) -> tuple[float, float]:
+    """Mean and standard error of `entry`'s per-row log loss minus `best`'s, paired over the same validation rows."""
+    assert entry.row_loss is not None and best.row_loss is not None
+    diff = entry.row_loss - best.row_loss
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float(diff.mean()), se
 
 
 def table_pick(setup: RaceSetup) -> PolicyDecision:

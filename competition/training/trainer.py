@@ -188,7 +188,10 @@ def race_setup(plan: Plan) -> policy_race.RaceSetup:
     first = plan.units[0]
     held = plan.folds.assignment(plan.train.ids, first.repeat) == first.fold
     rows = np.flatnonzero(~held)
-    return policy_race.RaceSetup(plan.model_name, plan.model_cfg, plan.train, rows, len(plan.units), plan.profile.cache_prefix, plan.profile.predict_batch_size)
+    predict_rows = (int(held.sum()) + len(plan.test)) * len(plan.profile.tta)  # OOF and test predictions of one unit
+    return policy_race.RaceSetup(
+        plan.model_name, plan.model_cfg, plan.train, rows, len(plan.units), plan.profile.cache_prefix, plan.profile.predict_batch_size, predict_rows
+    )
 
 
 def cache_views(profile: Profile) -> tuple[list[dihedral.Variant], list[dihedral.Variant]]:
@@ -209,7 +212,7 @@ def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> Pre
         "train": plan.train.fingerprint,
         "test": plan.test.fingerprint,
         "test_rows": len(plan.test),
-        "model": plan.model_cfg.model_dump(mode="json", exclude={"head", "optimizer", "train", "auto", "policy"}),
+        "model": plan.model_cfg.model_dump(mode="json", exclude={"head", "optimizer", "train", "auto", "policy", "probe"}),
         "policy": decision.name,
         "frozen_prefix": model.frozen_prefix(),
         "weight_source": model.weight_source,
