@@ -27,6 +27,15 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
 
     `p` is one probability per row, or a classifier's (n, 2) `predict_proba` (column 1 is class 1).
     """
+    return float(np.mean(row_logloss(y, p)))
+
+
+def row_logloss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each row's term of `logloss` (shape (N,), same clipping and inputs); its mean is `logloss(y, p)`.
+
+    For paired comparisons of two models on the same rows (the policy race's standard errors).
+    Raises ValueError when the lengths differ or there are no rows.
+    """
     q = np.asarray(p, dtype=np.float64)
     if q.ndim == 2 and q.shape[1] == 2:
         q = q[:, 1]
@@ -36,4 +45,4 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
         raise ValueError(f"logloss: {t.size} labels but {q.size} predictions")
     if t.size == 0:
         raise ValueError("logloss: no rows to score")
-    return float(-np.mean(t * np.log(q) + (1.0 - t) * np.log(1.0 - q)))
+    return -(t * np.log(q) + (1.0 - t) * np.log(1.0 - q))
