@@ -103,3 +103,23 @@ def test_tiny_ladder_end_to_end(tmp_path: Path) -> None:
     section = text.split(START, 1)[1].split(END, 1)[0]
     assert "| rung | train / test | prior | head | auto | stack (lgbm) |" in section
     assert "| 40 | 40 / 30 |" in section and "auto @ 40" in section
+
+
+def test_auto_target_counts_the_linear_probe_among_its_candidates() -> None:
+    from competition.bench.ladder import check_targets
+
+    def row(name: str, model: str, requested: str, policy: str, private: float) -> dict:
+        return {"name": name, "model": model, "policy_requested": requested, "policy": policy, "private": private, "cv_logloss": private}
+
+    rows = [
+        row("m-head", "m", "head", "head", 0.40),
+        row("m-all", "m", "all", "all", 0.30),
+        row("m-auto", "m", "auto", "all", 0.30),
+        row("m_probe", "m_probe", "head", "head", 0.20),  # the probe on m's backbone: auto races it, so it counts
+    ]
+    rung = {"rung": "100", "n_train": 100, "recipes": rows, "auto": [{"model": "m"}], "prior": {"private": 0.69}, "methods": []}
+    [auto] = [t for t in check_targets([rung]) if t["target"] == "auto"]
+    assert auto["holds"] is False and "best probe 0.2000" in auto["detail"]
+    rows[2] = row("m-auto", "m", "auto", "probe", 0.205)
+    [auto] = [t for t in check_targets([rung]) if t["target"] == "auto"]
+    assert auto["holds"] is True

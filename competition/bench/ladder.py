@@ -169,7 +169,8 @@ def stacker(rung: dict[str, Any]) -> dict[str, Any] | None:
 def check_targets(rung_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The ladder's targets per rung, each {target, rung, holds, detail} (holds None: not measurable on this rung).
 
-    - auto: `auto` within AUTO_TOLERANCE log loss of the best concrete policy of its model;
+    - auto: `auto` within AUTO_TOLERANCE log loss of the best of its candidates that were benchmarked: the concrete
+      policies of its model and the linear probe on the same backbone (`<model>_probe`), which `auto` races too;
     - prior: at most SMALL training images: every single run better than the class prior;
     - stack: the stacker not worse than the best single run.
     Compared by `metric` (private where the hidden solution exists, else CV).
@@ -180,10 +181,11 @@ def check_targets(rung_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for v in r["auto"]:
             mine = [x for x in rows if x["model"] == v["model"]]
             auto = next(x for x in mine if x["policy_requested"] == "auto")
-            best = min((x for x in mine if x["policy_requested"] != "auto"), key=metric)
+            candidates = [x for x in rows if x["model"] == f"{v['model']}_probe" or (x in mine and x["policy_requested"] != "auto")]
+            best = min(candidates, key=metric)
             gap = metric(auto) - metric(best)
             out.append({"target": "auto", "rung": r["rung"], "holds": gap <= AUTO_TOLERANCE,
-                        "detail": f"{v['model']}: auto -> {auto['policy']} {metric(auto):.4f}, best {best['policy']} {metric(best):.4f} (gap {gap:+.4f})"})  # fmt: skip
+                        "detail": f"{v['model']}: auto -> {auto['policy']} {metric(auto):.4f}, best {best['policy'] if best in mine else 'probe'} {metric(best):.4f} (gap {gap:+.4f})"})  # fmt: skip
         if r["n_train"] <= SMALL:
             prior = metric(r["prior"])
             worse = [x["name"] for x in rows if metric(x) >= prior]
