@@ -214,3 +214,14 @@ def test_one_se_rule_takes_the_best_when_it_is_clearly_better() -> None:
 def test_simplicity_orders_by_trained_weights() -> None:
     names = ["all", "top:5", "probe", "all_but_stem", "top:2", "head"]
     assert sorted(names, key=policy_race.simplicity) == ["probe", "head", "top:2", "top:5", "all_but_stem", "all"]
+
+
+def test_race_trains_and_predicts_as_the_units(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """Candidates get the profile's augmentation and TTA views, and the budget counts each unit's predictions."""
+    plan = plan_run(cfg, MODEL, "cpu", [*pretrained, "tta=[id,flip]"])
+    setup = race_setup(plan)
+    held = len(plan.train) - len(setup.rows)
+    assert setup.tta == ["id", "flip"] and setup.augment is not None  # the cpu profile flips and turns
+    assert setup.predict_rows == (held + len(plan.test)) * 2
+    bare = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "augment.hflip=0", "augment.vflip=0", "augment.rot90=0"]))
+    assert bare.augment is None

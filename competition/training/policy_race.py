@@ -35,7 +35,8 @@ from competition.data.dataset import Dataset
 from competition.errors import FingerprintError
 from competition.metrics import logloss, row_logloss
 from competition.models.base import ImageModel
-from competition.models.schema import ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
+from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
+from competition.training import dihedral, tta
 
 PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
 RACE_FILE = "policy_race.json"
@@ -147,9 +148,10 @@ class RaceSetup:
     train: Dataset  # every training row (input statistics are fitted on all images, as the trainer does)
     rows: np.ndarray  # the first unit's training rows: the race's data
     n_units: int
-    cache_prefix: bool
     predict_batch_size: int
     predict_rows: int = 0  # predictions one unit makes after its fit: (held-out + test rows) x TTA views
+    augment: Augment | None = None  # the profile's augmentation on images, as the units train
+    tta: list[dihedral.Variant] = field(default_factory=lambda: ["id"])  # the profile's TTA views, as the units predict
 
 
 def candidate_config(model_cfg: ModelConfig, name: str) -> ModelConfig:
@@ -202,14 +204,15 @@ class Race:
     def _candidate(self, entry: Entry) -> None:
         """All inner folds of one candidate; on the first, the rungs may stop it; the budget may stop any fold."""
         cfg = candidate_config(self.setup.model_cfg, entry.name)
-        features: np.ndarray | None = None
+        is_probe = entry.name == PROBE
+        features: np.ndarray | None = None  # the probe's dihedral-mean features, computed once; networks train on images
         predictions = []
         for i, (fit, valid) in enumerate(self.folds):
             if self.spent() >= self.budget_s:
                 entry.outcome = f"stopped: budget spent before inner fold {i + 1} of {len(self.folds)}"
                 return
             model = self._model(cfg)
-            if features is None and self.setup.cache_prefix and model.frozen_prefix() >= 2:
+            if features is None and is_probe:
                 features = model.prefix_features(self.setup.train.images[self.setup.rows], self.setup.predict_batch_size)
             fit_in, valid_in = self._inputs(features, fit), self._inputs(features, valid)
             epochs = self.max_epochs if i == 0 else max(1, len(entry.val_loss))
@@ -221,6 +224,7 @@ class Race:
                     valid_in,
                     epochs=epochs,
                     batch_size=cfg.train.batch_size,
+                    augment=None if is_probe else self.setup.augment,
                     seed=seed,
                     patience=cfg.train.patience,
                     on_epoch=partial(self._watch, entry, i, fit_started, len(fit), partial(model.predict, valid_in, self.setup.predict_batch_size)),
@@ -228,7 +232,10 @@ class Race:
             except _Stop as stop:
                 entry.outcome = str(stop)
                 return
-            predictions.append(model.predict(valid_in, self.setup.predict_batch_size))
+            if is_probe:  # its features average all 8 views already
+                predictions.append(model.predict(valid_in, self.setup.predict_batch_size))
+            else:
+                predictions.append(tta.predict_images(model, valid_in, self.setup.tta, self.setup.predict_batch_size))
         entry.row_loss = row_logloss(self.valid_y, np.concatenate(predictions))
         entry.loss = float(entry.row_loss.mean())
         entry.outcome = "complete"
