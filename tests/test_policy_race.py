@@ -149,7 +149,9 @@ def test_resumed_run_reuses_the_stored_decision(cfg: CompetitionConfig, pretrain
 
 
 def test_budget_bounds_the_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
-    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.4", "auto.race.candidates=[head,top:3,all,probe]"]))
+    setup = race_setup(
+        plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.4", "auto.race.min_seconds=0", "auto.race.candidates=[head,top:3,all,probe]"])
+    )
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
     slack_s = max(c["seconds"] / max(1, c["epochs"]) for c in figures["candidates"])  # one epoch (with its model's setup)
     assert figures["spent_fraction"] <= figures["budget"] + slack_s / figures["reference_s"]
@@ -225,3 +227,11 @@ def test_race_trains_and_predicts_as_the_units(cfg: CompetitionConfig, pretraine
     assert setup.predict_rows == (held + len(plan.test)) * 2
     bare = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "augment.hflip=0", "augment.vflip=0", "augment.rot90=0"]))
     assert bare.augment is None
+
+
+def test_a_tiny_run_still_gets_min_seconds_of_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """30% of a run of seconds cannot train one candidate: the race may always spend `min_seconds`."""
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.01", "auto.race.min_seconds=3"]))
+    figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    assert figures["budget_s"] == pytest.approx(max(0.01 * figures["reference_s"], 3.0), rel=1e-3)
+    assert figures["budget_s"] == pytest.approx(3.0, rel=1e-3)  # the floor binds here

@@ -279,7 +279,7 @@ class Race:
         per_epoch = fastest * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
         per_unit = self.setup.model_cfg.train.epochs * per_epoch + self.setup.predict_rows * self._predict_row_s
         self.reference_s = self.setup.n_units * per_unit
-        self.budget_s = self.settings.budget * self.reference_s
+        self.budget_s = max(self.settings.budget * self.reference_s, self.settings.min_seconds)
 
     def class_prior_loss(self) -> float:
         """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
@@ -306,6 +306,7 @@ class Race:
             "eta": self.settings.eta,
             "margin_se": self.settings.margin_se,
             "budget": self.settings.budget,
+            "min_seconds": self.settings.min_seconds,
             "budget_s": round(self.budget_s, 4),
             "reference_s": round(self.reference_s, 4),
             "race_s": round(spent, 4),
@@ -359,6 +360,10 @@ def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
     contest = Race(setup, prior)
     contest.run()
     winner, rule = contest.decide()
+    floor = contest.class_prior_loss()
+    won = next(e for e in contest.entries if e.name == winner)
+    if won.loss is not None and won.loss >= floor:
+        rule += f" (warning: no better than the class prior's {floor:.4f} on these rows)"
     figures = contest.numbers(rule, winner)
     reason = (
         f"race on {figures['valid_rows']} inner-validation predictions ({figures['inner_folds']} inner folds of the first unit's "
