@@ -97,7 +97,7 @@ class LadderConfig(Strict):
     @classmethod
     def _sizes(cls, sizes: list[int]) -> list[int]:
         if any(n < 20 for n in sizes) or len(set(sizes)) != len(sizes):
-            raise ValueError(f"expected distinct training-set sizes of at least 20 images, got {sizes}")
+            raise ValueError("expected distinct training-set sizes of at least 20 images")
         return sizes
 
 
