@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from competition.atomic import write_json
-from competition.bench.doc import replace_section
+from competition.bench.doc import markdown_table, replace_section
 from competition.bench.quality import Recipe, all_recipes, auto_verdicts, bench_data, choose_budget, fmt, score, select, terminal_rows
 from competition.bench.settings import QUALITY_CONFIG, DigitsConfig, LadderConfig, QualityConfig
 from competition.config import CompetitionConfig, load
@@ -250,9 +250,7 @@ def markdown(result: dict[str, Any]) -> str:
         "training iceberg rate as every prediction; `auto (x)`: what auto chose; stack: the LightGBM stacker on the rung's runs "
         f"(nested CV). Figures: `runs/{result['experiment']}/ladder.json`.",
         "",
-        "| " + " | ".join(columns) + " |",
-        "| " + " | ".join("---" for _ in columns) + " |",
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *markdown_table(columns, rows),
         "",
         "Targets (by the private score where there is one, else CV):",
         "",

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from competition.atomic import atomic_path, write_json
-from competition.bench.doc import replace_section
+from competition.bench.doc import markdown_table, replace_section
 from competition.bench.settings import QUALITY_CONFIG, Budget, QualityConfig
 from competition.config import CompetitionConfig, load
 from competition.console import console, table
@@ -265,14 +265,11 @@ def markdown(result: dict[str, Any]) -> str:
         "cache, fit, predict) when they were trained; a prefix cache reused from another run costs nothing here. Runs: "
         f"`runs/{result['experiment']}/`, figures: `runs/{result['experiment']}/quality.json`.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
-        *("| " + " | ".join(row) + " |" for row in result_rows(result)),
+        *markdown_table(COLUMNS, result_rows(result)),
     ]
     if result["auto"]:
         lines += ["", "Which fine-tuning policy wins per model, and what `auto` chose (its reason is in each run's meta.json):", "",
-                  "| " + " | ".join(AUTO_COLUMNS) + " |", "| " + " | ".join("---" for _ in AUTO_COLUMNS) + " |",
-                  *("| " + " | ".join(row) + " |" for row in auto_rows(result))]  # fmt: skip
+                  *markdown_table(AUTO_COLUMNS, auto_rows(result))]  # fmt: skip
         lines += ["", *(f"- {v['model']}: {v['auto_reason']}" for v in result["auto"])]
     if result["skipped"]:
         lines += ["", f"Not run (budget `{result['budget_name']}` or the recipe selection): {', '.join(result['skipped'])}."]
