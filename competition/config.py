@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -56,6 +56,20 @@ class FoldsConfig(Strict):
     group_by_angle: bool = False
 
 
+EngineName = Literal["local", "ray"]
+
+
+class RayConfig(Strict):
+    """How `engine: ray` reaches its cluster (configs/competition.yaml, `ray:`)."""
+
+    address: str | None = Field(
+        None, description="null: a local Ray started and stopped by the harness; auto: the cluster this machine belongs to; HOST:PORT: that head"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray the harness starts (null: all of this machine's)")
+    num_gpus: int | None = Field(None, ge=0, description="GPUs of the local Ray the harness starts (null: those Ray finds)")
+    max_retries: int = Field(3, ge=0, description="reruns of a unit whose worker process or node died (a user error is never retried)")
+
+
 class CompetitionConfig(Strict):
     """Where the competition's files live, and the settings of the data steps."""
 
@@ -68,6 +82,8 @@ class CompetitionConfig(Strict):
     models: list[str] = Field(default_factory=lambda: ["vgg16_angle", "tf_efficientnet_lite0", "mobilenetv2_100"], min_length=1)
     simulate: SimulateConfig = SimulateConfig()
     folds: FoldsConfig = FoldsConfig()
+    engine: EngineName = "local"  # where training units and stacker studies run: competition.engine
+    ray: RayConfig = RayConfig()
 
     @model_validator(mode="before")
     @classmethod
