@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from competition import fingerprint
 from competition.console import console
+from competition.engine import Engine, LocalEngine, Resources, Task
 from competition.errors import DataError
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.metrics import logloss
@@ -76,16 +77,25 @@ def note_folds(label: str, configured: int, used: Sequence[int] | np.ndarray, wh
     say_once(f"{label}: {span} instead of {configured} ({why})", scope)
 
 
-def _note_estimator(estimators: Sequence[Any], default: int, used: np.ndarray, smallest: int, where: str, scope: str, final: bool = False) -> None:
-    """The notes of one method: its inner folds, and (the stacker) its group-rate folds."""
-    first = estimators[0]
+def _note_estimator(
+    prototype: Any, default: int, used: np.ndarray, figures: Sequence[Figures], smallest: int, where: str, scope: str, final: bool = False
+) -> None:
+    """The notes of one method, said by the driver from its fits' returned figures: its inner folds,
+    and (the stacker) its group-rate folds. `prototype` is an unfitted estimator of the method (for
+    its labels and configured folds)."""
     suffix = " for the final model" if final else ""
-    label = getattr(first, "inner_label", BLENDERS_INNER) + suffix
-    note_folds(label, int(getattr(first, "inner_folds", default)), used, f"the smallest class has {smallest} members {where}", scope)
-    groups = [e.group_folds_ for e in estimators if getattr(e, "group_folds_", None) is not None]
-    if groups:
-        rows = min(e.fit_rows_ for e in estimators if getattr(e, "group_folds_", None) is not None)
-        note_folds(first.group_label + suffix, int(first.group_folds), groups, f"an inner split fits on {rows} rows", scope)
+    label = getattr(prototype, "inner_label", BLENDERS_INNER) + suffix
+    note_folds(label, int(getattr(prototype, "inner_folds", default)), used, f"the smallest class has {smallest} members {where}", scope)
+    grouped = [fig for fig in figures if fig.group_folds is not None]
+    if grouped:
+        rows = min(int(fig.fit_rows or 0) for fig in grouped)
+        note_folds(
+            prototype.group_label + suffix,
+            int(prototype.group_folds),
+            np.array([fig.group_folds for fig in grouped]),
+            f"an inner split fits on {rows} rows",
+            scope,
+        )
 
 
 class Estimator(Protocol):
@@ -155,58 +165,165 @@ def honest_train_predictions(estimator: Estimator, X: Any, y: np.ndarray, inner_
     return out
 
 
-def cross_validate(
-    make: Callable[[int, int], Estimator],
+@dataclass(frozen=True)
+class Figures:
+    """What an estimator fitted to itself on its training rows, for the driver's notes: its own inner
+    folds used (`inner_folds_`, the stacker; None: it has none), its group-rate folds used
+    (`group_folds_`) and the rows its smallest inner split fits on (`fit_rows_`)."""
+
+    inner_folds: int | None
+    group_folds: int | None
+    fit_rows: int | None
+
+    @classmethod
+    def of(cls, estimator: Any) -> Figures:
+        def read(name: str) -> int | None:
+            value = getattr(estimator, name, None)
+            return None if value is None else int(value)
+
+        return cls(read("inner_folds_"), read("group_folds_"), read("fit_rows_"))
+
+
+@dataclass(frozen=True)
+class FoldFit:
+    """What one outer fold's fit returns (numbers only: it travels back from a worker). held: unclipped
+    P(iceberg) of the held-out rows, in the order of the `held` index; eps: chosen on the honest inner
+    predictions of the training part; inner_folds: the inner folds used there."""
+
+    held: np.ndarray
+    eps: float
+    inner_folds: int
+    figures: Figures
+
+
+@dataclass(frozen=True)
+class FullFit:
+    """What one repeat's final fit on all training rows returns: unclipped P(iceberg) of the test rows,
+    its figures, and the fitted model's `feature_importances_` when it has them (the stacker: gain)."""
+
+    test: np.ndarray
+    figures: Figures
+    importances: pd.Series | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A method's nested CV and, when test tables were given, its final models' unclipped test
+    predictions averaged over repeats and their mean feature importances (None when they have none)."""
+
+    cv: CVResult
+    test: np.ndarray | None = None
+    importances: pd.Series | None = None
+
+
+def fit_fold(
+    estimator: Estimator, table: Any, y: np.ndarray, fit_rows: np.ndarray, held: np.ndarray, eps_grid: Sequence[float], inner_folds: int, seed: int
+) -> FoldFit:
+    """One outer fold (an engine task; runs in a worker under Ray): fit `estimator` on the `fit_rows`
+    of `table`, choose eps on its honest inner predictions (inner CV of `inner_folds` for estimators
+    without their own), and predict the `held` rows."""
+    estimator.fit(_rows(table, fit_rows), y[fit_rows])
+    configured = int(getattr(estimator, "inner_folds", inner_folds))
+    figures = Figures.of(estimator)
+    used = figures.inner_folds or inner_folds_for(configured, y[fit_rows])
+    inner = honest_train_predictions(estimator, _rows(table, fit_rows), y[fit_rows], inner_folds, seed)
+    return FoldFit(positive_proba(estimator, _rows(table, held)), choose_eps(inner, y[fit_rows], eps_grid), used, figures)
+
+
+def fit_full(estimator: Estimator, table: Any, y: np.ndarray, test: Any) -> FullFit:
+    """One repeat's final model (an engine task): fit `estimator` on every row of `table`, predict `test`."""
+    estimator.fit(table, y)
+    importances = getattr(estimator, "feature_importances_", None)
+    return FullFit(positive_proba(estimator, test), Figures.of(estimator), importances if isinstance(importances, pd.Series) else None)
+
+
+def evaluate(
+    make: Callable[[int, int | None], Estimator],
     tables: Sequence[Any],
     y: np.ndarray,
     fold: np.ndarray,
     eps_grid: Sequence[float],
     inner_folds: int,
     seed: int,
-) -> CVResult:
-    """Nested CV of the estimator `make(repeat, fold)` builds; `tables[r]` holds repeat r's OOF features.
+    tests: Sequence[Any] | None = None,
+    engine: Engine | None = None,
+    name: str = "estimator",
+    title: str = "nested CV",
+) -> Evaluation:
+    """Nested CV of the estimator `make(repeat, fold)` builds and, given `tests`, the final model
+    `make(repeat, None)` of each repeat fitted on all rows: one batch of engine tasks (`fit_fold`,
+    `fit_full`; default: this process), assembled here in the driver, which alone prints the notes.
 
+    `tables[r]` holds repeat r's OOF features, `tests[r]` the test table built alongside it.
     `inner_folds` is the blenders' number (an estimator with its own `inner_folds`, the stacker,
-    uses that one); either is fitted to each outer training part and recorded on the result.
+    uses that one); either is fitted to each outer training part and recorded on the result. A task
+    holds `threads` CPUs when the estimator has that parameter (the stacker), else one; `title` names
+    the batch on the progress display. Raises the first task's `UserError` as it is, and `UserError`
+    naming `name`, repeat and fold when a task failed otherwise.
     """
+    engine = engine or LocalEngine()
     repeats, k = fold.shape[0], int(fold.max()) + 1
-    raw = np.empty(fold.shape)
-    oof = np.empty(fold.shape)
-    scores = np.empty((repeats, k))
-    eps = np.empty((repeats, k))
-    used = np.zeros((repeats, k), dtype=np.int64)
-    configured, smallest, fitted = inner_folds, len(y), []
+    shared = [engine.share(t) for t in tables]
+    prototype = make(0, 0)
+    cpus = Resources(cpus=float(getattr(prototype, "threads", 1)))
+    tasks: list[Task[Any]] = []
+    slots: dict[str, tuple[int, int | None]] = {}  # task key -> (repeat, outer fold; None: the final model)
     for r in range(repeats):
         for f in range(k):
-            held = np.flatnonzero(fold[r] == f)
-            fit_rows = np.flatnonzero(fold[r] != f)
-            estimator = make(r, f)
-            estimator.fit(_rows(tables[r], fit_rows), y[fit_rows])
-            configured = int(getattr(estimator, "inner_folds", inner_folds))
-            fitted.append(estimator)
-            used[r, f] = getattr(estimator, "inner_folds_", None) or inner_folds_for(configured, y[fit_rows])
-            smallest = min(smallest, smallest_class(y[fit_rows]))
-            inner = honest_train_predictions(estimator, _rows(tables[r], fit_rows), y[fit_rows], inner_folds, seed)
-            eps[r, f] = choose_eps(inner, y[fit_rows], eps_grid)
-            raw[r, held] = positive_proba(estimator, _rows(tables[r], held))
-            oof[r, held] = clip(raw[r, held], eps[r, f])
+            fit_rows, held = np.flatnonzero(fold[r] != f), np.flatnonzero(fold[r] == f)
+            tasks.append(Task(f"{name} r{r} f{f}", fit_fold, (make(r, f), shared[r], y, fit_rows, held, eps_grid, inner_folds, seed), cpus))
+            slots[tasks[-1].key] = (r, f)
+        if tests is not None:
+            tasks.append(Task(f"{name} r{r} final", fit_full, (make(r, None), shared[r], y, engine.share(tests[r])), cpus))
+            slots[tasks[-1].key] = (r, None)
+    results: dict[tuple[int, int | None], Any] = {}
+    engine.run(tasks, lambda task, result: results.__setitem__(slots[task.key], result), f"{title} ({name})")
+    cv = _assemble(prototype, {key: fit for key, fit in results.items() if key[1] is not None}, y, fold, inner_folds)
+    if tests is None:
+        return Evaluation(cv)
+    return Evaluation(cv, *_assemble_final(prototype, [results[(r, None)] for r in range(repeats)], y))
+
+
+def _assemble(prototype: Any, fits: dict[tuple[int, int | None], FoldFit], y: np.ndarray, fold: np.ndarray, inner_folds: int) -> CVResult:
+    """The CVResult of the outer folds' fits, and their notes."""
+    repeats, k = fold.shape[0], int(fold.max()) + 1
+    raw, oof = np.empty(fold.shape), np.empty(fold.shape)
+    scores, eps = np.empty((repeats, k)), np.empty((repeats, k))
+    used = np.zeros((repeats, k), dtype=np.int64)
+    smallest = len(y)
+    for r in range(repeats):
+        for f in range(k):
+            fit, held = fits[(r, f)], fold[r] == f
+            raw[r, held], eps[r, f], used[r, f] = fit.held, fit.eps, fit.inner_folds
+            oof[r, held] = clip(fit.held, fit.eps)
             scores[r, f] = logloss(y[held], oof[r, held])
-    if fitted:
-        _note_estimator(fitted, inner_folds, used, smallest, "in an outer training part", _scope(fold, y))
+            smallest = min(smallest, smallest_class(y[~held]))
+    configured = int(getattr(prototype, "inner_folds", inner_folds))
+    _note_estimator(prototype, inner_folds, used, [fit.figures for fit in fits.values()], smallest, "in an outer training part", _scope(fold, y))
     return CVResult(raw, oof, scores, eps, used, configured)
 
 
-def fit_predict_test(make: Callable[[int], Estimator], tables: Sequence[Any], y: np.ndarray, tests: Sequence[Any]) -> np.ndarray:
-    """Unclipped test predictions of the estimator fitted on all training rows, averaged over repeats
-    (`tests[r]` is the test table built alongside `tables[r]`). An estimator that reduced its own
+def _assemble_final(prototype: Any, fits: list[FullFit], y: np.ndarray) -> tuple[np.ndarray, pd.Series | None]:
+    """Test predictions averaged over repeats, mean importances; an estimator that reduced its own
     inner folds to fit all training rows (the stacker) says so once."""
-    preds, fitted = [], []
-    for r in range(len(tables)):
-        estimator = make(r).fit(tables[r], y)
-        if getattr(estimator, "inner_folds_", None) is not None:
-            fitted.append(estimator)
-        preds.append(positive_proba(estimator, tests[r]))
-    if fitted:
-        used = np.array([e.inner_folds_ for e in fitted])
-        _note_estimator(fitted, int(used.max()), used, smallest_class(y), "among all training rows", _scope(y), final=True)
-    return np.mean(preds, axis=0)
+    figures = [fit.figures for fit in fits if fit.figures.inner_folds is not None]
+    if figures:
+        used = np.array([fig.inner_folds for fig in figures])
+        _note_estimator(prototype, int(used.max()), used, figures, smallest_class(y), "among all training rows", _scope(y), final=True)
+    importances = [fit.importances for fit in fits if fit.importances is not None]
+    mean = pd.concat(importances, axis=1).mean(axis=1).sort_values(ascending=False) if importances else None
+    return np.mean([fit.test for fit in fits], axis=0), mean
+
+
+def cross_validate(
+    make: Callable[[int, int | None], Estimator],
+    tables: Sequence[Any],
+    y: np.ndarray,
+    fold: np.ndarray,
+    eps_grid: Sequence[float],
+    inner_folds: int,
+    seed: int,
+    engine: Engine | None = None,
+) -> CVResult:
+    """Nested CV of the estimator `make(repeat, fold)` builds (`evaluate` without a final model)."""
+    return evaluate(make, tables, y, fold, eps_grid, inner_folds, seed, engine=engine).cv

@@ -10,6 +10,7 @@ importances.csv, optuna.sqlite, summary.json} and one validated submission, all 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,15 @@ from competition.config import CompetitionConfig, config_hash
 from competition.console import console, progress
 from competition.data import files
 from competition.data.dataset import Dataset
+from competition.engine import Engine, LocalEngine, open_engine
 from competition.folds import load_folds
 from competition.locks import stack_lock
-from competition.stacking.blenders import BLENDERS, MeanBlender
+from competition.stacking import study_storage
+from competition.stacking.blenders import BLENDERS
 from competition.stacking.choice import choose
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.collect import Collection, collect, run_dirs
-from competition.stacking.crossval import Estimator, cross_validate, fit_predict_test
+from competition.stacking.crossval import Estimator, evaluate
 from competition.stacking.features import PRED, pred_columns, stack_tables
 from competition.stacking.settings import StackConfig
 from competition.stacking.summary import MethodResult, StackSummary, plot_results, results_table, write_summary
@@ -78,12 +81,17 @@ def _evaluate(
     y: np.ndarray,
     coll: Collection,
     scfg: StackConfig,
-) -> MethodResult:
-    """Nested CV on the outer folds, eps chosen on the resulting OOF, then the clipped test prediction."""
-    cv = cross_validate(make, tables, y, coll.fold, scfg.eps_grid, scfg.inner_folds, scfg.seed)
+    engine: Engine,
+    title: str = "nested CV",
+) -> tuple[MethodResult, pd.Series | None]:
+    """Nested CV on the outer folds and the final models (one batch of `engine` tasks), eps chosen on
+    the resulting OOF, then the clipped test prediction; and the final models' mean importances, if any."""
+    evaluation = evaluate(make, tables, y, coll.fold, scfg.eps_grid, scfg.inner_folds, scfg.seed, tests, engine, name, title)
+    cv, test = evaluation.cv, evaluation.test
+    if test is None:
+        raise RuntimeError(f"{name}: the final models predicted no test rows")
     eps = choose_eps(cv.raw.ravel(), np.tile(y, coll.fold.shape[0]), scfg.eps_grid)
-    test = fit_predict_test(lambda r: make(r, None), tables, y, tests)
-    return MethodResult(name, kind, cv, eps, clip(test, eps))
+    return MethodResult(name, kind, cv, eps, clip(test, eps)), evaluation.importances
 
 
 def _study_key(coll: Collection, scfg: StackConfig) -> str:
@@ -95,56 +103,78 @@ def _study_key(coll: Collection, scfg: StackConfig) -> str:
 
 
 def evaluate_methods(
-    coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path
+    coll: Collection,
+    tables: list[pd.DataFrame],
+    tests: list[pd.DataFrame],
+    y: np.ndarray,
+    scfg: StackConfig,
+    out_dir: Path,
+    engine: Engine,
+    cluster_address: str | None = None,
 ) -> list[MethodResult]:
-    """Every single run, every configured blender and the LightGBM stacker, each by nested CV."""
+    """Every single run, every configured blender and the LightGBM stacker, each by nested CV.
+
+    Single runs and blenders fit in milliseconds, so their tasks run here, in the driver (a Ray task
+    costs about 2 s of worker start-up); the stacker's studies, seconds to minutes each, run on
+    `engine` (`cluster_address`: the Ray cluster's, to serve the studies' storage where its workers
+    reach it).
+    """
     preds = pred_columns(coll.names)
+    here = LocalEngine()
 
     def view(columns: list[str]) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         return [t[columns] for t in tables], [t[columns] for t in tests]
 
-    results = []
-    for name in coll.names:
-        results.append(_evaluate(SINGLE + name, "single", lambda r, f: MeanBlender(), *view([PRED + name]), y, coll, scfg))
+    cheap: list[tuple[str, str, Callable[[int, int | None], Estimator], list[str]]] = [
+        (SINGLE + name, "single", _blender("mean", {}), [PRED + name]) for name in coll.names
+    ]
     for method in scfg.methods:
         if method in BLENDERS:
             params = {"iterations": scfg.caruana_iterations} if method == "caruana" else {}
-            results.append(_evaluate(method, "blend", _blender(method, params), *view(preds), y, coll, scfg))
+            cheap.append((method, "blend", _blender(method, params), preds))
+    results = []
+    with progress() as bar:
+        done = bar.add_task("single runs and blenders", total=len(cheap))
+        for name, kind, make, columns in cheap:
+            results.append(_evaluate(name, kind, make, *view(columns), y, coll, scfg, here)[0])
+            bar.advance(done)
     if "lgbm" in scfg.methods:
-        results.append(_stacker(coll, tables, tests, y, scfg, out_dir))
+        results.append(_stacker(coll, tables, tests, y, scfg, out_dir, engine, cluster_address))
     return results
 
 
-def _stacker(coll: Collection, tables: list[pd.DataFrame], tests: list[pd.DataFrame], y: np.ndarray, scfg: StackConfig, out_dir: Path) -> MethodResult:
-    """The LightGBM stacker: one Optuna study per outer fold and repeat, one per final model."""
+def _stacker(
+    coll: Collection,
+    tables: list[pd.DataFrame],
+    tests: list[pd.DataFrame],
+    y: np.ndarray,
+    scfg: StackConfig,
+    out_dir: Path,
+    engine: Engine,
+    cluster_address: str | None,
+) -> MethodResult:
+    """The LightGBM stacker: one Optuna study per outer fold and repeat and one per final model, each a
+    task of `engine`; the studies live in the stack folder's SQLite file (served over gRPC to the
+    workers of a Ray engine, competition.stacking.study_storage) and resume from it."""
+    from competition.stacking.stacker import LGBMStacker
+
     st = scfg.stacker
     repeats, k = coll.fold.shape[0], int(coll.fold.max()) + 1
     studies = repeats * (k + 1)
     key = _study_key(coll, scfg)
-    with progress() as bar:
-        task = bar.add_task("Optuna search (LightGBM stacker)", total=studies * st.n_trials)
+    with study_storage.for_engine(engine.name, out_dir / STUDY_FILE, cluster_address) as storage:
 
         def make(r: int, f: int | None) -> Estimator:
-            from competition.stacking.stacker import LGBMStacker
-
             return LGBMStacker(
                 n_trials=st.n_trials, timeout_s=None if st.timeout_s is None else st.timeout_s / studies,
                 inner_folds=st.inner_folds, group_folds=st.group_folds, group_labels=scfg.features.angle_groups,
                 max_rounds=st.max_rounds, early_stopping_rounds=st.early_stopping_rounds, threads=st.threads, seed=scfg.seed,
-                storage=out_dir / STUDY_FILE, study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
-                on_trial=lambda n: bar.advance(task, n),
+                storage=storage, study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
             )  # fmt: skip
 
-        finals: list[Any] = []
-
-        def make_final(r: int, f: int | None) -> Estimator:
-            est = make(r, f)
-            if f is None:
-                finals.append(est)
-            return est
-
-        result = _evaluate("lgbm", "stack", make_final, tables, tests, y, coll, scfg)
-    importances = pd.concat([est.feature_importances_ for est in finals], axis=1).mean(axis=1).sort_values(ascending=False)
+        result, importances = _evaluate("lgbm", "stack", make, tables, tests, y, coll, scfg, engine, "Optuna search, one study per task")
+    if importances is None:
+        raise RuntimeError("lgbm: the final models reported no feature importances")
     with atomic_path(out_dir / "importances.csv") as tmp:
         importances.rename_axis("feature").rename("gain").to_csv(tmp)
     return result
@@ -162,8 +192,13 @@ def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) 
             frame.to_csv(tmp, index=False, float_format="%.8g")
 
 
-def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None) -> StackSummary:
+def run_stack(
+    cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None = None, test: Dataset | None = None, engine: Engine | None = None
+) -> StackSummary:
     """The whole step; `train`/`test` default to the cached competition data of `cfg`.
+
+    The stacker's studies run as tasks of `engine` (default: `cfg.engine`, opened for this call when
+    the stacker is among the methods; the blenders always run here, see `evaluate_methods`).
 
     Holds the stack folder's lock throughout (a second `stack` of the experiment is refused at
     once); builds the new folder beside the old one and swaps it in whole, after the submission
@@ -172,11 +207,18 @@ def run_stack(cfg: CompetitionConfig, scfg: StackConfig, train: Dataset | None =
     the next, so an interrupted search resumes.
     """
     out_dir = cfg.stack_dir
-    with stack_lock(out_dir):
-        return _run_stack(cfg, scfg, out_dir, train, test)
+    with stack_lock(out_dir), _engine(cfg, scfg, engine) as opened:
+        return _run_stack(cfg, scfg, out_dir, train, test, opened)
 
 
-def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None) -> StackSummary:
+def _engine(cfg: CompetitionConfig, scfg: StackConfig, engine: Engine | None) -> AbstractContextManager[Engine]:
+    """`engine` as given, or `cfg.engine` opened for the step (the local one when no stacker runs: nothing else needs Ray)."""
+    if engine is not None:
+        return nullcontext(engine)
+    return open_engine(cfg.engine if "lgbm" in scfg.methods else "local", cfg.ray)
+
+
+def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: Dataset | None, test: Dataset | None, engine: Engine) -> StackSummary:
     if train is None or test is None:
         from competition.data.loader import load_competition
 
@@ -190,7 +232,7 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
     submission: Path | None = None
     try:
         with replaced_folder(out_dir, carry=[STUDY_FILE], keep_on_failure=[STUDY_FILE + "*"]) as work:
-            results = evaluate_methods(coll, tables, tests, y, scfg, work)
+            results = evaluate_methods(coll, tables, tests, y, scfg, work, engine, cfg.ray.address)
             choice = choose(results, scfg.choice)
             chosen = choice.chosen
             stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})

@@ -5,11 +5,14 @@ an inner stratified CV on which Optuna searches LightGBM's hyper-parameters (eac
 after every inner fold, so a hopeless trial is pruned early); the group iceberg rate computed
 per inner split from that split's training labels only; then the honest inner-CV predictions
 of the best trial (`oof_`, used to choose the clipping eps) and a final booster on all rows.
-The study lives in SQLite when `storage` is given, so an interrupted search resumes: a rerun
-only runs the trials still missing. A study belongs to its data and its search: its name is
-`study_name` plus a fingerprint of X (values and feature names), y and the search settings
-(`search_key`; `n_trials`, `timeout_s`, `storage` and `on_trial` aside, so a search asked for more
-trials, or cut short by a timeout, resumes), so other data or settings start a new study.
+The study lives in `storage` when given (an SQLite file, or `grpc://HOST:PORT`: a driver's SQLite
+served to a worker on another node, see competition.stacking.study_storage), so an interrupted
+search resumes: a rerun only runs the trials still missing. A study belongs to its data and its
+search: its name is `study_name` plus a fingerprint of X (values and feature names), y and the
+search settings (`search_key`; `n_trials`, `timeout_s`, `storage` and `on_trial` aside, so a search
+asked for more trials, or cut short by a timeout, resumes), so other data or settings start a new
+study. Each finished trial is reported through `competition.engine.report_step` (the progress of
+the engine task that runs the fit) and to `on_trial`.
 
 X is an array or a DataFrame. The group target-encoding features read the angle column,
 `angle_column`: a name (found among a DataFrame's columns; an array has no names, so none) or a
@@ -35,6 +38,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from competition import fingerprint
+from competition.engine import report_step
+from competition.stacking import study_storage
 from competition.stacking.blenders import BinaryClassifier, binary_targets, two_columns
 from competition.stacking.crossval import inner_folds_for
 from competition.stacking.features import ANGLE, GROUP_TARGET_FEATURES, GroupTargetEncoder, group_folds_for
@@ -69,7 +74,7 @@ class LGBMStacker(BinaryClassifier):
         early_stopping_rounds: int = 50,
         threads: int = 1,
         seed: int = 0,
-        storage: Path | None = None,
+        storage: str | Path | None = None,
         study_name: str = "stacker",
         on_trial: Callable[[int], None] | None = None,
         angle_column: str | int | None = ANGLE,
@@ -189,10 +194,7 @@ class LGBMStacker(BinaryClassifier):
             {"X": fingerprint.of_array(np.ascontiguousarray(X)), "y": fingerprint.of_array(np.ascontiguousarray(y)), "settings": settings, "space": space}
         )
 
-    def _study(self, key: str) -> optuna.Study:
-        storage = None if self.storage is None else f"sqlite:///{Path(self.storage).resolve()}"
-        if self.storage is not None:
-            Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
+    def _study(self, key: str, storage: optuna.storages.BaseStorage | str | None) -> optuna.Study:
         self.study_name_ = f"{self.study_name}-{key[:16]}"
         return optuna.create_study(
             study_name=self.study_name_,
@@ -204,11 +206,16 @@ class LGBMStacker(BinaryClassifier):
         )
 
     def _search(self, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], key: str) -> optuna.trial.FrozenTrial:
-        study = self._study(key)
+        with study_storage.opened(self.storage) as storage:
+            return self._run_study(self._study(key, storage), splits)
+
+    def _run_study(self, study: optuna.Study, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> optuna.trial.FrozenTrial:
+        """Run the trials `study` still lacks of `n_trials` (one after another, seeded: reproducible) and return the best."""
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
         if self.on_trial is not None and done:
             self.on_trial(min(done, self.n_trials))
+        report_step(min(done, self.n_trials), self.n_trials)
 
         def objective(trial: optuna.Trial) -> float:
             params = self._params(trial)
@@ -224,6 +231,9 @@ class LGBMStacker(BinaryClassifier):
             return float(np.mean(losses))
 
         def tick(_: optuna.Study, __: optuna.trial.FrozenTrial) -> None:
+            nonlocal done
+            done += 1
+            report_step(min(done, self.n_trials), self.n_trials)
             if self.on_trial is not None:
                 self.on_trial(1)
 
