@@ -20,9 +20,12 @@ from pathlib import Path
 
 import optuna
 
+from competition.errors import UserError
+
 GRPC = "grpc://"
 LOOPBACK = "127.0.0.1"
 _STOP_GRACE_S = 5.0  # seconds the proxy lets calls in flight finish when the block ends
+READY_TIMEOUT_S = 30.0  # how long a study waits for the driver's storage proxy before giving up
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -43,7 +46,9 @@ def grpc_address(spec: str) -> tuple[str, int]:
 @contextmanager
 def opened(spec: str | Path | None) -> Iterator[optuna.storages.BaseStorage | str | None]:
     """What `optuna.create_study(storage=...)` takes for a stacker's `storage`: None, an SQLite URL, or a
-    `GrpcStorageProxy` client (closed when the block ends). Raises ValueError for a malformed `grpc://`."""
+    `GrpcStorageProxy` client (closed when the block ends). Raises ValueError for a malformed `grpc://`
+    address and UserError when its server does not answer within READY_TIMEOUT_S (this node cannot
+    reach the driver, or the driver is gone)."""
     if spec is None or not str(spec).startswith(GRPC):
         yield None if spec is None else sqlite_url(spec)
         return
@@ -51,6 +56,14 @@ def opened(spec: str | Path | None) -> Iterator[optuna.storages.BaseStorage | st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         client = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        client.wait_server_ready(READY_TIMEOUT_S)
+    except ConnectionError:
+        client.close()
+        raise UserError(
+            f"the stacker's study storage {spec} (served by the driver) did not answer in {READY_TIMEOUT_S:g} s on {socket.gethostname()}: "
+            "check that the cluster's nodes can reach the driver's address and port (firewall), and that the driver still runs"
+        ) from None
     try:
         yield client
     finally:
