@@ -10,7 +10,7 @@ CLI := $(VENV)/bin/competition
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality bench-ladder stack validate kaggle-rehearsal gpu-wheels gpu-check
+.PHONY: all report setup test test-fast lint simulate data folds models clean help submit lb kernel kernel-push kernel-status kernel-output train bench bench-quality bench-ladder bench-engine stack validate kaggle-rehearsal gpu-wheels gpu-check
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -100,6 +100,9 @@ bench-quality: setup ## quality benchmark on the same data and folds: classic VG
 
 bench-ladder: setup ## small-data ladder: the policies, auto, probe and stack on 100/200/400/1604 simulated images and sklearn digits: docs/benchmarks.md, runs/ladder/ladder.json (ARGS="ladder.sizes=[100,200]")
 	$(CLI) bench-ladder $(ARGS)
+
+bench-engine: setup ## engine=ray at scale and its cost: the plan of 75 units on 8 fake GPUs, make all with engine=local vs ray, GPU concurrency: docs/benchmarks.md, runs/engine/ (ARGS="overhead.preset=quick" or "parts=[plan]")
+	$(CLI) bench-engine $(ARGS)
 
 all: setup ## the main job: data (simulated when absent), folds, train the configured models, stack, offline score, report
 	$(CLI) all $(if $(PROFILE),--profile $(PROFILE)) $(ARGS)

@@ -278,6 +278,23 @@ def bench_ladder(
     run_ladder(cfg, overrides or [], quality_config)
 
 
+@app.command("bench-engine")
+def bench_engine(
+    overrides: Overrides = None,
+    config: ConfigOpt = COMPETITION_CONFIG,
+    engine_config: Annotated[Path, typer.Option("--engine-config", help="Engine benchmark config (YAML): parts, plan, overhead, gpu.")] = Path(
+        "configs/bench_engine.yaml"
+    ),
+) -> None:
+    """Engine benchmark: Ray's plan for 75 units on 8 (fake) GPUs, engine=ray vs local overhead, GPU concurrency; docs/benchmarks.md."""
+    from competition.bench.engine import BenchEngineConfig, run_bench_engine
+
+    route(overrides, "bench-engine", BenchEngineConfig.model_fields)  # refused before anything loads
+    cfg = load_competition([], config)
+
+    run_bench_engine(cfg, overrides or [], engine_config)
+
+
 @app.command("all")
 def all_(overrides: Overrides = None, profile: ProfileOpt = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """The whole flow: data (simulated when absent), folds, train `models`, stack, submit offline, report."""

@@ -39,7 +39,7 @@ WHERE: dict[Destination, str] = {
     "competition": "configs/competition.yaml",
     "stack": "configs/stack.yaml (stack.KEY=VALUE)",
     "kaggle": "configs/kaggle.yaml (kaggle.KEY=VALUE)",
-    "quality": "configs/quality.yaml",
+    "quality": "the benchmark's config (configs/quality.yaml; bench-engine: configs/bench_engine.yaml)",
     "profile": "the trainer profile (configs/profiles/)",
     "model": "the model's config (configs/models/<name>.yaml)",
 }
@@ -67,6 +67,7 @@ COMMANDS: dict[str, frozenset[Destination]] = {
     "kernel-status": _KAGGLE,
     "kernel-output": _KAGGLE,
     "bench-ladder": _DATA | _STACK | _QUALITY | _TRAINER,
+    "bench-engine": _DATA | _STACK | _QUALITY | _TRAINER,  # its `quality` keys are configs/bench_engine.yaml's
 }
 
 
@@ -130,13 +131,13 @@ def _refusal(command: str, item: str, key: str, dest: Destination) -> str:
 def route(items: Sequence[str] | None, command: str, quality_keys: Collection[str] = ()) -> Overrides:
     """Parse and route `command`'s overrides; refuse one whose destination `command` does not take (docs/architecture.md, "Override routing").
 
-    `quality_keys`: the top-level keys of configs/quality.yaml, given by `bench-quality` and `bench-ladder`, the commands that take them
+    `quality_keys`: the top-level keys of the benchmark's config (configs/quality.yaml; bench-engine: configs/bench_engine.yaml), given by the commands that take them
     (so this module imports no benchmark).
     """
     if command not in COMMANDS:
         raise ValueError(f"no override routing for command {command!r}")
     if bool(quality_keys) != ("quality" in COMMANDS[command]):
-        raise ValueError(f"quality_keys are for bench-quality and bench-ladder only, and they need them (command {command!r})")
+        raise ValueError(f"quality_keys are for the benchmarks with a config of their own only, and they need them (command {command!r})")
     items = list(items or [])
     routed = Overrides(command)
     for item, (keys, _) in zip(items, parse_overrides(items), strict=True):  # the syntax of every item first
