@@ -8,16 +8,36 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from competition.config import COMPETITION_CONFIG, CompetitionConfig, load_competition
 from competition.console import console
 from competition.errors import UserError
 from competition.overrides import route
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+RESUME = "finished units are kept (not those of a --fresh run); run the same command again to resume"
+
+
+class Interrupted(Exception):
+    """Ctrl-C in a command, carried past Typer to `main`; the message says what was interrupted (the interrupt's own
+    text where the code interrupted said it, e.g. the policy race) and what a rerun does."""
+
+
+class Commands(TyperGroup):
+    """The subcommands, with Ctrl-C let through to `main`: Typer alone ends an interrupted command with exit code 130
+    and not a word (typer.core turns KeyboardInterrupt into a silent Exit(130))."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context: Typer's vendored click (typer._click) or click itself, by version
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(str(exc) or RESUME) from exc
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Competition config (YAML).")]
 
@@ -315,14 +335,14 @@ def report(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) 
 
 
 def main() -> None:
-    """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
+    """Entry point: user mistakes become one red line and exit code 2, never a traceback; Ctrl-C one yellow line, exit code 130."""
     try:
         app()
     except UserError as exc:
         console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished units are kept (not those of a --fresh run); run the same command again to resume")
+    except Interrupted as exc:
+        console.print(f"[yellow]interrupted[/]: {exc}", soft_wrap=True)
         sys.exit(130)
 
 

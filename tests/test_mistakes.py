@@ -106,3 +106,38 @@ def test_nested_cv_chooses_eps_on_inner_oof_predictions_not_in_sample_ones() -> 
     assert (cv.eps == EPS_GRID[-1]).all(), cv.eps
     assert set(np.unique(cv.raw)) <= {0.0, 1.0}  # the held-out predictions are as certain as the in-sample ones
     assert cv.oof.min() == EPS_GRID[-1] and cv.oof.max() == 1 - EPS_GRID[-1]
+
+
+# Found by a newcomer (issue 13) ----------------------------------------------------------------------
+
+
+def test_a_fine_tuning_policy_on_a_linear_probe_is_refused_before_any_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make train MODEL=mobilenetv2_100_probe ARGS="policy=all"` was refused only when its first unit started,
+    leaving an empty run folder and a lock; now the config's validation refuses it: one line, exit code 2."""
+    import sys
+
+    from competition.cli import main
+
+    runs = tmp_path / "runs"
+    args = ["train", "mobilenetv2_100_probe", "policy=all", f"data_dir={tmp_path / 'data'}", f"runs_dir={runs}", f"submissions_dir={tmp_path / 'subs'}"]
+    monkeypatch.setattr(sys, "argv", ["competition", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: model 'mobilenetv2_100_probe'") and "key 'policy'" in lines[0]
+    assert "linear probe" in lines[0] and lines[0].endswith("expected head or auto, got 'all'")
+    assert not runs.exists()
+
+
+def test_the_probe_policy_check_names_the_yaml_and_leaves_other_frameworks_alone() -> None:
+    from competition.errors import ConfigError
+    from competition.models.registry import load_model_config
+
+    with pytest.raises(ConfigError, match=r"mobilenetv2_100_probe\.yaml: key 'policy' \(from a command-line override\): .*expected head or auto, got 'top:2'"):
+        load_model_config("mobilenetv2_100_probe", ["policy=top:2"])
+    assert load_model_config("mobilenetv2_100_probe", ["policy=auto"]).policy == "auto"  # auto means head for a probe
+    assert load_model_config("mobilenetv2_100", ["policy=all"]).policy == "all"

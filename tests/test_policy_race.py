@@ -8,13 +8,14 @@ and the tests have no network).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from competition.atomic import write_json
 from competition.config import CompetitionConfig
+from competition.models.linear_probe import probe_for
 from competition.models.schema import PolicyDecision
 from competition.training import policy_race, store
 from competition.training.policy_race import RACE_FILE, Rungs, inner_folds, race_order
@@ -159,11 +160,43 @@ def test_budget_bounds_the_race(cfg: CompetitionConfig, pretrained: list[str]) -
     assert any("budget" in c["outcome"] for c in figures["candidates"]), figures["candidates"]  # it did bind
 
 
-def test_no_race_for_an_explicit_policy_or_random_init(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:
+def test_no_race_for_an_explicit_policy_random_init_or_a_linear_probe(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:
     for extra in (["policy=head"], ["weights=none"], ["auto.race.enabled=false"]):
         setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, *extra]))
         assert policy_race.settled(tmp_path, {"config_hash": "x"}, setup) is None
+    # a probe under auto (which means head for it) has nothing to race; raced, its `all` candidate would fail mid-race
+    probe = probe_for(setup.model_cfg).model_copy(update={"policy": "auto"})
+    assert policy_race.settled(tmp_path, {"config_hash": "x"}, replace(setup, model_cfg=probe)) is None
     assert not (tmp_path / RACE_FILE).exists()
+
+
+def test_ctrl_c_in_the_race_says_one_line_stores_nothing_and_exits_130(
+    cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C inside a race candidate (its fit raises KeyboardInterrupt), through the CLI's entry: one line says what
+    was interrupted, that nothing of the race was stored and that a rerun races again; exit code 130 (Typer alone
+    exited 130 without a word)."""
+    import sys
+
+    from competition.cli import main
+    from competition.models.timm_net import TimmModel
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TimmModel, "fit", interrupted)
+    runs = tmp_path / "runs"
+    places = [f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={runs}", f"submissions_dir={tmp_path / 'subs'}"]
+    monkeypatch.setattr(sys, "argv", ["competition", "train", MODEL, *places, *pretrained, FREE])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 130 and "Traceback" not in err
+    said = [line for line in err.splitlines() if "interrupted" in line]
+    assert said == [
+        f"interrupted: the policy race of run {MODEL}; nothing of the race was stored (no {RACE_FILE}, no unit trained): the same command races again"
+    ], err
+    assert not (runs / cfg.experiment / MODEL / RACE_FILE).exists()
 
 
 def test_report_shows_the_race(raced: store.Run) -> None:

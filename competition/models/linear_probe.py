@@ -39,7 +39,7 @@ from competition.metrics import logloss
 from competition.models import policies
 from competition.models.base import ImageModel, check_fit_inputs
 from competition.models.registry import load_model
-from competition.models.schema import Augment, FitResult, ModelConfig, ModelInputs, PolicyDecision
+from competition.models.schema import PROBE_POLICIES, Augment, FitResult, ModelConfig, ModelInputs, PolicyDecision
 from competition.models.timm_net import TimmModel
 from competition.stacking.crossval import inner_folds_for
 from competition.training import dihedral
@@ -48,7 +48,6 @@ BLOCKS = ["backbone", "dihedral_pool", "logistic_regression"]
 BACKBONE_DIR = "backbone"  # the backbone, saved as a TimmModel inside the probe's folder
 PIPELINE_FILE = "logistic_regression.npz"  # the fitted scaler and logistic regression as arrays (no pickle)
 CHUNK_ROWS = 512  # images whose 8 views are in memory at once
-POLICIES = ("head", "auto")
 
 
 def backbone_config(config: ModelConfig) -> ModelConfig:
@@ -102,7 +101,7 @@ class LinearProbe(ImageModel):
 
     def apply_policy(self, policy: str, images: np.ndarray | None = None) -> PolicyDecision:
         """Always `head` (only the logistic regression is fitted); `auto` means head too, anything else is a ConfigError."""
-        if policies.check_policy(policy) not in POLICIES:
+        if policies.check_policy(policy) not in PROBE_POLICIES:
             raise ConfigError(f"model '{self.name}': key 'policy' is {policy!r}, but a linear probe only fits its logistic regression; use head or auto")
         decision = PolicyDecision(name="head", requested=policy, reason="linear probe: frozen pretrained features, only the logistic regression is fitted")
         self._trainable = policies.trainable_blocks("head", self.blocks())

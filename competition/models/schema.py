@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, ValidationInfo, field_validator
 
 from competition.config import Strict
 
@@ -110,6 +110,7 @@ class ProbeConfig(Strict):
 
 
 Channel = Literal["hh", "hv", "mean", "ratio", "difference"]
+PROBE_POLICIES = ("head", "auto")  # a linear probe trains no network: only its logistic regression is fitted (auto = head)
 
 
 def _default_channels() -> list[Channel]:
@@ -137,6 +138,18 @@ class ModelConfig(Strict):
     seed: int = Field(0, description="initialises what has no pretrained weights when the model is built")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="timm: cuda when present under auto; Keras uses TensorFlow's device placement")
     mixed_precision: bool = Field(False, description="bfloat16 autocast (timm, CUDA only) / mixed_bfloat16 policy (Keras, GPU only)")
+
+    @field_validator("policy")
+    @classmethod
+    def _probe_fine_tunes_nothing(cls, policy: str, info: ValidationInfo) -> str:
+        """Refuse a fine-tuning policy for a linear probe when the config is read (before any run folder is made),
+        not when its first unit starts; the message names the allowed ones (`competition.config.validate` adds the
+        file or source, the key and the value)."""
+        if info.data.get("framework") == "probe" and policy not in PROBE_POLICIES:
+            raise ValueError(
+                f"a linear probe (framework probe) fine-tunes no network, it only fits a logistic regression: expected {' or '.join(PROBE_POLICIES)}"
+            )
+        return policy
 
 
 @dataclass

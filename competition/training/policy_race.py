@@ -410,16 +410,24 @@ def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup) -> PolicyDecis
     """The run's `auto` decision: stored in `run_dir`, else raced and stored; None when nothing is raced.
 
     Nothing is raced (the caller applies the policy as before) when the policy is not `auto`, the
-    race is off (`auto.race.enabled: false`), or the weights are random (`weights: none` trains every block).
+    race is off (`auto.race.enabled: false`), the weights are random (`weights: none` trains every block),
+    or the model is a linear probe (framework `probe`: one way to train, `auto` means `head`).
+    Ctrl-C during the race raises KeyboardInterrupt with one line for the CLI to print: what was
+    interrupted, that nothing of the race was stored, and that the same command races again.
     """
     cfg = setup.model_cfg
-    if cfg.policy != "auto" or not cfg.auto.race.enabled or cfg.weights == "none":
+    if cfg.policy != "auto" or not cfg.auto.race.enabled or cfg.weights == "none" or cfg.framework == "probe":
         return None
     decision = stored(run_dir, key)
     if decision is not None:
         console.print(f"policy race: reusing the decision in {Path(run_dir) / RACE_FILE}: {decision.name}")
         return decision
-    decision = race(setup, table_pick(setup))
+    try:
+        decision = race(setup, table_pick(setup))
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(
+            f"the policy race of run {Path(run_dir).name}; nothing of the race was stored (no {RACE_FILE}, no unit trained): the same command races again"
+        ) from exc
     print_race(decision.numbers["race"])
     write_json(Path(run_dir) / RACE_FILE, {"key": key, "decision": asdict(decision)})
     return decision
