@@ -108,7 +108,7 @@ def test_the_overhead_section_from_given_figures(tmp_path: Path) -> None:
     section = overhead_markdown(
         fig, {"command": "competition bench-engine overhead.preset=quick", "created": "now", "machine": "2 cores"}, "quick", ["epochs=2"]
     )
-    assert "| ray | 212 s | data 5, train mobilenetv2_100 100 | mobilenetv2_100 0.2500 | 0.2400 |" in section
+    assert "| ray | quick | 212 s | data 5, train mobilenetv2_100 100 | mobilenetv2_100 0.2500 | 0.2400 |" in section
     assert "Ratio ray / local: **1.060** (target at most 1.05: **FAILS**)" in section and "Preset `quick` (overrides: epochs=2)" in section
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n<!-- ladder:start -->\nladder\n<!-- ladder:end -->\n")

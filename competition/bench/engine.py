@@ -470,13 +470,13 @@ def overhead_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"runs": list(runs), "ratio": ratio, "target": 1.05, "holds": ratio <= 1.05}
 
 
-OVERHEAD_COLUMNS = ["engine", "wall time", "steps (s)", "models' CV", "stack CV"]
+OVERHEAD_COLUMNS = ["engine", "preset", "wall time", "steps (s)", "models' CV", "stack CV"]
 
 
-def overhead_rows(fig: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per engine: wall time, the time per step, the CVs (equal when both engines computed the same)."""
+def overhead_rows(fig: dict[str, Any], preset: str) -> list[tuple[str, ...]]:
+    """One row per engine: the preset, wall time, the time per step, the CVs (equal when both engines computed the same)."""
     return [
-        (r["engine"], f"{r['wall_s']:.0f} s", ", ".join(f"{name} {s:.0f}" for name, s in r["steps"]),
+        (r["engine"], preset, f"{r['wall_s']:.0f} s", ", ".join(f"{name} {s:.0f}" for name, s in r["steps"]),
          ", ".join(f"{m} {cv:.4f}" for m, cv in r["models"].items()), "-" if r["stack"]["cv"] is None else f"{r['stack']['cv']:.4f}")
         for r in fig["runs"]
     ]  # fmt: skip
@@ -496,7 +496,7 @@ def overhead_markdown(fig: dict[str, Any], meta: dict[str, str], preset: str, pr
         f"`{preset}` (overrides: {given}). Each engine runs `competition all` from a cold work folder (data cache, folds) into "
         "its own experiment; engine=ray starts and stops a local Ray inside its time.",
         "",
-        *markdown_table(OVERHEAD_COLUMNS, overhead_rows(fig)),
+        *markdown_table(OVERHEAD_COLUMNS, overhead_rows(fig, preset)),
         "",
         f"Ratio ray / local: **{fig['ratio']:.3f}** (target at most {fig['target']:.2f}: **{verdict}**).",
         end,
@@ -515,7 +515,7 @@ def overhead_part(cfg: CompetitionConfig, bc: BenchEngineConfig, flow: Sequence[
     fig = overhead_figures(runs)
     write_json(cfg.runs_dir / bc.experiment / "engine" / "overhead.json", {**meta, "preset": oc.preset, "overrides": [*preset, *flow], **fig})
     replace_section(bc.output, *markers("overhead"), overhead_markdown(fig, meta, oc.preset, [*preset, *flow]))
-    console.print(table("Engine overhead", OVERHEAD_COLUMNS, overhead_rows(fig)))
+    console.print(table("Engine overhead", OVERHEAD_COLUMNS, overhead_rows(fig, oc.preset)))
     console.print(f"ratio ray / local: {fig['ratio']:.3f} (target <= {fig['target']})")
     return fig
 
