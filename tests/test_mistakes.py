@@ -141,3 +141,33 @@ def test_the_probe_policy_check_names_the_yaml_and_leaves_other_frameworks_alone
         load_model_config("mobilenetv2_100_probe", ["policy=top:2"])
     assert load_model_config("mobilenetv2_100_probe", ["policy=auto"]).policy == "auto"  # auto means head for a probe
     assert load_model_config("mobilenetv2_100", ["policy=all"]).policy == "all"
+
+
+def test_the_stack_table_keeps_every_method_name_whole_on_80_columns() -> None:
+    """Rich shrank the widest column first and cut `single:mobilenetv2_100` to `single:…` on an 80-column terminal.
+    Now the other columns give way to their widest value first and a name that still does not fit folds, whole."""
+    from competition.stacking.choice import choose
+    from competition.stacking.crossval import CVResult
+    from competition.stacking.summary import MethodResult, results_table
+    from rich.console import Console
+
+    def method(name: str, kind: str, mean: float) -> MethodResult:
+        scores = mean + np.array([[-0.02, 0.01, 0.0, 0.01]])
+        cv = CVResult(raw=np.zeros((1, 4)), oof=np.zeros((1, 4)), scores=scores, eps=np.full(scores.shape, 1e-3))
+        return MethodResult(name=name, kind=kind, cv=cv, eps=1e-3, test=np.full(4, 0.5))
+
+    names = ["single:mobilenetv2_100", "single:tf_efficientnet_lite0", "single:mobilenetv2_100_probe", "minmax_bestbase", "rank_mean", "lgbm"]
+    results = [method(name, "single" if name.startswith("single:") else "blend", 0.3 + 0.01 * i) for i, name in enumerate(names)]
+    for width in (80, 120):
+        narrow = Console(width=width, highlight=False)
+        with narrow.capture() as captured:
+            narrow.print(results_table(results, "helperC5", choose(results, "one_se").record()))
+        lines = captured.get().splitlines()
+        rows = [line.split("│") for line in lines if line.startswith("│")]
+        assert "…" not in "".join(lines) and max(len(line) for line in lines) <= width
+        assert all(f"{m.cv.mean:.4f}" in "".join(lines) for m in results)  # the figures stay whole too
+        names_column = "".join(cells[1].strip() for cells in rows)  # a folded name continues on its row's next lines
+        assert all(name in names_column for name in names), names_column
+        assert {"rank_mean", "lgbm"} <= {cells[1].strip() for cells in rows}  # the figures' columns gave way first: short names on one line
+        if width == 120:  # room enough: one line each
+            assert [cells[1].strip() for cells in rows] == names  # ranked best first: the order they were made in
