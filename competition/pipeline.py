@@ -6,19 +6,25 @@ which data it runs on, and simulates the embedded default only into a folder tha
 finished folds, training units and Optuna trials are reused, so a second `make all` is quick.
 On simulated data the submission is scored offline against the hidden solution; on real data
 it is validated and left for `make submit`, since Kaggle counts every submission.
+
+With `engine=local` each model trains in a fresh process of its own (`train_isolated`); with
+`engine=ray` the engine is opened once for the whole flow and the models train from this process,
+whose units (and the stacker's studies) run in fresh Ray worker processes: this process never
+imports torch or TensorFlow to train.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from competition.config import CompetitionConfig
 from competition.console import console, table
+from competition.engine import Engine, open_engine
 from competition.errors import MissingArtefactError
 from competition.overrides import route
 
@@ -69,7 +75,7 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     from competition.report import build_report
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
-    from competition.training.trainer import train_isolated
+    from competition.training.trainer import train_isolated, train_model
 
     routed = route(overrides, "all")
     cfg = routed.apply_competition(cfg)
@@ -85,13 +91,20 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
         with timings.step("folds"):
             folds, written = ensure_folds(train, cfg)
             console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
-    cvs = {}
-    for model in cfg.models:
-        with timings.step(f"train {model}"):
-            run_dir = train_isolated(cfg, model, profile, routed.trainer)
-            cvs[model] = _cv(run_dir)
-    with timings.step("stack"):
-        summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test)
+    with ExitStack() as opened:
+        engine: Engine | None = None  # local: a process per model, the stack in this one
+        if cfg.engine != "local":
+            with timings.step(f"engine {cfg.engine}"):
+                engine = opened.enter_context(open_engine(cfg.engine, cfg.ray))
+        cvs = {}
+        for model in cfg.models:
+            with timings.step(f"train {model}"):
+                run_dir = (
+                    train_isolated(cfg, model, profile, routed.trainer) if engine is None else train_model(cfg, model, profile, routed.trainer, engine=engine)
+                )
+                cvs[model] = _cv(run_dir)
+        with timings.step("stack"):
+            summary = run_stack(cfg, scfg.model_copy(update={"runs": list(cfg.models)}), train, test, engine=engine)
     with timings.step("submit"):
         scores = _submit_offline(cfg, Path(summary.submission), test.fingerprint)
     with timings.step("report"):

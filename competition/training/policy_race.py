@@ -406,8 +406,9 @@ def stored(run_dir: Path, key: dict[str, str]) -> PolicyDecision | None:
     return PolicyDecision(**record.decision) if record.key == key else None
 
 
-def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup) -> PolicyDecision | None:
-    """The run's `auto` decision: stored in `run_dir`, else raced and stored; None when nothing is raced.
+def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup, run: Callable[[], PolicyDecision] | None = None) -> PolicyDecision | None:
+    """The run's `auto` decision: stored in `run_dir`, else raced by `run` (default: `race` here; the trainer runs it as
+    an engine task, where the units train) and stored; None when nothing is raced.
 
     Nothing is raced (the caller applies the policy as before) when the policy is not `auto`, the
     race is off (`auto.race.enabled: false`), the weights are random (`weights: none` trains every block),
@@ -423,7 +424,7 @@ def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup) -> PolicyDecis
         console.print(f"policy race: reusing the decision in {Path(run_dir) / RACE_FILE}: {decision.name}")
         return decision
     try:
-        decision = race(setup, table_pick(setup))
+        decision = run() if run is not None else race(setup, table_pick(setup))
     except KeyboardInterrupt as exc:
         raise KeyboardInterrupt(
             f"the policy race of run {Path(run_dir).name}; nothing of the race was stored (no {RACE_FILE}, no unit trained): the same command races again"

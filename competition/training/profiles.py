@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from competition.config import CONFIG_DIR, Strict, apply_overrides, read_yaml, validate
 from competition.errors import ConfigError
@@ -27,6 +27,31 @@ ProfileName = Literal["cpu", "gpu"]
 
 def _default_tta() -> list[Variant]:
     return ["id"]
+
+
+class UnitResources(Strict):
+    """What one training unit holds while it runs (`resources:` of a profile; per model through `per_model:`).
+
+    `engine: ray` schedules units by these counts (competition.engine.Resources); both engines run
+    a unit's torch with `threads()` threads, since the thread count changes the last bits of a fit
+    (2.3e-5 on the tiny fine-tuning test) and the artefacts must not depend on the engine. Ray counts
+    fractions of a GPU, it does not cap their memory: units sharing a GPU must fit in it together.
+    """
+
+    cpus: float = Field(1.0, gt=0, description="CPU cores per unit; the unit's torch runs with max(1, floor(cpus)) threads")
+    gpus: float = Field(0.0, ge=0, description="GPUs per unit; a fraction (0.25) runs that many units on one GPU at once, memory not capped")
+
+    @field_validator("cpus", "gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        """Ray's rule: a quantity above 1 must be a whole number (fractions only below one)."""
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("a quantity above 1 must be a whole number (Ray's rule)")
+        return value
+
+    def threads(self) -> int:
+        """Threads of the unit's torch (at least one)."""
+        return max(1, int(self.cpus))
 
 
 class Profile(Strict):
@@ -49,6 +74,7 @@ class Profile(Strict):
     cache_prefix: bool = Field(True, description="compute the frozen prefix once per image and view, shared by all folds")
     predict_batch_size: int = Field(128, ge=1)
     save_models: bool = Field(True, description="keep each unit's best weights under units/")
+    resources: UnitResources = Field(default_factory=UnitResources, description="CPU cores and GPUs per unit (scheduling and torch threads)")
     per_model: dict[str, list[str]] = Field(
         default_factory=dict, description="per model name, KEY=VALUE settings of this profile for that model (what the machine affords it)"
     )

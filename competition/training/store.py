@@ -3,6 +3,8 @@
 Layout of `runs/<experiment>/<model>/` (formats in docs/architecture.md):
 
 - `units/<r{repeat}_f{fold}_s{seed}>.npz`: held-out ids and predictions, test predictions;
+- `units/<unit>.model/`: the unit's saved model (profile `save_models`), written from the files the
+  unit returned (a worker never writes into the run folder: no shared filesystem is needed);
 - `units/<unit>.json`: written last, marks the unit finished; holds its score, curve, timings and
   the fingerprints it was made with (a rerun refuses a unit whose fingerprints differ);
 - `oof.csv`, `test.csv`, then `meta.json` last: meta records the two tables' file hashes, so a
@@ -11,7 +13,9 @@ Layout of `runs/<experiment>/<model>/` (formats in docs/architecture.md):
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +147,8 @@ class UnitResult:
     weight_source: str = "none"
     prefix_cache: str | None = None  # cache folder the unit trained on, None = raw images
     augment: str = "none"  # what augmentation the unit really saw
+    versions: dict[str, str] = field(default_factory=dict)  # python and libraries of the process that trained it
+    model_files: dict[str, bytes] = field(default_factory=dict, repr=False)  # the saved model: relative path -> bytes (write_unit writes them)
 
 
 class UnitFingerprints(BaseModel):
@@ -172,6 +178,7 @@ class UnitRecord(BaseModel):
     augment: str
     fingerprints: UnitFingerprints
     npz_fingerprint: str
+    versions: dict[str, str] = Field(default_factory=dict)  # absent in units written before it was recorded
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
@@ -187,9 +194,30 @@ def unit_paths(run_dir: Path, unit: Unit) -> tuple[Path, Path]:
     return base.with_suffix(".npz"), base.with_suffix(".json")
 
 
+def write_folder(path: Path, files: dict[str, bytes]) -> None:
+    """Folder `path` holding `files` (relative path -> bytes), atomically: built beside it (`.name.*.tmp`, what
+    `remove_leftovers` deletes), then renamed over whatever a killed run left there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for name, data in files.items():
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"{name!r} is not a relative path inside the folder")
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_unit(run_dir: Path, result: UnitResult, prints: Fingerprints) -> None:
-    """Arrays first, then the JSON that marks the unit finished (each write atomic)."""
+    """The saved model (if any), the arrays, then the JSON that marks the unit finished (each write atomic)."""
     npz_path, json_path = unit_paths(run_dir, result.unit)
+    if result.model_files:
+        write_folder(npz_path.with_suffix(".model"), result.model_files)
     with atomic_path(npz_path) as tmp:
         np.savez(tmp, oof_ids=result.oof_ids.astype(str), oof=result.oof, test=result.test)
     record = {
@@ -202,6 +230,7 @@ def write_unit(run_dir: Path, result: UnitResult, prints: Fingerprints) -> None:
         "weight_source": result.weight_source,
         "prefix_cache": result.prefix_cache,
         "augment": result.augment,
+        "versions": result.versions,
         "fingerprints": asdict(prints),
         "npz_fingerprint": fingerprint.of_file(npz_path),
     }
@@ -236,6 +265,7 @@ def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | N
             weight_source=info.weight_source,
             prefix_cache=info.prefix_cache,
             augment=info.augment,
+            versions=info.versions,
         )
 
 

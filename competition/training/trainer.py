@@ -1,21 +1,29 @@
 """The fold trainer: one model on every (repeat, fold, seed) unit of the folds file.
 
 Each unit fits on the other folds, early-stops and keeps the best epoch on the held-out fold,
-predicts the held-out fold (OOF) and the whole test set with TTA, and writes its own files
-(store.write_unit) before the next starts. A rerun skips finished units, so a run killed at any
-moment resumes where it stopped and ends with the same tables as an uninterrupted one: every
-unit's randomness comes from its own seed, never from the units before it.
+predicts the held-out fold (OOF) and the whole test set with TTA, and returns everything it made,
+its saved model as files included. Every missing unit is a task of an engine (competition.engine:
+`local` runs them here one after another, `ray` in fresh worker processes on a cluster); the
+plan, with its images, is shared once, and the driver writes each unit's files (store.write_unit)
+as its result lands, so no worker writes into the run folder and the files are the same whichever
+engine ran the unit. A rerun skips finished units, so a run killed at any moment resumes where it
+stopped and ends with the same tables as an uninterrupted one: every unit's randomness comes from
+its own seed, never from the units before it. The unit's torch runs with its profile's
+`resources.cpus` threads in both engines (Ray would give it that many through OMP_NUM_THREADS, and
+the thread count changes the last bits of a fit), so both engines write the same bytes.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from competition.atomic import recover_folder, replaced_folder, staging_path
 from competition.config import RESERVED_RUN_NAMES, CompetitionConfig, config_hash, parse_overrides, validate
 from competition.console import console, progress, table
 from competition.data.dataset import Dataset
+from competition.engine import Engine, Resources, Task, open_engine, report_step
 from competition.errors import ConfigError, UserError
 from competition.fingerprint import of_json
 from competition.folds import Folds
@@ -45,7 +54,8 @@ UNHASHED_PROFILE_KEYS = {
     "save_models",
     "predict_batch_size",
     "per_model",
-}  # do not change any unit's predictions (`per_model` is applied before hashing)
+    "resources",
+}  # do not change any unit's predictions (`per_model` is applied before hashing; `resources` sets torch's threads: last bits only)
 PROFILE_TO_MODEL = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
@@ -71,6 +81,7 @@ class Plan:
     prints: store.Fingerprints
     units: list[store.Unit]
     policy_source: str
+    prefix_root: Path  # absolute `<work_dir>/cache/prefix` (workers may start elsewhere; see prefix_folder)
     decision: PolicyDecision | None = None  # the policy race's decision for `auto` (settle_policy); model_cfg then trains it
 
     @property
@@ -130,7 +141,8 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     prints = store.Fingerprints(run_hash(model_cfg, chosen.profile), folds.fingerprint, train.fingerprint, test.fingerprint)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
     run_dir = run_folder(cfg, model_name, run_name)
-    return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen))
+    prefix_root = (cfg.cache_dir / "prefix").absolute()
+    return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen), prefix_root)
 
 
 def policy_source(routed: Overrides, chosen: ChosenProfile) -> str:
@@ -158,13 +170,32 @@ def fresh_model(plan: Plan) -> tuple[ImageModel, PolicyDecision]:
     return model, decision
 
 
-def settle_policy(plan: Plan) -> Plan:
-    """The plan with an `auto` policy settled by the policy race (stored in the run folder), or unchanged.
+def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | None:
+    """The decision on an `auto` policy: stored in the run folder, else raced as one engine task (`race_policy`, it
+    trains: it runs where the units run) and stored by this process; None when nothing is raced.
 
     The race trains on the first unit's training rows only (repeat 0, fold 0 held out); its pick
-    (a policy, or `probe`: the linear probe's config) then trains every unit.
+    (a policy, or `probe`: the linear probe's config) then trains every unit (`decided`).
+    `shared` is `plan` as `engine.share` returned it.
     """
-    decision = policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan))
+
+    def run() -> PolicyDecision:
+        found: list[PolicyDecision] = []
+        engine.run([Task("policy race", race_policy, (shared,), unit_resources(plan.profile))], lambda _, d: found.append(d), "policy race")
+        return found[0]
+
+    return policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan), run)
+
+
+def race_policy(plan: Plan) -> PolicyDecision:
+    """The engine task of the policy race (`policy_race.race` from the table's prior), with the units' torch threads."""
+    setup = race_setup(plan)
+    with torch_threads(plan.profile.resources.threads()):
+        return policy_race.race(setup, policy_race.table_pick(setup))
+
+
+def decided(plan: Plan, decision: PolicyDecision | None) -> Plan:
+    """The plan that trains the race's pick (a policy, or `probe`: the linear probe's config), or `plan` without a race."""
     if decision is None:
         return plan
     chosen = probe_profile(plan.chosen) if decision.name == policy_race.PROBE else plan.chosen
@@ -218,7 +249,7 @@ def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> Pre
         "frozen_prefix": model.frozen_prefix(),
         "weight_source": model.weight_source,
     }
-    cache = PrefixCache(plan.cfg.cache_dir / "prefix", plan.model_name, key)
+    cache = PrefixCache(prefix_folder(plan.prefix_root), plan.model_name, key)
     train_views, test_views = cache_views(plan.profile)
     todo = len(cache.missing("train", train_views)) + len(cache.missing("test", test_views))
     if todo:
@@ -228,6 +259,20 @@ def prefix_cache(plan: Plan, model: ImageModel, decision: PolicyDecision) -> Pre
             cache.fill("train", plan.train.images, train_views, compute, lambda: bar.advance(task))
             cache.fill("test", plan.test.images, test_views, compute, lambda: bar.advance(task))
     return cache
+
+
+def prefix_folder(root: Path) -> Path:
+    """Where this process keeps the prefix cache: `root` when its work folder exists here and it can be written, else
+    a folder of this node's temporary directory (a derived cache, keyed the same way: a node without the driver's
+    files computes it once for its own units). Units filling one folder at once are safe: every file is written
+    to a temporary name and renamed (atomic_path), and all writers write the same bytes."""
+    work_dir = root.parent.parent  # root is <work_dir>/cache/prefix
+    if work_dir.is_dir():
+        with suppress(OSError):
+            root.mkdir(parents=True, exist_ok=True)
+        if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
+            return root
+    return Path(tempfile.gettempdir()) / "competition-prefix-cache"
 
 
 def unit_inputs(plan: Plan, cache: PrefixCache | None, fit_rows: np.ndarray, held_rows: np.ndarray) -> tuple[ModelInputs, ModelInputs, Augment | None, str]:
@@ -275,10 +320,6 @@ def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, fl
     t2 = time.perf_counter()
     oof, test_pred = predict_both(plan, model, cache, held_rows)
     t3 = time.perf_counter()
-    if plan.profile.save_models:
-        target = store.unit_paths(plan.run_dir, unit)[0].with_suffix(".model")
-        shutil.rmtree(target, ignore_errors=True)  # leftover of this unit from a killed run
-        model.save(target)
     assert valid_in.y is not None
     return store.UnitResult(
         unit=unit,
@@ -293,7 +334,48 @@ def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, fl
         weight_source=model.weight_source,
         prefix_cache=None if cache is None else str(cache.dir),
         augment=augment_used,
+        versions=versions(),
+        model_files=saved_files(model) if plan.profile.save_models else {},
     )
+
+
+def saved_files(model: ImageModel) -> dict[str, bytes]:
+    """The model as `ImageModel.save` writes it, read back as files (relative path -> bytes) for the driver to write."""
+    with tempfile.TemporaryDirectory(prefix="competition-unit-") as tmp:
+        folder = Path(tmp) / "model"
+        model.save(folder)
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train_unit(plan: Plan, unit: store.Unit, decision: PolicyDecision | None) -> store.UnitResult:
+    """The engine task of one unit: `run_unit` on the race's pick, with its torch threads, epochs reported as steps."""
+    plan = decided(plan, decision)
+    epochs = plan.model_cfg.train.epochs
+    with torch_threads(plan.profile.resources.threads()):
+        return run_unit(plan, unit, lambda epoch, _metrics: report_step(epoch + 1, epochs))
+
+
+def unit_resources(profile: Profile) -> Resources:
+    """The engine's resources for one unit of this profile (`resources:`, per model through `per_model:`)."""
+    return Resources(cpus=profile.resources.cpus, gpus=profile.resources.gpus)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block, then restored (torch imported here: the units train with it).
+
+    The thread count changes how reductions split, hence the last bits of a fit (2.3e-5 on a tiny fine-tuning run
+    with 1 vs 2 threads): fixing it per unit makes `local` and `ray` write the same bytes. Keras models train
+    under TensorFlow's own thread pools, which this does not set.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _augments(profile: Profile) -> bool:
@@ -343,7 +425,14 @@ def train_isolated(cfg: CompetitionConfig, model_name: str, profile: str | None 
 
 
 def train_model(
-    cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, fresh: bool = False, run_name: str | None = None
+    cfg: CompetitionConfig,
+    model_name: str,
+    profile: str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    fresh: bool = False,
+    run_name: str | None = None,
+    engine: Engine | None = None,
 ) -> Path:
     """Train `model_name` on every unit of the folds file; return the run folder.
 
@@ -352,42 +441,57 @@ def train_model(
     replaces the run folder only once finished (a failed or killed fresh run leaves the old run).
     Holds the run folder's lock: a second `train` of the same run is refused at once.
     `run_name` names the run folder (default: the model's name), so variants of one model sit side by side.
+    `engine` runs the units (and the policy race); None: the config's (`engine:`, `ray:`), opened for this call
+    only when a unit is missing. Raises the first unit's `UserError` as it is; finished units stay on disk.
     """
     started = time.perf_counter()
     plan = plan_run(cfg, model_name, profile, overrides, run_name)
     with run_lock(plan.run_dir):
         if fresh:  # train into a staging folder that replaces the run only when finished: a failed fresh run leaves the old one
             with replaced_folder(plan.run_dir) as staging:
-                _train_units(replace(plan, run_dir=staging), run_name, started, in_place=True)
+                _train_units(replace(plan, run_dir=staging), run_name, started, in_place=True, engine=engine)
         else:
             recover_folder(plan.run_dir)
             shutil.rmtree(staging_path(plan.run_dir), ignore_errors=True)  # what a failed or killed --fresh left
-            _train_units(plan, run_name, started, in_place=False)
+            _train_units(plan, run_name, started, in_place=False, engine=engine)
     console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
     return plan.run_dir
 
 
-def _train_units(plan: Plan, run_name: str | None, started: float, in_place: bool) -> None:
+def _train_units(plan: Plan, run_name: str | None, started: float, in_place: bool, engine: Engine | None) -> None:
     """Train the units not finished in plan.run_dir (resuming), then write the run's tables and meta.json (see _finish)."""
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
     if todo:
-        plan = settle_policy(plan)
+        with _opened(engine, plan.cfg) as running:
+            plan = _run_units(plan, todo, done, running, run_name)
+    _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started, in_place)
+
+
+def _opened(engine: Engine | None, cfg: CompetitionConfig) -> AbstractContextManager[Engine]:
+    """`engine` as it is, or the config's opened for the block."""
+    return nullcontext(engine) if engine is not None else open_engine(cfg.engine, cfg.ray)
+
+
+def _run_units(plan: Plan, todo: list[store.Unit], done: dict[store.Unit, store.UnitResult], engine: Engine, run_name: str | None) -> Plan:
+    """Settle the policy, then run every unit of `todo` as an engine task; each result is written (store.write_unit)
+    and added to `done` as it lands. Returns the plan the units trained (the race's pick applied)."""
+    shared = engine.share(plan)  # the images travel once, to the race and every unit
+    decision = settle_policy(plan, engine, shared)
+    plan = decided(plan, decision)
     console.print(
         f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
-        f"{len(plan.units)} units ({len(done)} already finished)"
+        f"{len(plan.units)} units ({len(done)} already finished), engine {engine.name}"
     )
-    with progress() as bar:
-        units_task = bar.add_task("units", total=len(plan.units), completed=len(done))
-        epoch_task = bar.add_task("epochs", total=plan.model_cfg.train.epochs)
-        for unit in todo:
-            bar.update(epoch_task, completed=0, description=f"{unit.name} epochs")
-            result = run_unit(plan, unit, lambda epoch, metrics: bar.update(epoch_task, completed=epoch + 1))
-            store.write_unit(plan.run_dir, result, plan.prints)
-            done[unit] = result
-            bar.advance(units_task)
-    _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started, in_place)
+
+    def land(_task: Task[store.UnitResult], result: store.UnitResult) -> None:
+        store.write_unit(plan.run_dir, result, plan.prints)
+        done[result.unit] = result
+
+    tasks = [Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile)) for unit in todo]
+    engine.run(tasks, land, f"{plan.run_dir.name}: units")
+    return plan
 
 
 def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Unit], wall_s: float, in_place: bool) -> None:
@@ -428,7 +532,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "tta": list(plan.profile.tta),
         "test_rows_predicted": f"{len(plan.test)} of {len(plan.test_ids)}"
         + ("" if len(plan.test) == len(plan.test_ids) else " (unscored machine-generated rows get the training iceberg rate)"),
-        "versions": versions(),
+        "versions": {k: v for r in results for k, v in r.versions.items()} or versions(),  # where the units trained
         "timings": {"units": {r.unit.name: r.timings for r in results}, "wall_s_this_run": wall_s},
         "trained_this_run": [u.name for u in trained],
         "units": [r.unit.name for r in sorted(results, key=lambda r: r.unit)],
