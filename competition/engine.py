@@ -14,31 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from competition.config import EngineName, RayConfig
+from competition.task import R, Resources, Task
 
-R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one task holds while it runs: CPU cores and GPUs, fractions allowed (Ray counts them, it does not cap memory)."""
-
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-
-@dataclass(frozen=True)
-class Task(Generic[R]):
-    """One unit of work: `fn(*args)` returns its result. `fn` must be a module-level function (it is
-    pickled by name for Ray); a value passed through `Engine.share` may stand in any of `args`."""
-
-    key: str
-    fn: Callable[..., R]
-    args: tuple[Any, ...] = ()
-    resources: Resources = field(default_factory=Resources)
+__all__ = ["Engine", "LocalEngine", "Resources", "Task", "open_engine", "report_step"]
 
 
 class Engine(Protocol):

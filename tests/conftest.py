@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -40,3 +40,12 @@ def sar(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     cfg = CompetitionConfig(data_dir=root, runs_dir=root / "runs", submissions_dir=root / "subs", simulate=SimulateConfig(n_train=40, n_test=10, seed=1))
     write_simulated(cfg)
     return read_dataset(cfg.train_json, "train")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A two-node Ray cluster on loopback (tests/ray_cluster.py), shared by the tests of one module, stopped by its handle."""
+    from ray_cluster import two_node_cluster
+
+    with two_node_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,30 @@
+"""One unit of work an engine runs (competition.engine): the function, its arguments, the key that
+names it to the user, and the resources it holds. Its own module so that both engines import it
+without importing each other."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task holds while it runs: CPU cores and GPUs, fractions allowed (Ray counts them, it does not cap memory)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Task(Generic[R]):
+    """One unit of work: `fn(*args)` returns its result. `fn` must be a module-level function (it is
+    pickled by name for Ray); a value passed through `Engine.share` may stand in any of `args`."""
+
+    key: str
+    fn: Callable[..., R]
+    args: tuple[Any, ...] = ()
+    resources: Resources = field(default_factory=Resources)
