@@ -6,17 +6,26 @@ import socket
 import sqlite3
 
 import numpy as np
+import optuna
+import pandas as pd
 import pytest
-from competition.engine import LocalEngine
+from competition.config import RayConfig
+from competition.engine import LocalEngine, open_engine
 from competition.errors import DataError
 from competition.stacking import study_storage
 from competition.stacking.crossval import evaluate
 from competition.stacking.features import stack_tables
+from competition.stacking.pipeline import STUDY_FILE, run_stack
+from competition.stacking.settings import StackConfig
 from competition.stacking.stacker import LGBMStacker
 
-from stack_data import make_competition
+from stack_data import make_competition, write_predictor
 
 QUICK = {"inner_folds": 2, "max_rounds": 50, "study_name": "s"}
+N_TRIALS = 3
+STACK = StackConfig(
+    methods=["mean", "lgbm"], features={"band_stats": False}, stacker={"n_trials": N_TRIALS, "inner_folds": 2, "max_rounds": 50, "timeout_s": None}
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +83,79 @@ def test_a_user_error_inside_a_study_reaches_the_driver_as_it_is(table):
     with pytest.raises(DataError, match=r"^an inner split of \d+ training rows holds \d+ ships and 1 icebergs") as err:
         evaluate(lambda r, f: LGBMStacker(n_trials=1, **QUICK), [X], y, fold, [1e-3], 2, 0, engine=LocalEngine())
     assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two noisy runs, the same in every experiment (one experiment per engine or setting compared)."""
+    comp = make_competition(tmp_path_factory.mktemp("runs"), n_train=120, n_test=40, k=3, seed=3)
+    for experiment in ("local", "ray", "local_parallel", "ray_parallel"):
+        for j, (strength, noise) in enumerate([(1.0, 1.5), (0.8, 1.2)]):
+            write_predictor(comp, f"m{j}", strength, noise, seed=10 + j, experiment=experiment)
+    return comp
+
+
+def _stack(comp, experiment: str, engine: str, **stacker):
+    """run_stack of one experiment with the engine `engine` opened by run_stack itself (cfg.engine)."""
+    cfg = comp.cfg.model_copy(update={"experiment": experiment, "engine": engine})
+    scfg = STACK.model_copy(update={"stacker": STACK.stacker.model_copy(update=stacker)})
+    return run_stack(cfg, scfg, comp.train, comp.test), cfg.stack_dir
+
+
+def _studies(stack_dir) -> dict[str, list[tuple[dict, float | None]]]:
+    """Every study of a stack folder: its trials' params and values, in trial order."""
+    url = study_storage.sqlite_url(stack_dir / STUDY_FILE)
+    return {name: [(t.params, t.value) for t in optuna.load_study(study_name=name, storage=url).trials] for name in optuna.get_all_study_names(storage=url)}
+
+
+@pytest.fixture(scope="module")
+def in_process(runs):
+    return _stack(runs, "local", "local")
+
+
+def test_stacker_studies_as_ray_tasks_give_the_in_process_result(runs, in_process, ray_cluster):
+    """One study per outer fold and one for the final model, each a Ray task on a two-node loopback
+    cluster, their storage the driver's SQLite served over gRPC: the same fold scores, eps, OOF, test
+    predictions, chosen parameters and trials as in process."""
+    local, local_dir = in_process
+    ray, ray_dir = _stack(runs, "ray", "ray")
+    assert ray.methods == local.methods and ray.chosen.method == local.chosen.method
+    for table in ("oof.csv", "test.csv", "importances.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(ray_dir / table), pd.read_csv(local_dir / table), check_exact=True)
+    studies = _studies(ray_dir)
+    assert len(studies) == runs.folds.params.k + 1 and studies == _studies(local_dir)
+    assert all(len(trials) == N_TRIALS for trials in studies.values())
+
+
+def test_a_user_error_in_a_study_on_ray_reaches_the_driver_once(table, ray_cluster):
+    X, _ = table
+    y = np.zeros(len(X), dtype=np.int64)
+    y[:3] = 1
+    fold = np.full((1, len(X)), 2)
+    fold[0, :2], fold[0, 2:40] = 0, 1  # fold 0's training part keeps one iceberg
+    with (
+        open_engine("ray", RayConfig()) as engine,
+        pytest.raises(DataError, match=r"^an inner split of \d+ training rows holds \d+ ships and 1 icebergs") as err,
+    ):
+        evaluate(lambda r, f: LGBMStacker(n_trials=1, **QUICK), [X], y, fold, [1e-3], 2, 0, engine=engine)
+    assert "\n" not in str(err.value)
+
+
+def test_trial_parallel_search_on_one_machine_changes_nothing(runs, in_process):
+    """With the local engine the tasks of one study run one after another: the first runs every trial,
+    the others find the study complete, and the result is the sequential search's."""
+    local, local_dir = in_process
+    parallel, parallel_dir = _stack(runs, "local_parallel", "local", trial_workers=2)
+    assert parallel.methods == local.methods
+    assert _studies(parallel_dir) == _studies(local_dir)
+
+
+@pytest.mark.slow  # about 60 s here: 12 fresh worker processes on two 1-CPU nodes
+def test_trial_parallel_search_on_ray_fills_each_study_once(runs, ray_cluster):
+    """Two tasks per study at once on two nodes, through the served storage: each study ends with
+    n_trials finished trials (one more when the other task's trial was still running), then one fit."""
+    summary, stack_dir = _stack(runs, "ray_parallel", "ray", trial_workers=2)
+    studies = _studies(stack_dir)
+    assert len(studies) == runs.folds.params.k + 1
+    assert all(N_TRIALS <= len(trials) <= N_TRIALS + 1 for trials in studies.values())
+    assert np.isfinite(summary.methods["lgbm"].cv_mean)

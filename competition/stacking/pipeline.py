@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from competition.config import CompetitionConfig, config_hash
 from competition.console import console, progress
 from competition.data import files
 from competition.data.dataset import Dataset
-from competition.engine import Engine, LocalEngine, open_engine
+from competition.engine import Engine, LocalEngine, Resources, Task, open_engine
 from competition.folds import load_folds
 from competition.locks import stack_lock
 from competition.stacking import study_storage
@@ -37,6 +37,9 @@ from competition.stacking.features import PRED, pred_columns, stack_tables
 from competition.stacking.settings import StackConfig
 from competition.stacking.summary import MethodResult, StackSummary, plot_results, results_table, write_summary
 from competition.submission import write_submission
+
+if TYPE_CHECKING:
+    from competition.stacking.stacker import LGBMStacker
 
 SINGLE = "single:"
 STUDY_FILE = "optuna.sqlite"  # the Optuna studies, in the stack folder; carried into each new one
@@ -98,7 +101,7 @@ def _study_key(coll: Collection, scfg: StackConfig) -> str:
     """Names the Optuna studies: a changed input or search setting starts new studies, a rerun resumes."""
     return fingerprint.of_json(
         {"oof": fingerprint.of_array(coll.oof), "test": fingerprint.of_array(coll.test), "folds": coll.folds_fingerprint,
-         "features": scfg.features.model_dump(), "stacker": scfg.stacker.model_dump(exclude={"timeout_s"}), "seed": scfg.seed}
+         "features": scfg.features.model_dump(), "stacker": scfg.stacker.model_dump(exclude={"timeout_s", "trial_workers"}), "seed": scfg.seed}
     )  # fmt: skip
 
 
@@ -172,12 +175,38 @@ def _stacker(
                 storage=storage, study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
             )  # fmt: skip
 
+        if st.trial_workers > 1:
+            _search_in_parallel(make, tables, y, coll.fold, st.trial_workers, engine)
         result, importances = _evaluate("lgbm", "stack", make, tables, tests, y, coll, scfg, engine, "Optuna search, one study per task")
     if importances is None:
         raise RuntimeError("lgbm: the final models reported no feature importances")
     with atomic_path(out_dir / "importances.csv") as tmp:
         importances.rename_axis("feature").rename("gain").to_csv(tmp)
     return result
+
+
+def search_study(stacker: LGBMStacker, table: pd.DataFrame, y: np.ndarray, rows: np.ndarray) -> float:
+    """One of the tasks that search one study at once (an engine task): the stacker's trials on `rows`
+    of `table` until its study holds `n_trials` (`LGBMStacker.search`); the best score so far."""
+    return stacker.search(table.iloc[rows], y[rows])
+
+
+def _search_in_parallel(
+    make: Callable[[int, int | None], Any], tables: list[pd.DataFrame], y: np.ndarray, fold: np.ndarray, workers: int, engine: Engine
+) -> None:
+    """The opt-in trial-parallel search (`stacker.trial_workers` > 1, not reproducible): `workers` tasks
+    per study run its trials at once through the shared storage, before the fits, which then find
+    their studies complete."""
+    shared = [engine.share(t) for t in tables]
+    tasks: list[Task[float]] = []
+    for r in range(fold.shape[0]):
+        for f in [*range(int(fold.max()) + 1), None]:
+            rows = np.arange(len(y)) if f is None else np.flatnonzero(fold[r] != f)
+            study = f"lgbm r{r} " + ("final" if f is None else f"f{f}")
+            for w in range(workers):
+                stacker = make(r, f)
+                tasks.append(Task(f"{study} search {w + 1}/{workers}", search_study, (stacker, shared[r], y, rows), Resources(cpus=float(stacker.threads))))
+    engine.run(tasks, lambda task, best: None, f"Optuna search, {workers} tasks per study (lgbm)")
 
 
 def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) -> None:

@@ -33,7 +33,8 @@ class StackerConfig(Strict):
     group_folds: int = Field(5, ge=2)  # out-of-fold encoding of the group iceberg rate of training rows
     max_rounds: int = Field(2000, ge=10)
     early_stopping_rounds: int = Field(50, ge=5)
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)  # LightGBM threads; the CPUs each study's task holds
+    trial_workers: int = Field(1, ge=1)  # tasks searching one study at once (>1: faster on a cluster, NOT reproducible)
 
 
 class StackConfig(Strict):

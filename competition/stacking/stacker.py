@@ -47,6 +47,8 @@ from competition.stacking.metrics import logloss
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # one inner split: X_fit, y_fit, X_val, y_val (design matrices)
+
 
 class LGBMStacker(BinaryClassifier):
     """Gradient-boosted stacker over a table of run predictions and side features: a scikit-learn
@@ -165,7 +167,7 @@ class LGBMStacker(BinaryClassifier):
             "feature_pre_filter": False,
         }
 
-    def _train_split(self, params: dict[str, Any], split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, int]:
+    def _train_split(self, params: dict[str, Any], split: Split) -> tuple[np.ndarray, int]:
         """Held-out predictions of one inner split (early-stopped on it) and the rounds used."""
         X_fit, y_fit, X_val, y_val = split
         booster = lgb.train(
@@ -205,11 +207,11 @@ class LGBMStacker(BinaryClassifier):
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
         )
 
-    def _search(self, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], key: str) -> optuna.trial.FrozenTrial:
+    def _search(self, splits: list[Split], key: str) -> optuna.trial.FrozenTrial:
         with study_storage.opened(self.storage) as storage:
             return self._run_study(self._study(key, storage), splits)
 
-    def _run_study(self, study: optuna.Study, splits: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> optuna.trial.FrozenTrial:
+    def _run_study(self, study: optuna.Study, splits: list[Split]) -> optuna.trial.FrozenTrial:
         """Run the trials `study` still lacks of `n_trials` (one after another, seeded: reproducible) and return the best."""
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
@@ -238,14 +240,15 @@ class LGBMStacker(BinaryClassifier):
                 self.on_trial(1)
 
         if self.n_trials > done:
-            study.optimize(objective, n_trials=self.n_trials - done, timeout=self.timeout_s, callbacks=[tick])
+            enough = optuna.study.MaxTrialsCallback(self.n_trials, states=finished)  # searching with others: stop at n_trials in all
+            study.optimize(objective, n_trials=self.n_trials - done, timeout=self.timeout_s, callbacks=[tick, enough])
         return study.best_trial
 
-    def fit(self, X: Any, y: Any) -> LGBMStacker:
+    def _prepare(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], list[Split]]:
+        """Validated X and y, the inner CV's row indices, and each inner split's matrices (group features cross-fitted)."""
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
         y = binary_targets(self, y)
-        names = None if not hasattr(self, "feature_names_in_") else [str(n) for n in self.feature_names_in_]
-        self.angle_index_ = self._angle_index(names, X.shape[1])
+        self.angle_index_ = self._angle_index(self._names(), X.shape[1])
         self.inner_folds_ = inner_folds_for(self.inner_folds, y)
         inner = StratifiedKFold(self.inner_folds_, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y)
         index_splits = list(inner)
@@ -253,6 +256,27 @@ class LGBMStacker(BinaryClassifier):
         if hasattr(self, "group_folds_"):
             del self.group_folds_
         splits = [(self._design_fit(X[a], y[a]), y[a], self._design_apply(self._encoder(X[a], y[a]), X[b]), y[b]) for a, b in index_splits]
+        return X, y, index_splits, splits
+
+    def _names(self) -> list[str] | None:
+        return None if not hasattr(self, "feature_names_in_") else [str(n) for n in self.feature_names_in_]
+
+    def search(self, X: Any, y: Any) -> float:
+        """Only the study `fit(X, y)` would run: its missing trials, no model; the best score so far.
+
+        For the opt-in trial-parallel search (configs/stack.yaml `stacker.trial_workers`): several
+        processes call this at once on one shared storage, each stopping once the study holds
+        `n_trials` finished trials (a few more when trials were still running elsewhere); which trial
+        saw which sampler state then depends on timing, so the study is not reproducible (Optuna FAQ,
+        optuna#4412). The `fit` that follows finds the study complete and only refits the best trial.
+        """
+        X, y, _, splits = self._prepare(X, y)
+        best = self._search(splits, self.search_key(X, y))
+        return float("nan") if best.value is None else float(best.value)
+
+    def fit(self, X: Any, y: Any) -> LGBMStacker:
+        X, y, index_splits, splits = self._prepare(X, y)
+        names = self._names()
         best = self._search(splits, self.search_key(X, y))
         self.params_ = dict(best.params)
         self.rounds_ = int(best.user_attrs["rounds"])
