@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from competition.config import EngineName, RayConfig
+from competition.errors import UserError
 from competition.task import R, Resources, Task
 
 __all__ = ["Engine", "LocalEngine", "Resources", "Task", "open_engine", "report_step"]
@@ -83,11 +84,19 @@ class LocalEngine:
 
 @contextmanager
 def open_engine(name: EngineName, ray: RayConfig | None = None) -> Iterator[Engine]:
-    """The engine `name`, open for the duration of the block (a local Ray the harness started is stopped after it)."""
+    """The engine `name`, open for the duration of the block (a local Ray the harness started is stopped after it).
+
+    Raises `UserError` when `ray` is chosen and Ray is not installed.
+    """
     if name == "local":
         yield LocalEngine()
         return
-    from competition.ray_engine import RayEngine  # Ray is imported only when chosen
+    try:
+        from competition.ray_engine import RayEngine  # Ray is imported only when chosen
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        raise UserError("engine=ray needs Ray: pip install 'iceberg-harness[ray]' (`make setup` installs it; docs/distributed.md)") from None
 
     with RayEngine.open(ray or RayConfig()) as engine:
         yield engine

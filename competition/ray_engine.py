@@ -15,12 +15,10 @@ comes back with the task. How to run on a real cluster: docs/distributed.md.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import ray
@@ -61,13 +59,14 @@ def _enable_token_auth(address: str) -> None:
     """Send this machine's Ray token to an explicit head address, as Ray itself does for `auto`.
 
     Ray 2.60 turns token authentication on for a new head, but a driver given HOST:PORT with
-    RAY_AUTH_MODE unset does not send its token and is refused (ray#64755): when a token is at hand
-    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the mode is unset, set it to token.
+    RAY_AUTH_MODE unset does not send its token and is refused (InvalidAuthToken; ray#64755): when a
+    token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the mode is unset,
+    Ray's own rule for `auto` turns token mode on (setting the variable alone is too late once Ray is imported).
     """
-    if address == "auto" or "RAY_AUTH_MODE" in os.environ:
-        return
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    if address != "auto":
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _check_reachable(address: str) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,3 +81,34 @@ def two_node_cluster(cpus_per_node: int = 1) -> Iterator[Any]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+
+
+HEAD_SCRIPT = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.shutdown()
+"""
+
+
+@contextmanager
+def token_auth_head() -> Iterator[str]:
+    """A one-node Ray head on loopback in its own process, with token authentication on; yields its HOST:PORT.
+
+    The head reads the token from ~/.ray/auth_token (Ray writes one when missing) and is stopped by its
+    handle when the block ends. Drivers that connect need RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback).
+    """
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD_SCRIPT], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert head.stdout is not None
+        address = head.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the token-auth Ray head did not start")
+        yield address
+    finally:
+        assert head.stdin is not None
+        head.stdin.close()
+        head.wait(timeout=60)

@@ -6,6 +6,8 @@ reported once and never retried, impossible resource requests refused, a local R
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,8 @@ from competition import console as console_module
 from competition.config import RayConfig
 from competition.engine import LocalEngine, Resources, Task, open_engine, report_step
 from competition.errors import ConfigError, UserError, as_json
+
+from ray_cluster import token_auth_head
 
 # ---- task functions (module level: Ray workers import them by name) ----
 
@@ -121,6 +125,13 @@ def test_report_step_reaches_the_local_progress_bar() -> None:
     report_step(1, 2)  # outside a run: no engine listens, nothing happens
 
 
+def test_engine_ray_without_ray_installed_is_one_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "competition.ray_engine", raising=False)
+    with pytest.raises(UserError, match=r"engine=ray needs Ray: pip install 'iceberg-harness\[ray\]'"), open_engine("ray", RayConfig()):
+        pass
+
+
 # ---- the Ray engine: a local Ray of its own (before the module's cluster starts) ----
 
 
@@ -150,6 +161,32 @@ def test_a_malformed_address_or_local_sizes_with_an_address_are_config_errors() 
         pass
     with pytest.raises(ConfigError, match="ray.num_cpus and ray.num_gpus size a local Ray"), open_engine("ray", RayConfig(address="auto", num_cpus=2)):
         pass
+
+
+DRIVER = """
+from competition.config import RayConfig
+from competition.engine import Task, open_engine
+from competition.errors import UserError, as_json
+try:
+    with open_engine("ray", RayConfig(address="{address}")) as engine:
+        engine.run([Task("json", as_json, ([1],))], lambda task, result: print("result", result), "auth")
+except UserError as err:
+    print("UserError", err)
+"""
+
+
+@pytest.mark.slow  # ~35 s: a head and two drivers, each its own process
+def test_a_driver_given_a_token_heads_address_sends_its_token() -> None:
+    """Ray sends the token for `auto` only; with HOST:PORT and RAY_AUTH_MODE unset the engine turns it on (ray#64755)."""
+    with token_auth_head() as address:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        runs = {
+            mode: subprocess.run([sys.executable, "-c", DRIVER.format(address=address)], env=env | extra, capture_output=True, text=True, timeout=120)
+            for mode, extra in (("unset", {}), ("disabled", {"RAY_AUTH_MODE": "disabled"}))
+        }
+    assert "result [1]" in runs["unset"].stdout, runs["unset"].stderr[-2000:]
+    refused = [line for line in runs["disabled"].stdout.splitlines() if line.startswith("UserError")]
+    assert refused and f"ray.address={address}: cannot connect" in refused[0] and "RAY_AUTH_MODE=token" in refused[0]
 
 
 # ---- the Ray engine on the module's two-node cluster ----
@@ -204,6 +241,7 @@ def test_a_gpu_request_no_node_can_meet_is_refused_up_front(engine: Any) -> None
         collect(engine, [Task("gpu-unit", square, (2,), Resources(cpus=1, gpus=1))])
 
 
+@pytest.mark.slow  # ~20-25 s: a node's start, the health checks' verdict, the rerun
 def test_a_lost_nodes_task_is_finished_on_another_node(engine: Any, ray_cluster: Any, tmp_path: Path) -> None:
     """Three 1-CPU nodes, three tasks: the added node's task is rerun elsewhere when the node is removed mid-task."""
     doomed = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
