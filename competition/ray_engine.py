@@ -63,10 +63,16 @@ def _enable_token_auth(address: str) -> None:
     token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the mode is unset,
     Ray's own rule for `auto` turns token mode on (setting the variable alone is too late once Ray is imported).
     """
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.authentication import authentication_token_setup as auth
 
-    if address != "auto":
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    if address == "auto":
+        return
+    level = auth.logger.level
+    auth.logger.setLevel(logging.ERROR)  # not its "Token authentication is enabled for this Ray cluster" note: the head decides
+    try:
+        auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        auth.logger.setLevel(level)
 
 
 def _check_reachable(address: str) -> None:
