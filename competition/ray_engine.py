@@ -40,14 +40,17 @@ CHECK = (
 
 @ray.remote(num_returns="streaming", max_calls=1)
 def _run_task(fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
-    """One task in its worker: yields the id of the node it runs on as it starts, then `(node id, fn(*args))`.
+    """One task in its worker: yields where it runs, `(node id, worker id)`, as it starts, then `(node id, worker id, fn(*args))`.
 
-    Shared values among `args` (ObjectRefs from `RayEngine.share`) arrive resolved, as Ray resolves
-    top-level arguments. `max_calls=1`: the worker process exits after the task.
+    A task Ray reran after its worker or node died ends in another worker than the one it started in
+    (Ray drops the rerun's repeated first item). Shared values among `args` (ObjectRefs from
+    `RayEngine.share`) arrive resolved, as Ray resolves top-level arguments. `max_calls=1`: the worker
+    process exits after the task.
     """
-    node = ray.get_runtime_context().get_node_id()
-    yield node
-    yield node, fn(*args)
+    context = ray.get_runtime_context()
+    place = (context.get_node_id(), context.get_worker_id())
+    yield place
+    yield (*place, fn(*args))
 
 
 def _first_line(err: BaseException) -> str:
@@ -126,7 +129,7 @@ def _check_resources(tasks: Sequence[Task[Any]]) -> None:
 
 @dataclass
 class _NodeCounts:
-    """What one node did in a batch: tasks running now, done, failed, and done here after a retry elsewhere."""
+    """What one node did in a batch: tasks running now, done, failed, and done here after their first worker died."""
 
     label: str
     running: int = 0
@@ -175,13 +178,12 @@ class _ClusterView:
         self._node(node_id).running += 1
         self._refresh()
 
-    def landed(self, started_on: str, node_id: str) -> None:
-        """A task that started on `started_on` returned its result from `node_id` (another node: it was retried there)."""
+    def landed(self, started_on: str, node_id: str, retried: bool) -> None:
+        """A task that started on node `started_on` returned its result from `node_id`, after a retry or not."""
         self._node(started_on).running -= 1
         node = self._node(node_id)
         node.done += 1
-        if node_id != started_on:
-            node.retried += 1
+        node.retried += retried
         self._refresh()
 
     def failed(self, started_on: str | None) -> None:
@@ -192,7 +194,7 @@ class _ClusterView:
         self._refresh()
 
     def summary(self) -> None:
-        """The per-node table: tasks done, failed, and done after a retry that moved them from a lost node."""
+        """The per-node table: tasks done, failed, and done after a retry (their first worker, here or on a lost node, died)."""
         rows = [(n.label, n.done, n.failed, n.retried) for n in self.nodes.values()]
         if rows:
             console.print(table(f"{self.title}: tasks per Ray node", ["node", "done", "failed", "retried here"], rows))
@@ -241,7 +243,7 @@ class RayEngine:
             return
         _check_resources(tasks)
         pending: dict[ObjectRefGenerator, Task[R]] = {}
-        started: dict[ObjectRefGenerator, str] = {}
+        started: dict[ObjectRefGenerator, tuple[str, str]] = {}  # (node id, worker id) each task started in
         view = _ClusterView(title, len(tasks))
         try:
             with view:
@@ -256,15 +258,15 @@ class RayEngine:
                         try:
                             item: Any = ray.get(next(generator))
                         except RayError as err:
-                            view.failed(started.get(generator))
+                            view.failed(started[generator][0] if generator in started else None)
                             raise self._error(task, err) from None
                         if generator not in started:
                             started[generator] = item
-                            view.started(item)
+                            view.started(item[0])
                             continue
-                        node_id, result = item
+                        node_id, worker_id, result = item
                         del pending[generator]
-                        view.landed(started[generator], node_id)
+                        view.landed(started[generator][0], node_id, retried=(node_id, worker_id) != started[generator])
                         on_result(task, result)
         finally:
             for generator in pending:

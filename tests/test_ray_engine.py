@@ -101,6 +101,12 @@ def collect(engine: Any, tasks: list[Task[Any]], title: str = "test") -> dict[st
     return results
 
 
+def per_node(text: str) -> dict[str, tuple[int, int, int]]:
+    """The engine's closing table (node -> done, failed, retried) from the captured terminal output."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    return {row[0]: (int(row[1]), int(row[2]), int(row[3])) for row in rows}
+
+
 # ---- the local engine ----
 
 
@@ -198,21 +204,25 @@ def engine(ray_cluster: Any) -> Any:
         yield opened
 
 
-def test_tasks_spread_over_both_nodes_and_read_a_shared_array(engine: Any) -> None:
+def test_tasks_spread_over_both_nodes_and_read_a_shared_array(engine: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import ray
 
     shared = engine.share(np.arange(10, dtype=np.float32))
-    results = collect(engine, [Task(f"t{i}", where, (shared, i, 0.5)) for i in range(6)], "spread")
-    assert sorted(results) == [f"t{i}" for i in range(6)]
-    assert [results[f"t{i}"][2] for i in range(6)] == [45.0 + i for i in range(6)]
+    results = collect(engine, [Task(f"t{i}", where, (shared, i, 0.3)) for i in range(4)], "spread")
+    assert sorted(results) == [f"t{i}" for i in range(4)]
+    assert [results[f"t{i}"][2] for i in range(4)] == [45.0 + i for i in range(4)]
     assert {node for node, _, _ in results.values()} == {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert len({pid for _, pid, _ in results.values()}) == 6  # a fresh worker process per task
+    assert len({pid for _, pid, _ in results.values()}) == 4  # a fresh worker process per task
     assert os.getpid() not in {pid for _, pid, _ in results.values()}
+    table = per_node(capsys.readouterr().err)
+    assert len(table) == 2 and all(label.startswith("127.0.0.1 ") for label in table)
+    assert sum(done for done, _, _ in table.values()) == 4 and all(row[1:] == (0, 0) for row in table.values())
 
 
-def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path) -> None:
+def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert collect(engine, [Task("kill", killed_once, (tmp_path,))]) == {"kill": "ok"}
     assert len(list(tmp_path.glob("kill.*"))) == 2
+    assert list(per_node(capsys.readouterr().err).values()) == [(1, 0, 1)]  # done once, after a retry
 
 
 def test_a_user_error_reaches_the_driver_once_and_the_rest_is_cancelled(engine: Any, tmp_path: Path) -> None:
@@ -242,7 +252,7 @@ def test_a_gpu_request_no_node_can_meet_is_refused_up_front(engine: Any) -> None
 
 
 @pytest.mark.slow  # ~20-25 s: a node's start, the health checks' verdict, the rerun
-def test_a_lost_nodes_task_is_finished_on_another_node(engine: Any, ray_cluster: Any, tmp_path: Path) -> None:
+def test_a_lost_nodes_task_is_finished_on_another_node(engine: Any, ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Three 1-CPU nodes, three tasks: the added node's task is rerun elsewhere when the node is removed mid-task."""
     doomed = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     ray_cluster.wait_for_nodes()
@@ -265,3 +275,6 @@ def test_a_lost_nodes_task_is_finished_on_another_node(engine: Any, ray_cluster:
     assert len(moved) == 1
     assert results[moved[0]] != doomed_id  # finished on a surviving node
     assert len(list(tmp_path.glob(f"{moved[0]}.*"))) == 2
+    table = per_node(capsys.readouterr().err)
+    assert sum(done for done, _, _ in table.values()) == 3 and sum(retried for _, _, retried in table.values()) == 1
+    assert table[next(label for label in table if label.endswith(doomed_id[:8]))][0] == 0  # the lost node finished none
