@@ -81,11 +81,12 @@ def _enable_token_auth(address: str) -> None:
 def _check_reachable(address: str) -> None:
     """Raise `UserError` at once when nothing accepts a connection at HOST:PORT (`ray.init` would retry for minutes).
 
-    Raises `ConfigError` when `address` is not HOST:PORT (a `ray://` prefix allowed).
+    Raises `ConfigError` when `address` is not HOST:PORT; a Ray Client address (ray://) is refused: it is
+    untested here, and the driver can run on a node of the cluster instead (ray.address=auto).
     """
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{COMPETITION_CONFIG}: ray.address: expected null, auto or HOST:PORT, got {address!r}")
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        raise ConfigError(f"{COMPETITION_CONFIG}: ray.address: expected null, auto or HOST:PORT (the head's GCS port), got {address!r}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:

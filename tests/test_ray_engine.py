@@ -163,8 +163,10 @@ def test_an_unreachable_head_is_one_user_error() -> None:
 
 
 def test_a_malformed_address_or_local_sizes_with_an_address_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="ray.address: expected null, auto or HOST:PORT, got 'headnode'"), open_engine("ray", RayConfig(address="headnode")):
-        pass
+    for address in ("headnode", "ray://headnode:10001"):
+        expected = rf"ray.address: expected null, auto or HOST:PORT \(the head's GCS port\), got '{address}'"
+        with pytest.raises(ConfigError, match=expected), open_engine("ray", RayConfig(address=address)):
+            pass
     with pytest.raises(ConfigError, match="ray.num_cpus and ray.num_gpus size a local Ray"), open_engine("ray", RayConfig(address="auto", num_cpus=2)):
         pass
 
