@@ -128,7 +128,7 @@ def test_a_fine_tuning_policy_on_a_linear_probe_is_refused_before_any_run_folder
     captured = capsys.readouterr()
     lines = (captured.out + captured.err).strip().splitlines()
     assert exited.value.code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("error: model 'mobilenetv2_100_probe'") and "key 'policy'" in lines[0]
+    assert lines[0].startswith("error: model 'mobilenetv2_100_probe'") and "key 'policy': a linear probe" in lines[0]
     assert "linear probe" in lines[0] and lines[0].endswith("expected head or auto, got 'all'")
     assert not runs.exists()
 

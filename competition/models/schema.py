@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from competition.config import Strict
 
@@ -146,8 +147,9 @@ class ModelConfig(Strict):
         not when its first unit starts; the message names the allowed ones (`competition.config.validate` adds the
         file or source, the key and the value)."""
         if info.data.get("framework") == "probe" and policy not in PROBE_POLICIES:
-            raise ValueError(
-                f"a linear probe (framework probe) fine-tunes no network, it only fits a logistic regression: expected {' or '.join(PROBE_POLICIES)}"
+            raise PydanticCustomError(  # not ValueError: its message would start "Value error, "
+                "probe_policy",
+                f"a linear probe (framework probe) fine-tunes no network, it only fits a logistic regression: expected {' or '.join(PROBE_POLICIES)}",
             )
         return policy
 
