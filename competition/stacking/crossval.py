@@ -8,6 +8,11 @@ models' OOF predictions came from, so every figure in the stacking table is comp
 Inner folds fit themselves to the data: an inner split of rows whose smallest class has c
 members uses min(configured, c) folds, at least 2 (`inner_folds_for`); the numbers used are
 recorded on the CVResult and, when smaller than configured, said once on the console.
+
+Every fit is a task of an engine (competition.engine; `evaluate`): one per (repeat, outer fold),
+`fit_fold`, and one per repeat for the final model, `fit_full`. A task returns numbers only (its
+predictions, eps and the folds it used), so it may run in a Ray worker on another node; the driver
+assembles the CVResult from them and alone prints the notes, whichever engine ran the fits.
 """
 
 from __future__ import annotations
