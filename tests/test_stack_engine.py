@@ -70,6 +70,9 @@ def test_storage_addresses_are_parsed_and_refused_when_malformed():
         with pytest.raises(ValueError, match="grpc://HOST:PORT"):
             study_storage.grpc_address(bad)
     assert study_storage.reachable_host(None) == study_storage.LOOPBACK  # the harness's own Ray: every worker is here
+    served_on = study_storage.reachable_host("auto")  # a cluster's nodes: this machine's address on its default route
+    with socket.socket() as probe:
+        probe.bind((served_on, 0))  # an address of this machine
 
 
 def test_a_user_error_inside_a_study_reaches_the_driver_as_it_is(table):
