@@ -98,7 +98,7 @@ def test_the_plan_on_a_local_ray_with_eight_fake_gpus(tmp_path: Path) -> None:
     text = output.read_text()
     start, end = markers("plan")
     assert "kept" in text and text.count(start) == 1 and text.count(end) == 1
-    assert "small models 0.5 GPU, one batch | 18 |" in text and "CPU machine and stand in for GPU unit times" in text
+    assert "small models 0.5 GPU, one batch | 18 |" in text and "CPU machine and stand in for GPU unit times" in text and "parts=[gpu]" in text
 
 
 def test_the_overhead_section_from_given_figures(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_the_overhead_section_from_given_figures(tmp_path: Path) -> None:
 def test_the_config_file_and_a_preset_it_lacks(tmp_path: Path) -> None:
     bc = load(BENCH_ENGINE_CONFIG, BenchEngineConfig, [])
     assert bc.plan.models * bc.plan.folds * bc.plan.seeds == 75 and bc.plan.gpus == 8 and "quick" in bc.overhead.presets
-    with pytest.raises(ConfigError, match=r"bench_engine.yaml.*overhead.*preset 'fast' is not one of presets: full, quick"):
+    with pytest.raises(ConfigError, match=r"bench_engine.yaml.*overhead.*preset 'fast' is not one of presets: full, quick, small"):
         load(BENCH_ENGINE_CONFIG, BenchEngineConfig, ["overhead.preset=fast"])
     keys = set(BenchEngineConfig.model_fields)
     assert flow_overrides(["parts=[overhead]", "overhead.preset=quick", "epochs=3", "stack.seed=1"], keys) == ["epochs=3", "stack.seed=1"]

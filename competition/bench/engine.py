@@ -8,7 +8,9 @@ its figures under runs/<experiment>/engine/:
   meta.json: setup + cache + fit + predict) divided by `plan.scale`, holding its GPU share. Ray's makespan
   (scaled back) is set against list scheduling of the same times (longest first, LPT; and in submission
   order), the lower bound max(sum of GPU-seconds / GPUs, longest unit) and the sequential sum; a Gantt
-  chart shows where Ray put each unit.
+  chart shows where Ray put each unit. The sleeping units are plain Ray tasks in reused, pre-started worker
+  processes, not `RayEngine` tasks (a fresh process per unit, seconds each on this machine, which the scale
+  would multiply): the plan is about placement; the engine's own cost per unit is the overhead part's.
 - `overhead`: the same `competition all` work with engine=local and then engine=ray (a local Ray the
   harness starts), each from a cold work folder into its own experiment, and the wall-time ratio.
 - `gpu`: N units of a timm model at once on one GPU (each holding 1/N of it, through the Ray engine):
@@ -395,8 +397,8 @@ def plan_rows(plan: dict[str, Any]) -> list[tuple[str, ...]]:
     ]  # fmt: skip
 
 
-def plan_markdown(plan: dict[str, Any], meta: dict[str, str], chart: str) -> str:
-    """The plan section of docs/benchmarks.md."""
+def plan_markdown(plan: dict[str, Any], meta: dict[str, str], chart: str, gpu_measured: bool) -> str:
+    """The plan section of docs/benchmarks.md (`gpu_measured`: whether the docs hold the GPU part's figures)."""
     pc = plan["config"]
     start, end = markers("plan")
     measured = "; ".join(f"{run} {len(t)} units, mean {sum(t) / len(t):.0f} s" for run, t in plan["measured"].items() if t)
@@ -418,7 +420,9 @@ def plan_markdown(plan: dict[str, Any], meta: dict[str, str], chart: str) -> str
         f"Gantt chart: `{chart}`.",
         "",
         "Caveat: these unit times were measured on this 2-core CPU machine and stand in for GPU unit times (no GPU here); "
-        "the plan's shape, not its seconds, is the point. Ray's time includes its dispatch delays multiplied by the scale.",
+        "the plan's shape, not its seconds, is the point. Ray's time includes its dispatch delays multiplied by the scale."
+        + ("" if gpu_measured else " How fast units really run when they share a GPU has not been measured (no GPU so far): "
+           "`make bench-engine ARGS=\"parts=[gpu]\"` on a GPU machine."),
         end,
     ]) + "\n"  # fmt: skip
 
@@ -430,7 +434,8 @@ def plan_part(cfg: CompetitionConfig, bc: BenchEngineConfig, meta: dict[str, str
     chart = folder / "plan.png"
     gantt(plan, chart)
     write_json(folder / "plan.json", {**meta, **plan})
-    replace_section(bc.output, *markers("plan"), plan_markdown(plan, meta, str(chart)))
+    gpu_measured = bc.output.is_file() and markers("gpu")[0] in bc.output.read_text(encoding="utf-8")
+    replace_section(bc.output, *markers("plan"), plan_markdown(plan, meta, str(chart), gpu_measured))
     console.print(table("Engine plan: makespans", PLAN_COLUMNS, plan_rows(plan)))
     console.print(f"[green]wrote[/] {folder / 'plan.json'}, {chart} and the plan section of {bc.output}")
     return plan
@@ -505,9 +510,12 @@ def overhead_markdown(fig: dict[str, Any], meta: dict[str, str], preset: str, pr
 
 def overhead_part(cfg: CompetitionConfig, bc: BenchEngineConfig, flow: Sequence[str], meta: dict[str, str]) -> dict[str, Any]:
     """The overhead part: the flow with each engine (`flow`: the command line's overrides for it), overhead.json and the docs section."""
+    from competition.pipeline import ensure_data
+
     oc = bc.overhead
     preset = oc.presets[oc.preset]
     root = cfg.runs_dir / bc.experiment / "overhead"
+    ensure_data(route([*preset, *flow], "all").apply_competition(cfg))  # a preset's own simulated data is made before either engine is timed
     runs = []
     for engine in ENGINES:
         console.rule(f"[bold]bench-engine overhead: engine={engine}")
