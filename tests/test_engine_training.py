@@ -1,0 +1,214 @@
+"""Training units as engine tasks (competition.training.trainer on competition.engine): the real tiny timm
+training of tests/tiny_training.py on a real two-node Ray cluster on loopback (tests/ray_cluster.py).
+
+Every unit runs with one torch thread here (`resources.cpus=1`: a node of the test cluster has one CPU),
+in both engines, so the two engines' files can be compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from competition.config import CompetitionConfig, RayConfig
+from competition.engine import Engine, Resources, Task, open_engine
+from competition.errors import ConfigError
+from competition.training import store
+from competition.training.trainer import prefix_folder, train_model
+
+from tiny_training import MODEL, TINY, tiny_competition
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = [*TINY, "resources.cpus=1"]  # 3 folds x 2 repeats = 6 units of one thread each
+RUN_ONLY = {"timings", "trained_this_run", "competition_config_hash"}  # meta.json keys that may differ between runs
+
+
+def on_node(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    """A task function (module-level: Ray workers import it from tests/) that runs `fn` and says on which Ray node."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(*args)
+
+
+class NodeRecorder:
+    """An engine that runs its tasks on `inner` (the real Ray engine) and records which node ran each task."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.nodes: dict[str, str] = {}
+
+    def share(self, value: Any) -> Any:
+        return self.inner.share(value)
+
+    def run(self, tasks: Sequence[Task[Any]], on_result: Callable[[Task[Any], Any], None], title: str) -> None:
+        wrapped = {task.key: task for task in tasks}
+
+        def landed(task: Task[Any], result: tuple[str, Any]) -> None:
+            self.nodes[task.key], value = result
+            on_result(wrapped[task.key], value)
+
+        self.inner.run([Task(t.key, on_node, (t.fn, *t.args), t.resources) for t in tasks], landed, title)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
+    """48 simulated training images in 3 folds x 2 repeats, 16 test images."""
+    return tiny_competition(tmp_path_factory.mktemp("competition"), repeats=2)
+
+
+@pytest.fixture(scope="module")
+def local_run(cfg: CompetitionConfig) -> Path:
+    """The reference: every unit in this process (engine=local), saved models kept."""
+    return train_model(cfg, MODEL, "cpu", [*UNITS, "save_models=true"])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """The two-node loopback cluster (tests/ray_cluster.py) with token authentication on: a driver in another
+    process (the CLI below) is refused by a head started without it, or hangs (ray#64755; docs/distributed.md)."""
+    from ray_cluster import two_node_cluster
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        with two_node_cluster() as cluster:
+            yield cluster
+
+
+@pytest.fixture(scope="module")
+def engine(ray_cluster: Any) -> Iterator[Engine]:
+    with open_engine("ray", RayConfig(max_retries=1)) as opened:
+        yield opened
+
+
+def _at(cfg: CompetitionConfig, runs: Path) -> CompetitionConfig:
+    return cfg.model_copy(update={"runs_dir": runs})
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _without(record: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
+def test_units_spread_over_both_nodes_and_write_the_same_files_as_local(cfg: CompetitionConfig, local_run: Path, engine: Engine, tmp_path: Path) -> None:
+    import ray
+
+    recorder = NodeRecorder(engine)
+    ray_run = train_model(_at(cfg, tmp_path), MODEL, "cpu", [*UNITS, "save_models=true", "engine=ray"], engine=recorder)
+    assert sorted(recorder.nodes) == [f"r{r}_f{f}_s0" for r in (0, 1) for f in range(3)]
+    assert set(recorder.nodes.values()) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # both nodes trained units
+
+    local, remote = _files(local_run), _files(ray_run)
+    assert sorted(local) == sorted(remote) and "units/r0_f0_s0.model/model.json" in local
+    for name in local:
+        if name.endswith(".json"):  # key-sorted JSON: the same bytes but for the timings (and meta's engine settings)
+            a, b = json.loads(local[name]), json.loads(remote[name])
+            if name == "meta.json":
+                assert a["config"].pop("competition")["engine"] == "local" and b["config"].pop("competition")["engine"] == "ray"
+                assert b["trained_this_run"] == sorted(recorder.nodes)
+            assert _without(a, RUN_ONLY) == _without(b, RUN_ONLY), name
+        elif not name.endswith(".png"):  # the curves plot carries matplotlib's timestamp
+            assert local[name] == remote[name], name  # oof.csv, test.csv, units/*.npz, the saved models' weights
+
+
+def test_the_driver_writes_saved_models_that_load_and_predict_their_units_oof(cfg: CompetitionConfig, local_run: Path) -> None:
+    from competition.data.loader import load_train
+    from competition.models.registry import load_model
+    from competition.models.schema import ModelInputs
+    from competition.training import tta
+
+    train = load_train(cfg)
+    unit = store.Unit(1, 2, 0)
+    npz, _ = store.unit_paths(local_run, unit)
+    model = load_model(npz.with_suffix(".model"))
+    with np.load(npz) as saved:
+        held = np.flatnonzero(np.isin(train.ids, saved["oof_ids"]))
+        oof = saved["oof"]
+    views = store.load_run(local_run).meta.tta
+    assert views is not None
+    predicted = tta.predict_images(model, ModelInputs(train.images[held], train.angle[held]), views, 64)
+    np.testing.assert_allclose(predicted, oof, atol=1e-4)  # from images; the unit predicted from its cached prefix
+
+
+def test_a_driver_killed_mid_run_resumes_with_only_the_missing_units_and_trains_none_itself(
+    cfg: CompetitionConfig, local_run: Path, ray_cluster: Any, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    units_dir = runs / cfg.experiment / MODEL / store.UNITS_DIR
+    paths = [f"data_dir={cfg.data_dir}", f"work_dir={cfg.work_dir}", f"runs_dir={runs}"]
+    command = [sys.executable, "-X", "importtime", "-m", "competition", "train", MODEL, "--profile", "cpu", *UNITS, *paths]
+    command += ["engine=ray", f"ray.address={ray_cluster.address}"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not list(units_dir.glob("r*.json")) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with suppress(ProcessLookupError):  # the driver and what it started (its group), not the cluster
+                os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+    finished = sorted(p.stem for p in units_dir.glob("r*.json"))
+    assert 1 <= len(finished) < 6, (
+        f"finished units {finished} (exit code {proc.returncode}): the kill came too late, or the run failed: {log.read_text()[-2000:]}"
+    )
+
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in resumed.stderr.splitlines() if line.startswith("import time:")}
+    assert "competition.training.trainer" in imported and "competition.ray_engine" in imported
+    # no unit trained here: no network adapter was imported, nor TensorFlow (torch and timm were, only because the
+    # registry asks timm whether the bare name MODEL is an architecture; a configured model needs neither)
+    assert not imported & {"competition.models.timm_net", "competition.models.keras_vgg", "tensorflow", "keras"}
+    run = store.load_run(runs / cfg.experiment / MODEL)
+    reference = store.load_run(local_run)
+    assert sorted(run.meta.trained_this_run or []) == sorted(set(reference.unit_columns) - set(finished))
+    pd.testing.assert_frame_equal(run.oof, reference.oof)
+    pd.testing.assert_frame_equal(run.test, reference.test)
+
+
+def test_a_user_error_in_a_unit_reaches_the_driver_once_as_one_line(cfg: CompetitionConfig, engine: Engine, tmp_path: Path) -> None:
+    """`device=cuda` is refused where the unit builds its model: in a Ray worker, which sees no GPU (gpus: 0)."""
+    with pytest.raises(ConfigError) as raised:
+        train_model(_at(cfg, tmp_path), MODEL, "cpu", [*UNITS, "device=cuda"], engine=engine)
+    assert "key 'device' is cuda but PyTorch sees no GPU here" in str(raised.value) and "\n" not in str(raised.value)
+    assert not list((tmp_path / cfg.experiment / MODEL / store.UNITS_DIR).glob("r*"))  # no unit finished, none written
+
+
+def test_the_prefix_cache_falls_back_to_a_node_local_folder_where_the_work_folder_is_absent(tmp_path: Path) -> None:
+    here = tmp_path / "work" / "cache" / "prefix"
+    (tmp_path / "work").mkdir()
+    assert prefix_folder(here) == here and here.is_dir()
+    elsewhere = prefix_folder(tmp_path / "absent" / "cache" / "prefix")
+    assert not (tmp_path / "absent").exists() and elsewhere.parent == Path(tempfile.gettempdir())
+
+
+def test_resources_per_model_reach_the_units_tasks(tmp_path: Path) -> None:
+    from competition.training.profiles import PROFILES_DIR, load_profile
+    from competition.training.trainer import unit_resources
+
+    (tmp_path / "gpu.yaml").write_text((PROFILES_DIR / "gpu.yaml").read_text() + "  small_net: [resources.gpus=0.25, resources.cpus=2]\n")
+    assert unit_resources(load_profile("gpu", profiles_dir=tmp_path).profile) == Resources(cpus=4, gpus=1)
+    assert unit_resources(load_profile("gpu", profiles_dir=tmp_path, model="small_net").profile) == Resources(cpus=2, gpus=0.25)
+    assert load_profile("cpu", ["resources.cpus=0.5"]).profile.resources.threads() == 1
+    with pytest.raises(ConfigError, match=r"resources.gpus.*whole number"):
+        load_profile("gpu", ["resources.gpus=1.5"])
