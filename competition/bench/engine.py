@@ -452,8 +452,10 @@ def engine_config(cfg: CompetitionConfig, root: Path, engine: str) -> Competitio
 
 
 def run_flow(cfg: CompetitionConfig, engine: str, overrides: Sequence[str], profile: str | None) -> dict[str, Any]:
-    """`competition all` with `engine` from nothing (its experiment and work folder removed first); its wall time and results."""
+    """`competition all` with `engine` from nothing (its experiment and work folder removed first); its wall time, results and
+    `units_s`, the units' own time (setup + cache + fit + predict, summed over its runs' units as meta.json records them)."""
     from competition.pipeline import run_all
+    from competition.training.store import load_run
 
     shutil.rmtree(cfg.experiment_dir, ignore_errors=True)
     shutil.rmtree(cfg.work_dir, ignore_errors=True)
@@ -461,27 +463,32 @@ def run_flow(cfg: CompetitionConfig, engine: str, overrides: Sequence[str], prof
     result = run_all(cfg, [*overrides, f"engine={engine}"], profile)
     wall = time.perf_counter() - started
     summary = result["summary"]
+    units = [unit_seconds(t) for model in result["models"] for t in load_run(cfg.run_dir(model)).meta.timings.units.values()]
     return {
-        "engine": engine, "wall_s": wall, "steps": [list(s) for s in result["timings"]], "models": result["models"],
+        "engine": engine, "wall_s": wall, "units_s": sum(units), "steps": [list(s) for s in result["timings"]], "models": result["models"],
         "stack": {"chosen": summary.chosen.method if summary.chosen else None, "cv": summary.chosen.cv_mean if summary.chosen else None},
         "scores": result["scores"],
     }  # fmt: skip
 
 
 def overhead_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The engines' wall times and ratio ray / local (issue 14's target: at most 1.05)."""
+    """The engines' wall-time ratio ray / local (issue 14's target: at most 1.05), and the same ratio with the units' own time
+    equalised (ray's wall time had its units taken as long as local's: what is left is the engine's cost, not the machine's
+    load changing between the two runs)."""
     by = {r["engine"]: r for r in runs}
-    ratio = by["ray"]["wall_s"] / by["local"]["wall_s"]
-    return {"runs": list(runs), "ratio": ratio, "target": 1.05, "holds": ratio <= 1.05}
+    local, ray = by["local"], by["ray"]
+    ratio = ray["wall_s"] / local["wall_s"]
+    equalised = (ray["wall_s"] - ray["units_s"] + local["units_s"]) / local["wall_s"]
+    return {"runs": list(runs), "ratio": ratio, "equalised_ratio": equalised, "target": 1.05, "holds": ratio <= 1.05, "equalised_holds": equalised <= 1.05}
 
 
-OVERHEAD_COLUMNS = ["engine", "preset", "wall time", "steps (s)", "models' CV", "stack CV"]
+OVERHEAD_COLUMNS = ["engine", "preset", "wall time", "units' own time", "outside the units", "steps (s)", "models' CV", "stack CV"]
 
 
 def overhead_rows(fig: dict[str, Any], preset: str) -> list[tuple[str, ...]]:
     """One row per engine: the preset, wall time, the time per step, the CVs (equal when both engines computed the same)."""
     return [
-        (r["engine"], preset, f"{r['wall_s']:.0f} s", ", ".join(f"{name} {s:.0f}" for name, s in r["steps"]),
+        (r["engine"], preset, f"{r['wall_s']:.0f} s", f"{r['units_s']:.0f} s", f"{r['wall_s'] - r['units_s']:.0f} s", ", ".join(f"{name} {s:.0f}" for name, s in r["steps"]),
          ", ".join(f"{m} {cv:.4f}" for m, cv in r["models"].items()), "-" if r["stack"]["cv"] is None else f"{r['stack']['cv']:.4f}")
         for r in fig["runs"]
     ]  # fmt: skip
@@ -490,7 +497,7 @@ def overhead_rows(fig: dict[str, Any], preset: str) -> list[tuple[str, ...]]:
 def overhead_markdown(fig: dict[str, Any], meta: dict[str, str], preset: str, preset_overrides: Sequence[str]) -> str:
     """The overhead section of docs/benchmarks.md."""
     start, end = markers("overhead")
-    verdict = "holds" if fig["holds"] else "FAILS"
+    verdict = {True: "holds", False: "FAILS"}
     given = " ".join(preset_overrides) or "none: every configured model and the stack, as `make all`"
     return "\n".join([
         start,
@@ -503,7 +510,10 @@ def overhead_markdown(fig: dict[str, Any], meta: dict[str, str], preset: str, pr
         "",
         *markdown_table(OVERHEAD_COLUMNS, overhead_rows(fig, preset)),
         "",
-        f"Ratio ray / local: **{fig['ratio']:.3f}** (target at most {fig['target']:.2f}: **{verdict}**).",
+        f"Ratio ray / local: **{fig['ratio']:.3f}** (target at most {fig['target']:.2f}: **{verdict[fig['holds']]}**); with the units' "
+        f"own time equalised: **{fig['equalised_ratio']:.3f}** (**{verdict[fig['equalised_holds']]}**). The units' own time moves with "
+        "the machine's load between the two runs; what the engine adds is the time outside the units (Ray's start, a fresh worker "
+        "process per unit and per stacker study, the object store).",
         end,
     ]) + "\n"  # fmt: skip
 
