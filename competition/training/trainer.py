@@ -466,7 +466,17 @@ def _train_units(plan: Plan, run_name: str | None, started: float, in_place: boo
     if todo:
         with _opened(engine, plan.cfg) as running:
             plan = _run_units(plan, todo, done, running, run_name)
+    else:
+        _announce(plan, len(done), run_name)
     _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started, in_place)
+
+
+def _announce(plan: Plan, finished: int, run_name: str | None, note: str = "") -> None:
+    """The run's first line: folder, model, profile, folds, units (how many already finished)."""
+    console.print(
+        f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
+        f"{len(plan.units)} units ({finished} already finished){note}"
+    )
 
 
 def _opened(engine: Engine | None, cfg: CompetitionConfig) -> AbstractContextManager[Engine]:
@@ -480,10 +490,7 @@ def _run_units(plan: Plan, todo: list[store.Unit], done: dict[store.Unit, store.
     shared = engine.share(plan)  # the images travel once, to the race and every unit
     decision = settle_policy(plan, engine, shared)
     plan = decided(plan, decision)
-    console.print(
-        f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
-        f"{len(plan.units)} units ({len(done)} already finished), engine {engine.name}"
-    )
+    _announce(plan, len(done), run_name, f", engine {engine.name}")
 
     def land(_task: Task[store.UnitResult], result: store.UnitResult) -> None:
         store.write_unit(plan.run_dir, result, plan.prints)
