@@ -227,3 +227,31 @@ def test_make_all_on_ray_trains_from_this_process_and_stacks_on_the_same_engine(
     assert run.meta.config["competition"]["engine"] == "ray" and len(run.meta.trained_this_run or []) == 6
     pd.testing.assert_frame_equal(run.oof, store.load_run(local_run).oof)
     assert Path(result["summary"].submission).is_file() and result["scores"] is not None
+
+
+def test_the_policy_race_runs_as_a_task_and_the_driver_stores_its_decision(cfg: CompetitionConfig, engine: Engine, tmp_path: Path) -> None:
+    """`policy=auto` with "pretrained" weights (a seeded random init saved as the classifier's state dict, read by the
+    worker from its file): the race trains in a Ray worker, the driver writes policy_race.json, every unit trains its pick."""
+    import timm
+    import torch
+    from competition.training import policy_race
+
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pth"
+    torch.save(timm.create_model(MODEL).state_dict(), weights)
+    race = [
+        "weights=pretrained",
+        f"weights_file={weights}",
+        "policy=auto",
+        "auto.different_above=100",
+        "auto.race.candidates=[probe,head]",
+        "auto.race.min_valid=1",
+    ]
+    kept = [o for o in UNITS if not o.startswith(("weights=", "policy="))]
+    recorder = NodeRecorder(engine)
+    run = store.load_run(train_model(_at(cfg, tmp_path / "runs"), MODEL, "cpu", [*kept, *race, "auto.race.min_seconds=0"], engine=recorder))
+    assert "policy race" in recorder.nodes and len(recorder.nodes) == 1 + 6  # the race, then the units, all on the cluster
+    stored = policy_race.stored(run.path, {"config_hash": run.meta.config_hash, "folds": run.meta.folds_fingerprint,
+                                           **run.meta.data_fingerprint.model_dump()})  # fmt: skip
+    assert stored is not None and stored.name == run.meta.policy  # the table picks head here (similar above 100 x)
+    assert run.meta.policy_requested == "auto" and (run.meta.model_extra or {})["policy_numbers"]["race"]["winner"] == stored.name
