@@ -9,6 +9,7 @@ what wins over what: competition.overrides (docs/architecture.md, "Override rout
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ def _default_tta() -> list[Variant]:
     return ["id"]
 
 
+def every_core() -> float:
+    """The CPU cores this process may use (its affinity mask, not the machine's count when a scheduler limits it)."""
+    return float(len(os.sched_getaffinity(0)))
+
+
 class UnitResources(Strict):
     """What one training unit holds while it runs (`resources:` of a profile; per model through `per_model:`).
 
@@ -38,8 +44,18 @@ class UnitResources(Strict):
     fractions of a GPU, it does not cap their memory: units sharing a GPU must fit in it together.
     """
 
-    cpus: float = Field(1.0, gt=0, description="CPU cores per unit; the unit's torch runs with max(1, floor(cpus)) threads")
+    cpus: float = Field(
+        default_factory=lambda: every_core(),
+        gt=0,
+        description="CPU cores per unit; null: every core of the machine the run is planned on; torch runs max(1, floor(cpus)) threads",
+    )
     gpus: float = Field(0.0, ge=0, description="GPUs per unit; a fraction (0.25) runs that many units on one GPU at once, memory not capped")
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _every_core(cls, value: float | None) -> float | None:
+        """null: every core this process may use (Kaggle's CPU kernel has 4, this project's machines 2), as torch's default was."""
+        return every_core() if value is None else value
 
     @field_validator("cpus", "gpus")
     @classmethod
