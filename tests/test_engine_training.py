@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -65,6 +66,36 @@ class NodeRecorder:
         self.inner.run([Task(t.key, on_node, (t.fn, *t.args), t.resources) for t in tasks], landed, title)
 
 
+def attempt_logged(log: Path, kill_first_after_s: float | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """A task function that records each attempt (`<log>/<n>` holds the node id it started on) and, when
+    `kill_first_after_s` is given, SIGKILLs its own worker that many seconds into its first attempt (mid-unit)."""
+    import ray
+
+    log.mkdir(parents=True, exist_ok=True)
+    attempt = len(list(log.iterdir()))
+    (log / str(attempt)).write_text(ray.get_runtime_context().get_node_id())
+    if kill_first_after_s is not None and attempt == 0:
+        threading.Timer(kill_first_after_s, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    return fn(*args)
+
+
+class FailureInjector:
+    """An engine that runs its tasks on `inner` through `attempt_logged`: the unit `killed`'s first worker is
+    SIGKILLed mid-fit, and every attempt of every unit is recorded under `logs/<unit>/`."""
+
+    def __init__(self, inner: Engine, logs: Path, killed: str) -> None:
+        self.inner, self.logs, self.killed = inner, logs, killed
+        self.name = inner.name
+
+    def share(self, value: Any) -> Any:
+        return self.inner.share(value)
+
+    def run(self, tasks: Sequence[Task[Any]], on_result: Callable[[Task[Any], Any], None], title: str) -> None:
+        originals = {task.key: task for task in tasks}
+        wrapped = [Task(t.key, attempt_logged, (self.logs / t.key, 1.0 if t.key == self.killed else None, t.fn, *t.args), t.resources) for t in tasks]
+        self.inner.run(wrapped, lambda task, result: on_result(originals[task.key], result), title)
+
+
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> CompetitionConfig:
     """48 simulated training images in 3 folds x 2 repeats, 16 test images."""
@@ -107,13 +138,45 @@ def _without(record: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in keys}
 
 
-def test_units_spread_over_both_nodes_and_write_the_same_files_as_local(cfg: CompetitionConfig, local_run: Path, engine: Engine, tmp_path: Path) -> None:
+def test_units_spread_over_the_nodes_survive_a_killed_worker_and_a_lost_node_and_write_the_same_files_as_local(
+    cfg: CompetitionConfig, local_run: Path, ray_cluster: Any, engine: Engine, tmp_path: Path
+) -> None:
+    """The real training function on the cluster: unit r0_f1_s0's worker is SIGKILLed 1 s into its first attempt,
+    and a third node is removed while a unit trains on it; Ray reruns both (ray.max_retries), and the files
+    equal engine=local's byte for byte."""
     import ray
 
-    recorder = NodeRecorder(engine)
-    ray_run = train_model(_at(cfg, tmp_path), MODEL, "cpu", [*UNITS, "save_models=true", "engine=ray"], engine=recorder)
-    assert sorted(recorder.nodes) == [f"r{r}_f{f}_s0" for r in (0, 1) for f in range(3)]
-    assert set(recorder.nodes.values()) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # both nodes trained units
+    doomed = ray_cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    ray_cluster.wait_for_nodes()
+    logs = tmp_path / "attempts"
+
+    stop, removed = threading.Event(), threading.Event()
+
+    def remove_when_a_unit_starts_there() -> None:
+        while not stop.wait(0.1):
+            if any(p.read_text() == doomed.node_id for p in logs.glob("*/*") if p.parent.name != "r0_f1_s0"):
+                ray_cluster.remove_node(doomed)
+                removed.set()
+                return
+
+    remover = threading.Thread(target=remove_when_a_unit_starts_there)
+    remover.start()
+    try:
+        injector = FailureInjector(engine, logs, killed="r0_f1_s0")
+        ray_run = train_model(_at(cfg, tmp_path), MODEL, "cpu", [*UNITS, "save_models=true", "engine=ray"], engine=injector)
+    finally:
+        stop.set()
+        remover.join()
+        if not removed.is_set():  # the module's later tests get their two nodes back
+            ray_cluster.remove_node(doomed)
+    attempts = {unit.name: [(unit / str(i)).read_text() for i in range(len(list(unit.iterdir())))] for unit in logs.iterdir()}
+    assert sorted(attempts) == [f"r{r}_f{f}_s0" for r in (0, 1) for f in range(3)]
+    assert len(attempts["r0_f1_s0"]) >= 2  # killed mid-fit, rerun
+    lost = [name for name, nodes in attempts.items() if doomed.node_id in nodes[:-1]]
+    assert lost, f"no unit was training on the removed node: {attempts}"
+    assert all(attempts[name][-1] != doomed.node_id for name in lost)  # each finished on a surviving node
+    survivors = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert {nodes[-1] for nodes in attempts.values()} == survivors  # both surviving nodes trained units
 
     local, remote = _files(local_run), _files(ray_run)
     assert sorted(local) == sorted(remote) and "units/r0_f0_s0.model/model.json" in local
@@ -122,7 +185,7 @@ def test_units_spread_over_both_nodes_and_write_the_same_files_as_local(cfg: Com
             a, b = json.loads(local[name]), json.loads(remote[name])
             if name == "meta.json":
                 assert a["config"].pop("competition")["engine"] == "local" and b["config"].pop("competition")["engine"] == "ray"
-                assert b["trained_this_run"] == sorted(recorder.nodes)
+                assert b["trained_this_run"] == sorted(attempts)
             assert _without(a, RUN_ONLY) == _without(b, RUN_ONLY), name
         elif not name.endswith(".png"):  # the curves plot carries matplotlib's timestamp
             assert local[name] == remote[name], name  # oof.csv, test.csv, units/*.npz, the saved models' weights
