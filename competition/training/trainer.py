@@ -334,7 +334,7 @@ def run_unit(plan: Plan, unit: store.Unit, on_epoch: Callable[[int, dict[str, fl
         weight_source=model.weight_source,
         prefix_cache=None if cache is None else str(cache.dir),
         augment=augment_used,
-        versions=versions(),
+        versions=versions(plan.model_cfg.framework),
         model_files=saved_files(model) if plan.profile.save_models else {},
     )
 
@@ -393,10 +393,22 @@ def predict_both(plan: Plan, model: ImageModel, cache: PrefixCache | None, held_
     return oof, tta.predict_features(model, lambda v: np.asarray(cache.load("test", v, len(test))), test.angle, views, bs)
 
 
-def versions() -> dict[str, str]:
-    """Versions of python and of the libraries loaded in this process (none imported just to ask)."""
+FRAMEWORK_LIBRARIES = {
+    "timm": ("torch", "torchvision", "timm"),
+    "keras": ("tensorflow", "keras"),
+    "probe": ("torch", "torchvision", "timm"),
+}  # what a unit of each framework trains with, beside numpy, pandas and scikit-learn
+
+
+def versions(framework: str) -> dict[str, str]:
+    """Versions of python and of the libraries a unit of `framework` trains with, as loaded in this process.
+
+    Only that framework's libraries are named, never whatever else this process happens to have loaded
+    (a local run in a process that also ran Keras must record what a fresh Ray worker records). A
+    library not loaded here is left out; none is imported just to ask.
+    """
     found = {"python": platform.python_version()}
-    for name in ("numpy", "pandas", "sklearn", "torch", "timm", "torchvision", "tensorflow", "keras"):
+    for name in ("numpy", "pandas", "sklearn", *FRAMEWORK_LIBRARIES[framework]):
         module = sys.modules.get(name)
         if module is not None:
             found[name] = str(getattr(module, "__version__", "unknown"))
@@ -539,7 +551,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "tta": list(plan.profile.tta),
         "test_rows_predicted": f"{len(plan.test)} of {len(plan.test_ids)}"
         + ("" if len(plan.test) == len(plan.test_ids) else " (unscored machine-generated rows get the training iceberg rate)"),
-        "versions": {k: v for r in results for k, v in r.versions.items()} or versions(),  # where the units trained
+        "versions": {k: v for r in results for k, v in r.versions.items()} or versions(plan.model_cfg.framework),  # where the units trained
         "timings": {"units": {r.unit.name: r.timings for r in results}, "wall_s_this_run": wall_s},
         "trained_this_run": [u.name for u in trained],
         "units": [r.unit.name for r in sorted(results, key=lambda r: r.unit)],
