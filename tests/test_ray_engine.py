@@ -42,8 +42,10 @@ def where(shared: np.ndarray, i: int, seconds: float) -> tuple[str, int, float]:
 
 
 def killed_once(marks: Path) -> str:
-    """SIGKILLs its own worker process on the first attempt; returns "ok" on the next."""
+    """SIGKILLs its own worker process 2 s into the first attempt (mid-task: the engine has heard where it
+    started, so it can count the rerun as a retry; a worker dead before that is a rerun it cannot see); returns "ok" on the next."""
     if _attempt(marks, "kill") == 0:
+        time.sleep(2.0)
         os.kill(os.getpid(), 9)
     return "ok"
 
@@ -224,7 +226,8 @@ def test_tasks_spread_over_both_nodes_and_read_a_shared_array(engine: Any, capsy
 def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert collect(engine, [Task("kill", killed_once, (tmp_path,))]) == {"kill": "ok"}
     assert len(list(tmp_path.glob("kill.*"))) == 2
-    assert list(per_node(capsys.readouterr().err).values()) == [(1, 0, 1)]  # done once, after a retry
+    rows = per_node(capsys.readouterr().err).values()  # the retry may land on either node
+    assert [sum(column) for column in zip(*rows, strict=True)] == [1, 0, 1]  # done once, after a retry, none failed
 
 
 def test_a_user_error_reaches_the_driver_once_and_the_rest_is_cancelled(engine: Any, tmp_path: Path) -> None:
