@@ -144,13 +144,22 @@ def test_a_user_error_in_a_study_on_ray_reaches_the_driver_once(table, ray_clust
     assert "\n" not in str(err.value)
 
 
-def test_trial_parallel_search_on_one_machine_changes_nothing(runs, in_process):
+def test_trial_parallel_search_on_one_machine_changes_nothing_and_is_kept_apart(runs, in_process):
     """With the local engine the tasks of one study run one after another: the first runs every trial,
-    the others find the study complete, and the result is the sequential search's."""
+    the others find the study complete, and the result is the sequential search's. Its studies are
+    named apart (`-tw2`) and summary.json records the setting, so a later sequential run of the same
+    experiment searches studies of its own instead of resuming the parallel ones."""
     local, local_dir = in_process
     parallel, parallel_dir = _stack(runs, "local_parallel", "local", trial_workers=2)
     assert parallel.methods == local.methods
-    assert _studies(parallel_dir) == _studies(local_dir)
+    assert parallel.model_extra["trial_workers"] == 2 and local.model_extra["trial_workers"] == 1
+    searched = _studies(parallel_dir)
+    assert all("-tw2-" in name for name in searched)
+    assert {name.replace("-tw2-", "-"): trials for name, trials in searched.items()} == _studies(local_dir)
+
+    again, again_dir = _stack(runs, "local_parallel", "local")  # the study file is carried into the new folder
+    assert again.model_extra["trial_workers"] == 1 and again.methods == local.methods
+    assert _studies(again_dir) == {**_studies(local_dir), **searched}  # new sequential studies beside the parallel ones
 
 
 @pytest.mark.slow  # about 60 s here: 12 fresh worker processes on two 1-CPU nodes

@@ -98,11 +98,19 @@ def _evaluate(
 
 
 def _study_key(coll: Collection, scfg: StackConfig) -> str:
-    """Names the Optuna studies: a changed input or search setting starts new studies, a rerun resumes."""
+    """Names the Optuna studies: a changed input or search setting starts new studies, a rerun resumes.
+    (`trial_workers` enters the names as `study_name`'s `-tw{N}` suffix instead, see `study_name`.)"""
     return fingerprint.of_json(
         {"oof": fingerprint.of_array(coll.oof), "test": fingerprint.of_array(coll.test), "folds": coll.folds_fingerprint,
          "features": scfg.features.model_dump(), "stacker": scfg.stacker.model_dump(exclude={"timeout_s", "trial_workers"}), "seed": scfg.seed}
     )  # fmt: skip
+
+
+def study_name(key: str, repeat: int, fold: int | None, trial_workers: int) -> str:
+    """The study of outer `fold` (None: the final model) of `repeat`: `{key}-r{repeat}-f{fold}|full`,
+    plus `-tw{N}` when N > 1 tasks search it at once (not reproducible), so that a sequential run
+    never resumes a study searched in parallel, nor the reverse; sequential names are unchanged."""
+    return f"{key}-r{repeat}-" + ("full" if fold is None else f"f{fold}") + (f"-tw{trial_workers}" if trial_workers > 1 else "")
 
 
 def evaluate_methods(
@@ -172,10 +180,15 @@ def _stacker(
                 n_trials=st.n_trials, timeout_s=None if st.timeout_s is None else st.timeout_s / studies,
                 inner_folds=st.inner_folds, group_folds=st.group_folds, group_labels=scfg.features.angle_groups,
                 max_rounds=st.max_rounds, early_stopping_rounds=st.early_stopping_rounds, threads=st.threads, seed=scfg.seed,
-                storage=storage, study_name=f"{key}-r{r}-" + ("full" if f is None else f"f{f}"),
+                storage=storage, study_name=study_name(key, r, f, st.trial_workers),
             )  # fmt: skip
 
         if st.trial_workers > 1:
+            console.print(
+                f"[yellow]note[/] lgbm: {st.trial_workers} tasks search each study at once (stacker.trial_workers): "
+                "NOT reproducible, and kept apart from sequential studies (their names end in "
+                f"-tw{st.trial_workers})"
+            )
             _search_in_parallel(make, tables, y, coll.fold, st.trial_workers, engine)
         result, importances = _evaluate("lgbm", "stack", make, tables, tests, y, coll, scfg, engine, "Optuna search, one study per task")
     if importances is None:
@@ -270,7 +283,7 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
             data = files.describe(cfg, train.fingerprint, test.fingerprint)
             context = {"experiment": cfg.experiment, "created": datetime.now().isoformat(timespec="seconds"), "runs": coll.names,
                        "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint, "data_fingerprint": coll.data_fingerprint,
-                       "data": data}  # fmt: skip
+                       "data": data, "trial_workers": scfg.stacker.trial_workers}  # fmt: skip
             submission = write_submission(
                 cfg.submissions_dir, coll.test_ids, chosen.test, sample, cfg.experiment, chosen.name, chosen.cv.mean,
                 {"cv_std": chosen.cv.std, "eps": chosen.eps, "config_hash": stack_hash, "folds_fingerprint": coll.folds_fingerprint,
