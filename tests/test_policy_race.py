@@ -88,15 +88,16 @@ def test_inner_folds_add_folds_until_enough_validation_rows() -> None:
         assert not set(fit) & set(valid) and y[valid].mean() == pytest.approx(0.5, abs=0.15)
 
 
-def test_prior_races_first_then_cheapest_first() -> None:
-    assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["all_but_stem", "probe", "head", "top:3", "all"]
-    assert race_order(["head"], "all") == ["all", "head"]  # the table's pick always races
+def test_scouts_race_first_then_the_prior_then_cheapest_first() -> None:
+    assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["probe", "head", "all_but_stem", "top:3", "all"]
+    assert race_order(["head"], "all") == ["head", "all"]  # the table's pick always races
+    assert race_order(["probe", "all"], "head") == ["probe", "head", "all"]  # a scout as the table's pick races as a scout
 
 
 def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: store.Run) -> None:
     meta, figures = raced.meta, _figures(raced)
     names = [c["name"] for c in figures["candidates"]]
-    assert meta.policy_requested == "auto" and names[0] == figures["prior"] and set(names) == {figures["prior"], "probe", "head", "all"}
+    assert meta.policy_requested == "auto" and names == race_order(["probe", "head", "all"], figures["prior"])
     assert meta.policy == figures["winner"] and figures["rule"] in meta.policy_reason
     assert figures["valid_rows"] >= 1 and figures["race_rows"] == 32  # fold 0 of 3 held out of 48 rows
     assert all(len(c["val_loss"]) >= 1 and c["seconds"] > 0 for c in figures["candidates"])
@@ -231,19 +232,19 @@ def test_one_se_rule_prefers_the_simplest_candidate_within_the_noise() -> None:
     noisy = rng.normal(0.5, 0.4, 60).clip(0.01)
     # the table's pick (all_but_stem) is a little better than the probe, by far less than one standard error
     prior, probe = _entry("all_but_stem", noisy - 0.01), _entry("probe", noisy + rng.normal(0, 0.3, 60))
-    winner, rule = policy_race.one_se_choice([prior, probe], margin_se=1.0)
+    winner, rule = policy_race.one_se_choice([prior, probe], margin_se=1.0, prior_name="all_but_stem")
     assert prior.loss is not None and probe.loss is not None and prior.loss < probe.loss
     assert winner == "probe" and "within 1 SE" in rule and "simpler" in rule
-    assert policy_race.one_se_choice([prior, probe], margin_se=0.0)[0] == "all_but_stem"  # margin 0: the lowest loss
+    assert policy_race.one_se_choice([prior, probe], margin_se=0.0, prior_name="all_but_stem")[0] == "all_but_stem"  # margin 0: the lowest loss
 
 
 def test_one_se_rule_takes_the_best_when_it_is_clearly_better() -> None:
     base = np.linspace(0.2, 0.8, 400)
     prior, head = _entry("all_but_stem", base), _entry("head", base + 0.15)
     stopped = policy_race.Entry("all", val_loss=[0.1], epochs=1, outcome="stopped: budget spent")  # never eligible
-    winner, rule = policy_race.one_se_choice([prior, head, stopped], margin_se=1.0)
+    winner, rule = policy_race.one_se_choice([prior, head, stopped], margin_se=1.0, prior_name="all_but_stem")
     assert winner == "all_but_stem" and "lowest inner-validation log loss" in rule
-    assert policy_race.one_se_choice([policy_race.Entry("top:3"), stopped], 1.0)[0] == "top:3"  # nothing complete: the table's pick
+    assert policy_race.one_se_choice([stopped, policy_race.Entry("top:3")], 1.0, "top:3")[0] == "top:3"  # nothing complete: the table's pick
 
 
 def test_simplicity_orders_by_trained_weights() -> None:
@@ -268,3 +269,16 @@ def test_a_tiny_run_still_gets_min_seconds_of_race(cfg: CompetitionConfig, pretr
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
     assert figures["budget_s"] == pytest.approx(max(0.01 * figures["reference_s"], 3.0), rel=1e-3)
     assert figures["budget_s"] == pytest.approx(3.0, rel=1e-3)  # the floor binds here
+
+
+def test_a_binding_budget_cuts_the_tables_pick_not_the_scouts(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """The table picks all_but_stem (a domain 'different' above 0.01 x); a budget of 1% binds during its first inner
+    fold, yet the probe and the head raced first and completed, so the decision is made among them (~100 images
+    used to let the table's pick spend the whole budget, and the probe never raced)."""
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.different_above=0.01", "auto.race.budget=0.01", "auto.race.min_seconds=0"]))
+    prior = policy_race.table_pick(setup)
+    figures = policy_race.race(setup, prior).numbers["race"]
+    outcomes = {c["name"]: c["outcome"] for c in figures["candidates"]}
+    assert prior.name == "all_but_stem" and list(outcomes)[:3] == ["probe", "head", "all_but_stem"]
+    assert outcomes["probe"] == outcomes["head"] == "complete"
+    assert "budget" in outcomes["all_but_stem"] and figures["winner"] in {"probe", "head"}

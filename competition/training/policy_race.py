@@ -41,7 +41,8 @@ from competition.training import dihedral, tta
 PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
 RACE_FILE = "policy_race.json"
 INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds
-_CHEAP_FIRST = {PROBE: 0, "head": 1, "top": 2, "all_but_stem": 3, "all": 4}  # also the simplicity order; the prior races first
+_CHEAP_FIRST = {PROBE: 0, "head": 1, "top": 2, "all_but_stem": 3, "all": 4}  # also the simplicity order
+SCOUTS = (PROBE, "head")  # train no backbone block: they race before the table's pick, so a spent budget never cuts them
 
 
 class _Stop(Exception):
@@ -134,9 +135,12 @@ def simplicity(name: str) -> tuple[int, int]:
 
 
 def race_order(candidates: list[str], prior: str) -> list[str]:
-    """The prior first (its epochs set the budget), then the others cheapest first."""
-    rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
-    return [prior, *rest]
+    """The scouts (`probe`, `head`: no backbone block trained) first, then the table's pick (its epochs set the
+    budget), then the others cheapest first. A budget that runs out then cuts only the expensive candidates: with
+    the prior first, ~100 images (5 inner folds) let it spend the whole budget and the probe never raced."""
+    others = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
+    scouts = [c for c in others if c in SCOUTS]
+    return [*scouts, prior, *(c for c in others if c not in SCOUTS)]
 
 
 @dataclass
@@ -178,6 +182,7 @@ class Race:
         self.rungs = Rungs(self.settings.min_epochs, self.settings.eta, self.max_epochs)
         self.prior = prior
         self.entries = [Entry(name) for name in race_order(self.settings.candidates, prior.name)]
+        self.prior_entry = next(e for e in self.entries if e.name == prior.name)
         self.started = time.perf_counter()
         self.budget_s = math.inf  # known once the prior has trained an epoch
         self.reference_s = math.nan
@@ -255,18 +260,21 @@ class Race:
         return ModelInputs(x, train.angle[rows], self.y[index], is_features=features is not None)
 
     def _watch(self, entry: Entry, fold: int, fit_started: float, n_fit: int, predict: Callable[[], np.ndarray], epoch: int, metrics: dict[str, float]) -> None:
-        """`on_epoch` of every race fit: times the prior's epochs (the budget), applies the rungs and the budget."""
+        """`on_epoch` of every race fit: times the prior's epochs (the budget), applies the rungs and the budget.
+
+        The rungs skip the probe (its one fit is final, not an epoch-1 point of a network) and never stop the prior
+        (the table's informed guess, which the budget is timed on); its losses still count at the rungs."""
         entry.epochs += 1
         if fold == 0:
             entry.val_loss.append(float(metrics["val_loss"]))
-        if entry is self.entries[0] and fold == 0:
+        if entry is self.prior_entry and fold == 0:
             now = time.perf_counter()
             if epoch == 0:
                 self._predict_row_s = _seconds(predict) / max(1, len(self.folds[0][1]))
             self._time_reference(now, fit_started, n_fit)
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
-        if fold == 0 and not self.rungs.passes(epoch + 1, min(entry.val_loss)):
+        if fold == 0 and entry.name != PROBE and not self.rungs.passes(epoch + 1, min(entry.val_loss)) and entry is not self.prior_entry:
             raise _Stop(f"stopped at the {epoch + 1}-epoch rung")
 
     def _time_reference(self, now: float, fit_started: float, n_fit: int) -> None:
@@ -287,7 +295,7 @@ class Race:
 
     def decide(self) -> tuple[str, str]:
         """(winner, rule text) of this race's complete candidates: `one_se_choice`."""
-        return one_se_choice(self.entries, self.settings.margin_se)
+        return one_se_choice(self.entries, self.settings.margin_se, self.prior.name)
 
     def numbers(self, rule: str, winner: str) -> dict[str, Any]:
         """The race's figures for meta.json (`policy_numbers.race`) and the report."""
@@ -314,13 +322,13 @@ class Race:
         }
 
 
-def one_se_choice(entries: list[Entry], margin_se: float) -> tuple[str, str]:
-    """(winner, rule text) by the one-standard-error rule over the complete candidates of `entries` (the first is the
-    table's pick): the simplest whose inner-validation log loss is within `margin_se` standard errors of the best's
+def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tuple[str, str]:
+    """(winner, rule text) by the one-standard-error rule over the complete candidates of `entries` (`prior_name`
+    is the table's pick, one of them): the simplest whose inner-validation log loss is within `margin_se` standard errors of the best's
     (Hastie, Tibshirani, Friedman, The Elements of Statistical Learning, 2nd ed., 7.10). Simplest = fewest trained
     weights (`simplicity`). On small data the noise is large and a simple candidate wins unless a richer one is clearly
     better; on large data the best wins. The table's pick only breaks exact ties; it is kept when nothing completed."""
-    prior = entries[0]
+    prior = next(e for e in entries if e.name == prior_name)
     complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
     if not complete:
         return prior.name, f"no candidate completed its inner folds within the budget: the table's pick {prior.name} kept"
@@ -356,7 +364,7 @@ def table_pick(setup: RaceSetup) -> PolicyDecision:
 
 
 def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
-    """Race the candidates (prior first) and return the decision with its figures in `numbers["race"]`."""
+    """Race the candidates (scouts, then the table's pick, then the rest: `race_order`) and return the decision with its figures in `numbers["race"]`."""
     contest = Race(setup, prior)
     contest.run()
     winner, rule = contest.decide()
