@@ -5,7 +5,11 @@ submission it writes, `report`: runs/<exp>/report, `folds`/`simulate`: the work 
 folds file). A second command that wants the same folder stops at once with `LockedError` (exit
 2) naming the folder, the holder's pid and command line, and what to do. The kernel drops a
 flock when its holder dies, however it dies (kill -9 included), so a lock is never left stuck;
-the lock file stays behind, and what it says about its last holder means nothing once unlocked.
+the lock file stays behind (what it says about its last holder means nothing once unlocked) beside
+a folder that exists: a holder that ends without the folder (a failed first run, its partial folder
+removed) deletes the lock file while it still holds the lock, and a process that takes a lock
+checks that the file it locked is still the one on disk (else it opens the path again), so a
+process that opened the file just before it was deleted never holds a lock of a deleted file.
 
 Locks are re-entrant within one process (a step that calls another step's function takes the
 same lock again for free), and a child process may work under its parent's locks: the holder
@@ -123,20 +127,8 @@ def hold(folder: Path, what: str | None = None, *, lock_path: Path | None = None
     if reentered:
         yield folder
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    unsupported = False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        taken = True
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in UNSUPPORTED:
-            _say_unlocked(path, exc)
-        elif exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise
-        taken = False
-        unsupported = exc.errno in UNSUPPORTED
-    if not taken:
+    fd, unsupported = _take(path)
+    if fd is None:
         if unsupported:
             yield folder
             return
@@ -161,8 +153,45 @@ def hold(folder: Path, what: str | None = None, *, lock_path: Path | None = None
                 _publish(key, add=False)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            if not folder.exists():  # nothing left to guard (a failed first run): no lock file either, deleted while still locked
+                with contextlib.suppress(OSError):
+                    path.unlink()
     finally:
         os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _take(path: Path) -> tuple[int | None, bool]:
+    """Lock `path` (created if missing) without waiting: (its descriptor, False) when taken; (None, False)
+    when another process holds it; (None, True) when its file system cannot lock (said once).
+
+    A holder deletes the file when it ends without its folder (see `hold`), so a descriptor opened
+    just before that deletion may lock a file no longer on disk: taken only when the locked file is
+    still the one at `path`, else the path is opened again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in UNSUPPORTED:
+                _say_unlocked(path, exc)
+                return None, True
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            return None, False
+        if _same_file(fd, path):
+            return fd, False
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open descriptor `fd` is the file at `path` now (not one deleted or replaced since)."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
 def is_locked(folder: Path, *, lock_path: Path | None = None) -> bool:
@@ -170,7 +199,10 @@ def is_locked(folder: Path, *, lock_path: Path | None = None) -> bool:
     path = Path(lock_path) if lock_path is not None else lock_file(Path(folder))
     if not path.is_file() or path.resolve() in _held:
         return False
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # its holder ended without its folder and deleted it
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

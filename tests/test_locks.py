@@ -153,6 +153,25 @@ def test_a_file_system_without_flock_works_unlocked_and_says_so(tmp_path, monkey
     assert "cannot be locked (No locks available)" in capsys.readouterr().err.replace("\n", "")
 
 
+def test_a_holder_that_ends_without_its_folder_deletes_the_lock_file_and_a_stale_descriptor_is_told_apart(tmp_path):
+    import fcntl
+
+    folder = tmp_path / "stack"
+    lock = locks.lock_file(folder)
+    opened_before = os.open(lock, os.O_RDWR | os.O_CREAT)  # a second process that opened the file just before its deletion
+    try:
+        with pytest.raises(RuntimeError, match="partial"), locks.hold(folder):
+            raise RuntimeError("partial folder removed")
+        assert not lock.exists()
+        fcntl.flock(opened_before, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets a lock of the deleted file ...
+        assert not locks._same_file(opened_before, lock)  # ... which hold's taking step tells apart and opens the path again
+        with locks.hold(folder):
+            folder.mkdir()
+        assert lock.is_file() and not locks.is_locked(folder)  # beside a folder that exists, the file stays
+    finally:
+        os.close(opened_before)
+
+
 # -- train ------------------------------------------------------------------------------------
 TINY = [*TRAINER_TINY, "epochs=1"]  # one epoch is enough here (a later override wins)
 
@@ -174,6 +193,19 @@ def test_train_refuses_while_another_process_writes_the_run(tiny_cfg):
     finally:
         _kill(holder)
     assert not run_dir.exists()
+
+
+def test_a_run_that_fails_on_bad_input_leaves_no_lock_file(tiny_cfg):
+    import torch
+    from competition.errors import ConfigError
+    from competition.training.trainer import train_model
+
+    if torch.cuda.is_available():
+        pytest.skip("device=cuda is bad input only where PyTorch sees no GPU")
+    run_dir = tiny_cfg.runs_dir / tiny_cfg.experiment / "bad"
+    with pytest.raises(ConfigError, match="key 'device' is cuda but PyTorch sees no GPU"):
+        train_model(tiny_cfg, MODEL, "cpu", [*TINY, "device=cuda"], run_name="bad")
+    assert not run_dir.exists() and not locks.lock_file(run_dir).exists()
 
 
 @pytest.mark.slow
