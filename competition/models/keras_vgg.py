@@ -44,6 +44,25 @@ _HED_CONVS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}  # convolutions per block
 _REFERENCE_N = 48
 
 
+def pin_threads(n: int) -> bool:
+    """Fix TensorFlow's thread pools in this process at `n` threads each: intra-op (they split each op's
+    work, hence the last bits of a fit) and inter-op (ops run at once), so that a unit computes the same
+    bytes whichever engine runs it and holds the CPUs it asked for.
+
+    TensorFlow reads both once, when it initialises (its first op), and keeps them for the life of the
+    process (`tf.config.threading`): True when they are `n` now (set here, or already); False when
+    TensorFlow already runs in this process with other counts, which then stay.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # "... cannot be modified after initialization"
+        return False
+    return True
+
+
 def _hed_layout(path: Path) -> bool:
     with h5py.File(path, "r") as f:
         return "block1/layers/conv2d/vars/0" in f

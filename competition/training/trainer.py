@@ -188,9 +188,9 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
 
 
 def race_policy(plan: Plan) -> PolicyDecision:
-    """The engine task of the policy race (`policy_race.race` from the table's prior), with the units' torch threads."""
+    """The engine task of the policy race (`policy_race.race` from the table's prior), on the units' threads (`unit_threads`)."""
     setup = race_setup(plan)
-    with torch_threads(plan.profile.resources.threads()):
+    with unit_threads(plan.model_cfg.framework, plan.profile.resources.threads()):
         return policy_race.race(setup, policy_race.table_pick(setup))
 
 
@@ -348,10 +348,10 @@ def saved_files(model: ImageModel) -> dict[str, bytes]:
 
 
 def train_unit(plan: Plan, unit: store.Unit, decision: PolicyDecision | None) -> store.UnitResult:
-    """The engine task of one unit: `run_unit` on the race's pick, with its torch threads, epochs reported as steps."""
+    """The engine task of one unit: `run_unit` on the race's pick, on its threads (`unit_threads`), epochs reported as steps."""
     plan = decided(plan, decision)
     epochs = plan.model_cfg.train.epochs
-    with torch_threads(plan.profile.resources.threads()):
+    with unit_threads(plan.model_cfg.framework, plan.profile.resources.threads()):
         return run_unit(plan, unit, lambda epoch, _metrics: report_step(epoch + 1, epochs))
 
 
@@ -361,13 +361,26 @@ def unit_resources(profile: Profile) -> Resources:
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to `n` for the block, then restored (torch imported here: the units train with it).
+def unit_threads(framework: str, n: int) -> Iterator[None]:
+    """The unit's framework computes on `n` threads in the block: torch's intra-op threads (timm, probe:
+    set, then restored), or TensorFlow's pools (keras: `keras_vgg.pin_threads`, fixed for the rest of
+    the process, since TensorFlow reads them once; torch is left alone).
 
     The thread count changes how reductions split, hence the last bits of a fit (2.3e-5 on a tiny fine-tuning run
-    with 1 vs 2 threads): fixing it per unit makes `local` and `ray` write the same bytes. Keras models train
-    under TensorFlow's own thread pools, which this does not set.
+    with 1 vs 2 threads): fixing it per unit makes `local` and `ray` write the same bytes. Keras units run where
+    TensorFlow has not run yet (a Ray worker per unit; `make train`'s process or `train_isolated`'s child per
+    model), so the pinning holds; a process where TensorFlow already ran with other counts keeps them, and says so.
     """
+    if framework == "keras":
+        from competition.models.keras_vgg import pin_threads
+
+        if not pin_threads(n):
+            console.print(
+                f"[yellow]note[/] TensorFlow already runs in this process with other thread counts: this unit computes on "
+                f"those, not {n} (its last bits may differ from a run in a fresh process, e.g. engine=ray's)"
+            )
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
