@@ -9,12 +9,14 @@ Overrides are `dotted.key=value` strings; the value is parsed as YAML (so `5`, `
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from competition.errors import ConfigError
 from competition.fingerprint import of_json
@@ -68,6 +70,28 @@ class RayConfig(Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray the harness starts (null: all of this machine's)")
     num_gpus: int | None = Field(None, ge=0, description="GPUs of the local Ray the harness starts (null: those Ray finds)")
     max_retries: int = Field(3, ge=0, description="reruns of a unit whose worker process or node died (a user error is never retried)")
+
+    @field_validator("address")
+    @classmethod
+    def _null_auto_or_host_port(cls, value: str | None) -> str | None:
+        """null, `auto` or HOST:PORT (a hostname, an IPv4 address or a bracketed IPv6 one; port 1-65535), checked when the
+        config is read, whichever engine runs; a Ray Client address (ray://) is refused (untested here)."""
+        if value is None or value == "auto" or parse_host_port(value) is not None:
+            return value
+        raise PydanticCustomError(  # not ValueError: its message would start "Value error, "
+            "ray_address", "expected null, auto or HOST:PORT with a port 1-65535 (the head's GCS port, 6379 unless changed; ray:// is not supported)"
+        )
+
+
+HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})")
+
+
+def parse_host_port(address: str) -> tuple[str, int] | None:
+    """`(host, port)` of a HOST:PORT address (an IPv6 host keeps its brackets), or None when it is not one or the port is outside 1-65535."""
+    match = HOST_PORT.fullmatch(address)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        return None
+    return match["host"], int(match["port"])
 
 
 class CompetitionConfig(Strict):

@@ -15,7 +15,7 @@ comes back with the task. How to run on a real cluster: docs/distributed.md.
 from __future__ import annotations
 
 import logging
-import socket
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +25,13 @@ import ray
 from ray import ObjectRefGenerator
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-from competition.config import COMPETITION_CONFIG, EngineName, RayConfig
+from competition.config import COMPETITION_CONFIG, EngineName, RayConfig, parse_host_port
 from competition.console import NestableProgress, console, progress, table
 from competition.errors import ConfigError, UserError
 from competition.task import R, Task
 
 WAIT_S = 1.0  # the driver wakes at least this often while tasks run (Ctrl-C is seen, the view stays live)
-CONNECT_TIMEOUT_S = 10.0  # a head that does not accept a TCP connection within this is reported, not waited for
+PROBE_TIMEOUT_S = 5.0  # a head whose GCS does not answer one request within this is reported, not waited for
 CHECK = (
     "check that the head is running (`ray status` on it), the address and port (the head's GCS port, 6379 unless "
     "changed), and token authentication (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; docs/distributed.md)"
@@ -40,15 +40,18 @@ CHECK = (
 
 @ray.remote(num_returns="streaming", max_calls=1)
 def _run_task(fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
-    """One task in its worker: yields where it runs, `(node id, worker id)`, as it starts, then `(node id, worker id, fn(*args))`.
+    """One task in its worker: yields where it runs, `(node id, attempt)`, as it starts, then `(node id, attempt, fn(*args))`.
 
-    A task Ray reran after its worker or node died ends in another worker than the one it started in
-    (Ray drops the rerun's repeated first item). Shared values among `args` (ObjectRefs from
-    `RayEngine.share`) arrive resolved, as Ray resolves top-level arguments. `max_calls=1`: the worker
-    process exits after the task.
+    `attempt` is Ray's count of earlier runs of this task (0 the first time, 1 after its first worker
+    or node died, ...), so the driver counts a rerun even when the first worker died before its start
+    was reported (Ray drops the rerun's repeated first item; the last item says which run finished).
+    Shared values among `args` (ObjectRefs from `RayEngine.share`) arrive resolved, as Ray resolves
+    top-level arguments. `max_calls=1`: the worker process exits after the task.
     """
-    context = ray.get_runtime_context()
-    place = (context.get_node_id(), context.get_worker_id())
+    # Ray 2.60.0 (pinned) has no public accessor for the attempt; the core worker's is what Ray's task events record.
+    worker: Any = ray._private.worker.global_worker
+    attempt = worker.core_worker.get_current_task_attempt_number()
+    place = (ray.get_runtime_context().get_node_id(), attempt)
     yield place
     yield (*place, fn(*args))
 
@@ -58,18 +61,17 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _enable_token_auth(address: str) -> None:
-    """Send this machine's Ray token to an explicit head address, as Ray itself does for `auto`.
+def _enable_token_auth() -> None:
+    """Send this machine's Ray token to the head, as Ray itself does only for `auto` found on this machine.
 
     Ray 2.60 turns token authentication on for a new head, but a driver given HOST:PORT with
     RAY_AUTH_MODE unset does not send its token and is refused (InvalidAuthToken; ray#64755): when a
     token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) and the mode is unset,
     Ray's own rule for `auto` turns token mode on (setting the variable alone is too late once Ray is imported).
+    The engine always connects to an explicit address (it resolves `auto` itself), so the rule applies to both.
     """
     from ray._private.authentication import authentication_token_setup as auth
 
-    if address == "auto":
-        return
     level = auth.logger.level
     auth.logger.setLevel(logging.ERROR)  # not its "Token authentication is enabled for this Ray cluster" note: the head decides
     try:
@@ -78,19 +80,88 @@ def _enable_token_auth(address: str) -> None:
         auth.logger.setLevel(level)
 
 
-def _check_reachable(address: str) -> None:
-    """Raise `UserError` at once when nothing accepts a connection at HOST:PORT (`ray.init` would retry for minutes).
+@dataclass(frozen=True)
+class _Head:
+    """The head the driver connects to: the GCS address Ray dials, how `ray.address` led there (for
+    messages), and what to do when it does not answer."""
 
-    Raises `ConfigError` when `address` is not HOST:PORT; a Ray Client address (ray://) is refused: it is
-    untested here, and the driver can run on a node of the cluster instead (ray.address=auto).
+    gcs: str
+    given: str
+    fix: str
+
+
+def _auto() -> tuple[str, str]:
+    """The address `ray.address=auto` stands for and where it came from: RAY_ADDRESS, else the file `ray start` writes.
+
+    Ray's own order for `auto` (ray._private.services.get_ray_address_from_environment, Ray 2.60.0 pinned)
+    without its last resort, any GCS process `ps` shows: on a shared machine that is another user's Ray.
+    Raises `UserError` when neither names a cluster.
     """
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        raise ConfigError(f"{COMPETITION_CONFIG}: ray.address: expected null, auto or HOST:PORT (the head's GCS port), got {address!r}")
+    from ray._common.utils import get_ray_address_file
+    from ray._private.ray_constants import RAY_ADDRESS_ENVIRONMENT_VARIABLE
+    from ray._private.utils import read_ray_address
+
+    if os.environ.get(RAY_ADDRESS_ENVIRONMENT_VARIABLE):
+        return os.environ[RAY_ADDRESS_ENVIRONMENT_VARIABLE], f"the environment variable {RAY_ADDRESS_ENVIRONMENT_VARIABLE}"
+    path = get_ray_address_file(None)
+    if address := read_ray_address(None):
+        return address, path
+    raise UserError(
+        f"ray.address=auto: no Ray cluster to join on this machine (neither {RAY_ADDRESS_ENVIRONMENT_VARIABLE} nor {path}, which "
+        "`ray start --head` writes, names one): start the cluster here first, give its head as ray.address=HOST:PORT, or set "
+        "ray.address=null for a local Ray"
+    )
+
+
+def _head(address: str) -> _Head:
+    """Where `ray.address` (auto or HOST:PORT) leads: the GCS address Ray itself would dial.
+
+    Ray replaces a loopback host (127.0.0.1, localhost) with this machine's routable address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (ray._private.services.canonicalize_bootstrap_address, Ray 2.60.0
+    pinned), so that is the address probed and connected to. Raises `UserError` for an `auto` that names
+    no cluster or a malformed one.
+    """
+    from ray._private.services import canonicalize_bootstrap_address
+
+    given, fix = f"ray.address={address}", CHECK
+    if address == "auto":
+        address, origin = _auto()
+        given = f"ray.address=auto ({address}, from {origin})"
+        fix = f"start that cluster, point {origin} at a running one, give its head as ray.address=HOST:PORT, or set ray.address=null for a local Ray"
+        if parse_host_port(address) is None:
+            raise UserError(f"{given}: expected HOST:PORT (the head's GCS port; ray:// is not supported): {fix}")
+    gcs = canonicalize_bootstrap_address(address) or address
+    if gcs != address:
+        given += f" (Ray dials {gcs}: it replaces a loopback host with this machine's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)"
+    return _Head(gcs, given, fix)
+
+
+def _probe(head: _Head) -> None:
+    """Raise `UserError` unless a Ray GCS answers one request at `head.gcs` within `PROBE_TIMEOUT_S` (`ray.init`
+    would retry for minutes against an address that refuses, stays silent, or speaks another protocol).
+
+    The request is the GCS's own `GetClusterId`, over Ray's channel (ray._private.grpc_utils, which adds the
+    token when token mode is on); a head that refuses the token is reported as such.
+    """
+    import grpc
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = init_grpc_channel(head.gcs)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise UserError(f"ray.address={address}: no Ray head answers there ({err.strerror or err}); {CHECK}") from None
+        request = cast(Any, gcs_service_pb2).GetClusterIdRequest()  # generated protobuf code: no stubs for mypy
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(request, timeout=PROBE_TIMEOUT_S)
+    except grpc.RpcError as err:
+        code, detail = err.code(), (err.details() or "").rpartition(": ")[2].strip("[] ")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise UserError(f"{head.given}: cannot connect: the Ray head refused this driver's token ({detail}); {CHECK}") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            detail = f"no answer within {PROBE_TIMEOUT_S:g} s: a port that is not a Ray head's GCS port, or a firewall"
+        elif code != grpc.StatusCode.UNAVAILABLE:
+            detail = f"gRPC {code.name}: something answers there, but not as a Ray head's GCS"
+        raise UserError(f"{head.given}: no Ray head answers there ({detail}); {head.fix}") from None
+    finally:
+        channel.close()
 
 
 def _connect(cfg: RayConfig) -> None:
@@ -105,26 +176,36 @@ def _connect(cfg: RayConfig) -> None:
             f"{COMPETITION_CONFIG}: ray.num_cpus and ray.num_gpus size a local Ray (ray.address: null); the cluster at "
             f"ray.address={cfg.address} has the resources its nodes were started with: set them to null"
         )
-    if cfg.address != "auto":
-        _check_reachable(cfg.address)
-    _enable_token_auth(cfg.address)
+    head = _head(cfg.address)
+    _enable_token_auth()
+    _probe(head)
     try:
-        ray.init(address=cfg.address, **quiet)
+        ray.init(address=head.gcs, **quiet)
     except (ConnectionError, RuntimeError, ValueError, RayError) as err:
-        raise UserError(f"ray.address={cfg.address}: cannot connect ({_first_line(err)}); {CHECK}") from None
+        raise UserError(f"{head.given}: cannot connect ({_first_line(err)}); {CHECK}") from None
 
 
-def _check_resources(tasks: Sequence[Task[Any]]) -> None:
-    """Raise `UserError` when a task asks for more CPUs or GPUs than any live node has (Ray would wait for ever)."""
+def _check_resources(tasks: Sequence[Task[Any]], local: bool) -> None:
+    """Raise `UserError` when a task asks for more CPUs or GPUs than any live node has (Ray would wait for ever).
+
+    The message names the fix: the request lowered to what the largest node has (a training unit's
+    `resources.cpus` / `resources.gpus`; `resources.cpus: null` is every core of the machine the run was
+    planned on), or, for the local Ray the harness started (`local`), `ray.num_cpus` / `ray.num_gpus` raised.
+    """
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     for need in dict.fromkeys(task.resources for task in tasks):
         if any(have.get("CPU", 0.0) >= need.cpus and have.get("GPU", 0.0) >= need.gpus for have in nodes):
             continue
         key = next(task.key for task in tasks if task.resources == need)
         cpus, gpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0), max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        short = [(name, want, have) for name, want, have in (("cpus", need.cpus, cpus), ("gpus", need.gpus, gpus)) if want > have]
+        lower = " and ".join(f"resources.{name}={have:g}" + (" or less" if have else "") for name, _, have in short)
+        more = " and ".join(f"ray.num_{name}={want:g}" for name, want, _ in short)
+        grow = f"or {more} (the size of the local Ray the harness starts, at most this machine's)" if local else "or add nodes that have them"
         raise UserError(
             f"{key} needs {need.cpus:g} CPUs and {need.gpus:g} GPUs at once, but no node of the Ray cluster has that many "
-            f"(the largest have {cpus:g} CPUs, {gpus:g} GPUs): lower the profile's resources or add nodes that have them"
+            f"(the largest have {cpus:g} CPUs, {gpus:g} GPUs): set {lower} (a training unit's profile; resources.cpus: null "
+            f"is every core of this machine) {grow}"
         )
 
 
@@ -140,7 +221,11 @@ class _NodeCounts:
 
 
 class _ClusterView:
-    """The live view of one batch: a row for the batch (done of total, running, queued) and one per node."""
+    """The live view of one batch: a row for the batch (done of total, running, waiting) and one per node.
+
+    "waiting": submitted, start not yet reported: queued for resources, or given them and starting a
+    worker process (about 2 s each here); the driver cannot tell these apart without Ray's state API.
+    """
 
     def __init__(self, title: str, total: int) -> None:
         self.title, self.total = title, total
@@ -169,8 +254,8 @@ class _ClusterView:
     def _refresh(self) -> None:
         running = sum(n.running for n in self.nodes.values())
         done = sum(n.done for n in self.nodes.values())
-        queued = self.total - done - running - sum(n.failed for n in self.nodes.values())
-        self.bar.update(self.batch, completed=done, description=f"{self.title}  running {running}, queued {queued}")
+        waiting = self.total - done - running - sum(n.failed for n in self.nodes.values())
+        self.bar.update(self.batch, completed=done, description=f"{self.title}  running {running}, waiting {waiting}")
         for node_id, n in self.nodes.items():
             failed = f", failed {n.failed}" if n.failed else ""
             self.bar.update(self.rows[node_id], completed=n.done, description=f"  {n.label}  running {n.running}{failed}")
@@ -180,7 +265,7 @@ class _ClusterView:
         self._refresh()
 
     def landed(self, started_on: str, node_id: str, retried: bool) -> None:
-        """A task that started on node `started_on` returned its result from `node_id`, after a retry or not."""
+        """A task whose start was reported from node `started_on` returned its result from `node_id`, after a rerun or not."""
         self._node(started_on).running -= 1
         node = self._node(node_id)
         node.done += 1
@@ -206,8 +291,9 @@ class RayEngine:
 
     name: EngineName = "ray"
 
-    def __init__(self, max_retries: int) -> None:
+    def __init__(self, max_retries: int, local: bool = False) -> None:
         self.max_retries = max_retries
+        self.local = local  # a local Ray this engine started (its size is ray.num_cpus, ray.num_gpus)
 
     @classmethod
     @contextmanager
@@ -224,7 +310,7 @@ class RayEngine:
             return
         _connect(cfg)
         try:
-            yield cls(cfg.max_retries)
+            yield cls(cfg.max_retries, local=cfg.address is None)
         finally:
             ray.shutdown()
 
@@ -242,9 +328,9 @@ class RayEngine:
         """
         if not tasks:
             return
-        _check_resources(tasks)
+        _check_resources(tasks, self.local)
         pending: dict[ObjectRefGenerator, Task[R]] = {}
-        started: dict[ObjectRefGenerator, tuple[str, str]] = {}  # (node id, worker id) each task started in
+        started: dict[ObjectRefGenerator, str] = {}  # the node each task's start was reported from
         view = _ClusterView(title, len(tasks))
         try:
             with view:
@@ -259,15 +345,15 @@ class RayEngine:
                         try:
                             item: Any = ray.get(next(generator))
                         except RayError as err:
-                            view.failed(started[generator][0] if generator in started else None)
+                            view.failed(started.get(generator))
                             raise self._error(task, err) from None
                         if generator not in started:
-                            started[generator] = item
+                            started[generator] = item[0]
                             view.started(item[0])
                             continue
-                        node_id, worker_id, result = item
+                        node_id, attempt, result = item
                         del pending[generator]
-                        view.landed(started[generator][0], node_id, retried=(node_id, worker_id) != started[generator])
+                        view.landed(started[generator], node_id, retried=attempt > 0)
                         on_result(task, result)
         finally:
             for generator in pending:

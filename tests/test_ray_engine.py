@@ -6,21 +6,26 @@ reported once and never retried, impossible resource requests refused, a local R
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from competition import console as console_module
-from competition.config import RayConfig
+from competition.config import RayConfig, load_competition
 from competition.engine import LocalEngine, Resources, Task, open_engine, report_step
 from competition.errors import ConfigError, UserError, as_json
+from pydantic import ValidationError
 
 from ray_cluster import token_auth_head
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---- task functions (module level: Ray workers import them by name) ----
 
@@ -42,10 +47,9 @@ def where(shared: np.ndarray, i: int, seconds: float) -> tuple[str, int, float]:
 
 
 def killed_once(marks: Path) -> str:
-    """SIGKILLs its own worker process 2 s into the first attempt (mid-task: the engine has heard where it
-    started, so it can count the rerun as a retry; a worker dead before that is a rerun it cannot see); returns "ok" on the next."""
+    """SIGKILLs its own worker process at once on the first attempt (often before its start reaches the
+    driver, a rerun only the task's attempt number shows); returns "ok" on the next."""
     if _attempt(marks, "kill") == 0:
-        time.sleep(2.0)
         os.kill(os.getpid(), 9)
     return "ok"
 
@@ -153,50 +157,141 @@ def test_open_engine_ray_starts_and_stops_a_local_ray() -> None:
         assert ray.cluster_resources()["CPU"] == 1
         # a harness function: the workers of this Ray import it from the installed package
         assert collect(engine, [Task("json", as_json, ({"a": [1, 2]},))]) == {"json": '{"a": [1, 2]}'}
+        # a profile's `resources.cpus: null` on a 2-core machine, against ray.num_cpus=1: the refusal names both fixes
+        fixes = r"set resources.cpus=1 or less \(a training unit's profile; .*\) or ray.num_cpus=2 \(the size of the local Ray"
+        with pytest.raises(UserError, match=rf"^unit needs 2 CPUs and 0 GPUs at once, .*: {fixes}"):
+            collect(engine, [Task("unit", square, (2,), Resources(cpus=2))])
     assert not ray.is_initialized()
 
 
-def test_an_unreachable_head_is_one_user_error() -> None:
+@pytest.fixture
+def loopback_rewrite(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Sets whether Ray replaces a loopback host with this machine's address (its default on Linux; off on loopback clusters)."""
+    from ray._private import ray_constants
+
+    return lambda on: monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", on)
+
+
+@pytest.fixture
+def no_ray_address(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No RAY_ADDRESS, and Ray's temporary folder in `tmp_path` (`auto`'s file: tmp_path/ray/ray_current_cluster, absent)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    return tmp_path / "ray" / "ray_current_cluster"
+
+
+def refused(address: str) -> str:
+    """The one-line `UserError` open_engine raises for `ray.address=address`; Ray is left uninitialised."""
     import ray
 
-    with pytest.raises(UserError, match=r"ray.address=127.0.0.1:1: no Ray head answers there"), open_engine("ray", RayConfig(address="127.0.0.1:1")):
+    with pytest.raises(UserError) as caught, open_engine("ray", RayConfig(address=address)):
         pass
     assert not ray.is_initialized()
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
 
 
-def test_a_malformed_address_or_local_sizes_with_an_address_are_config_errors() -> None:
-    for address in ("headnode", "ray://headnode:10001"):
-        expected = rf"ray.address: expected null, auto or HOST:PORT \(the head's GCS port\), got '{address}'"
-        with pytest.raises(ConfigError, match=expected), open_engine("ray", RayConfig(address=address)):
-            pass
+def test_an_unreachable_head_is_one_user_error_naming_the_address_ray_dials(loopback_rewrite: Any) -> None:
+    from ray._private.services import get_node_ip_address
+
+    loopback_rewrite(False)
+    assert refused("127.0.0.1:1").startswith("ray.address=127.0.0.1:1: no Ray head answers there (Connection refused); check that the head")
+    loopback_rewrite(True)  # a plain driver on Linux: 127.0.0.1 becomes this machine's address
+    assert refused("127.0.0.1:1").startswith(f"ray.address=127.0.0.1:1 (Ray dials {get_node_ip_address()}:1: it replaces a loopback host")
+
+
+def test_a_port_that_is_no_ray_head_is_refused_within_seconds(loopback_rewrite: Any, no_ray_address: Path) -> None:
+    """An HTTP server as HOST:PORT, and a socket that accepts but never answers as the stale cluster `auto` finds."""
+    loopback_rewrite(False)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    silent = socket.create_server(("127.0.0.1", 0))
+    stale = f"127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        address = f"127.0.0.1:{http.server_address[1]}"
+        assert refused(address).startswith(f"ray.address={address}: no Ray head answers there (Failed parsing HTTP/2")
+        no_ray_address.parent.mkdir(parents=True)
+        no_ray_address.write_text(stale)
+        start = time.monotonic()
+        message = refused("auto")
+        assert time.monotonic() - start < 15  # the probe's 5 s, not Ray's minutes of retries
+    finally:
+        http.shutdown()
+        silent.close()
+    expected = f"ray.address=auto ({stale}, from {no_ray_address}): no Ray head answers there (no answer within 5 s"
+    assert message.startswith(expected) and message.endswith("or set ray.address=null for a local Ray")
+
+
+def test_auto_without_a_cluster_file_or_ray_address_is_one_user_error(no_ray_address: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = f"ray.address=auto: no Ray cluster to join on this machine (neither RAY_ADDRESS nor {no_ray_address}, which `ray start --head` writes"
+    assert refused("auto").startswith(expected)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://headnode:10001")  # RAY_ADDRESS comes before the file, as in Ray
+    assert refused("auto").startswith("ray.address=auto (ray://headnode:10001, from the environment variable RAY_ADDRESS): expected HOST:PORT")
+
+
+def test_a_bad_address_is_refused_when_the_config_is_read_naming_its_source(tmp_path: Path) -> None:
+    """Under any engine, before a run folder exists; the message says whether the value came from the YAML file or the command line."""
+    for address in ("headnode", "ray://headnode:10001", "headnode:0", "headnode:65536"):
+        with pytest.raises(ValidationError, match=r"expected null, auto or HOST:PORT with a port 1-65535"):
+            RayConfig(address=address)
+    for address in (None, "auto", "headnode:6379", "10.0.0.1:1", "[::1]:65535"):
+        assert RayConfig(address=address).address == address
+    experiment = f"helperA1-{tmp_path.name}"
+    run = subprocess.run(
+        [sys.executable, "-m", "competition", "train", "engine=local", "ray.address=foo", f"experiment={experiment}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "error: command line: key 'ray.address' (from a command-line override): expected null, auto or HOST:PORT with a port 1-65535 "
+        "(the head's GCS port, 6379 unless changed; ray:// is not supported), got 'foo'"
+    ]
+    assert not (ROOT / "runs" / experiment).exists()
+    config = tmp_path / "competition.yaml"
+    config.write_text("ray:\n  address: headnode\n")
+    with pytest.raises(ConfigError, match=rf"^{config}: key 'ray.address': expected null, auto or HOST:PORT"):
+        load_competition(path=config)
+
+
+def test_local_sizes_with_an_address_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="ray.num_cpus and ray.num_gpus size a local Ray"), open_engine("ray", RayConfig(address="auto", num_cpus=2)):
         pass
 
 
 DRIVER = """
+import sys
 from competition.config import RayConfig
 from competition.engine import Task, open_engine
 from competition.errors import UserError, as_json
 try:
-    with open_engine("ray", RayConfig(address="{address}")) as engine:
+    with open_engine("ray", RayConfig(address=sys.argv[1])) as engine:
         engine.run([Task("json", as_json, ([1],))], lambda task, result: print("result", result), "auth")
 except UserError as err:
     print("UserError", err)
 """
 
 
-@pytest.mark.slow  # ~35 s: a head and two drivers, each its own process
+@pytest.mark.slow  # ~50 s: a head and three drivers, each its own process
 def test_a_driver_given_a_token_heads_address_sends_its_token() -> None:
-    """Ray sends the token for `auto` only; with HOST:PORT and RAY_AUTH_MODE unset the engine turns it on (ray#64755)."""
+    """Ray sends the token for an `auto` it finds itself only; the engine turns it on for HOST:PORT and for the
+    `auto` it resolves (RAY_ADDRESS here) when RAY_AUTH_MODE is unset (ray#64755); a loopback head connects."""
     with token_auth_head() as address:
-        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")} | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         runs = {
-            mode: subprocess.run([sys.executable, "-c", DRIVER.format(address=address)], env=env | extra, capture_output=True, text=True, timeout=120)
-            for mode, extra in (("unset", {}), ("disabled", {"RAY_AUTH_MODE": "disabled"}))
+            mode: subprocess.run([sys.executable, "-c", DRIVER, given], env=env | extra, capture_output=True, text=True, timeout=120)
+            for mode, given, extra in (
+                ("unset", address, {}),
+                ("auto", "auto", {"RAY_ADDRESS": address}),
+                ("disabled", address, {"RAY_AUTH_MODE": "disabled"}),
+            )
         }
-    assert "result [1]" in runs["unset"].stdout, runs["unset"].stderr[-2000:]
-    refused = [line for line in runs["disabled"].stdout.splitlines() if line.startswith("UserError")]
-    assert refused and f"ray.address={address}: cannot connect" in refused[0] and "RAY_AUTH_MODE=token" in refused[0]
+    for mode in ("unset", "auto"):
+        assert "result [1]" in runs[mode].stdout, runs[mode].stdout[-2000:] + runs[mode].stderr[-2000:]
+    lines = [line for line in runs["disabled"].stdout.splitlines() if line.startswith("UserError")]
+    assert lines and f"ray.address={address}: cannot connect" in lines[0] and "RAY_AUTH_MODE=token" in lines[0], runs["disabled"].stdout[-2000:]
 
 
 # ---- the Ray engine on the module's two-node cluster ----
@@ -227,7 +322,7 @@ def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path, capsys: pytest.
     assert collect(engine, [Task("kill", killed_once, (tmp_path,))]) == {"kill": "ok"}
     assert len(list(tmp_path.glob("kill.*"))) == 2
     rows = per_node(capsys.readouterr().err).values()  # the retry may land on either node
-    assert [sum(column) for column in zip(*rows, strict=True)] == [1, 0, 1]  # done once, after a retry, none failed
+    assert [sum(column) for column in zip(*rows, strict=True)] == [1, 0, 1]  # done once, after a retry (seen or not), none failed
 
 
 def test_a_user_error_reaches_the_driver_once_and_the_rest_is_cancelled(engine: Any, tmp_path: Path) -> None:
@@ -252,7 +347,8 @@ def test_another_exception_is_a_user_error_naming_the_task(engine: Any) -> None:
 
 
 def test_a_gpu_request_no_node_can_meet_is_refused_up_front(engine: Any) -> None:
-    with pytest.raises(UserError, match=r"gpu-unit needs 1 CPUs and 1 GPUs at once, but no node of the Ray cluster has that many"):
+    expected = r"^gpu-unit needs 1 CPUs and 1 GPUs at once, but no node of the Ray cluster has that many .*: set resources.gpus=0 \(.*\) or add nodes"
+    with pytest.raises(UserError, match=expected):
         collect(engine, [Task("gpu-unit", square, (2,), Resources(cpus=1, gpus=1))])
 
 
