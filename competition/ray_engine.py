@@ -154,7 +154,10 @@ def _probe(head: _Head) -> None:
     except grpc.RpcError as err:
         code, detail = err.code(), (err.details() or "").rpartition(": ")[2].strip("[] ")
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise UserError(f"{head.given}: cannot connect: the Ray head refused this driver's token ({detail}); {CHECK}") from None
+            raise UserError(
+                f"{head.given}: cannot connect: the Ray head refused this driver's token ({detail}); give the driver the cluster's "
+                "token: RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (docs/distributed.md, Token authentication)"
+            ) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             detail = f"no answer within {PROBE_TIMEOUT_S:g} s: a port that is not a Ray head's GCS port, or a firewall"
         elif code != grpc.StatusCode.UNAVAILABLE:
@@ -303,7 +306,8 @@ class RayEngine:
         address null: a local Ray (ray.num_cpus, ray.num_gpus) started here and stopped after the block;
         auto or HOST:PORT: that cluster, connected to and disconnected from (it keeps running). When Ray
         is already initialised in this process (a test's cluster), it is used and left as it was.
-        Raises `UserError` (one line) when the cluster cannot be reached, `ConfigError` for a bad `ray:` section.
+        Raises `UserError` (one line, within seconds: the head's GCS is probed first) when the cluster cannot
+        be reached, `ConfigError` for a bad `ray:` section.
         """
         if ray.is_initialized():
             yield cls(cfg.max_retries)
