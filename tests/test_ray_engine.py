@@ -238,7 +238,7 @@ def test_a_bad_address_is_refused_when_the_config_is_read_naming_its_source(tmp_
         assert RayConfig(address=address).address == address
     experiment = f"helperA1-{tmp_path.name}"
     run = subprocess.run(
-        [sys.executable, "-m", "competition", "train", "engine=local", "ray.address=foo", f"experiment={experiment}"],
+        [sys.executable, "-m", "competition", "train", "mobilenetv2_100_probe", "engine=ray", "ray.address=foo", f"experiment={experiment}"],
         capture_output=True,
         text=True,
         timeout=120,
