@@ -9,13 +9,14 @@ Overrides are `dotted.key=value` strings; the value is parsed as YAML (so `5`, `
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from competition.errors import ConfigError
@@ -100,7 +101,7 @@ class CompetitionConfig(Strict):
     slug: str = "statoil-iceberg-classifier-challenge"
     experiment: str = "baseline"
     data_dir: Path = Path("data")  # the competition's files as they are (plain, .7z, zip); only read, never written by the flow
-    work_dir: Path = Path("data")  # the harness's own derived files: cache/ (parsed arrays, extracted archives), folds; null: data_dir
+    work_dir: Path = Field(None, validate_default=True)  # the harness's own derived files: cache/ (extracted archives, parsed arrays), folds
     runs_dir: Path = Path("runs")
     submissions_dir: Path = Path("submissions")
     models: list[str] = Field(default_factory=lambda: ["vgg16_angle", "tf_efficientnet_lite0", "mobilenetv2_100"], min_length=1)
@@ -109,13 +110,26 @@ class CompetitionConfig(Strict):
     engine: EngineName = "local"  # where training units and stacker studies run: competition.engine
     ray: RayConfig = RayConfig()
 
-    @model_validator(mode="before")
+    @field_validator("work_dir", mode="before")
     @classmethod
-    def _work_dir_default(cls, data: Any) -> Any:
-        """An absent or null `work_dir` is `data_dir` (configs/competition.yaml keeps them apart)."""
-        if isinstance(data, dict) and data.get("work_dir") is None:
-            return {**data, "work_dir": data.get("data_dir", "data")}
-        return data
+    def _work_dir_follows_data_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        """An absent or null `work_dir` is `data_dir`, so `data_dir=elsewhere` keeps its folds and cache beside it.
+
+        Refused (one line naming `work_dir`) when that `data_dir` exists but is not writable (a Kaggle
+        kernel's /kaggle/input, a shared read-only copy): the harness would fail at its first write.
+        """
+        if value is not None:
+            return value
+        data_dir = info.data.get("data_dir")
+        if data_dir is None:
+            raise PydanticCustomError("work_dir_unset", "null follows data_dir, which is not valid")
+        if data_dir.is_dir() and not os.access(data_dir, os.W_OK):
+            raise PydanticCustomError(
+                "work_dir_unset",
+                "null means data_dir ({data_dir}), which is not writable: set work_dir=<a writable folder> for the harness's cache and folds",
+                {"data_dir": str(data_dir)},
+            )
+        return data_dir
 
     @property
     def train_json(self) -> Path:

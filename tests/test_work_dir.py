@@ -1,0 +1,76 @@
+"""`work_dir` (the harness's cache and folds): an unset one follows `data_dir`, a read-only `data_dir` is
+refused in one line, and the Kaggle kernel still writes under /kaggle/working."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from competition.config import CompetitionConfig, SimulateConfig, load_competition
+from competition.kaggle.kernel import shipped_config
+from competition.simulate import write_simulated
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "competition.yaml"
+
+
+def _competition(tree: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`python -m competition ARGS` with `tree` (holding a copy of configs/) as the working folder."""
+    cmd = [*prefix, sys.executable, "-m", "competition", *args]
+    return subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_folds_with_another_data_dir_leave_the_default_competitions_folds_alone(tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    shutil.copytree(ROOT / "configs", tree / "configs")
+    (tree / "data").mkdir()
+    (tree / "data" / "folds.csv").write_text("id,repeat,fold\nthe default competition's folds,0,0\n")
+    before = hashlib.sha256((tree / "data" / "folds.csv").read_bytes()).hexdigest()
+    write_simulated(CompetitionConfig(data_dir=tree / "elsewhere", simulate=SimulateConfig(n_train=24, n_test=12, seed=3)))
+
+    done = _competition(tree, "folds", "data_dir=elsewhere", "folds.k=3")
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert hashlib.sha256((tree / "data" / "folds.csv").read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in (tree / "data").iterdir()) == ["folds.csv"]
+    assert (tree / "elsewhere" / "folds.csv").is_file() and (tree / "elsewhere" / "folds.json").is_file()
+    assert (tree / "elsewhere" / "cache").is_dir()
+
+
+def test_an_unset_work_dir_is_data_dir_and_a_set_one_is_kept(tmp_path: Path) -> None:
+    assert load_competition([f"data_dir={tmp_path}"], CONFIG).folds_csv == tmp_path / "folds.csv"
+    assert load_competition([f"data_dir={tmp_path}", f"work_dir={tmp_path / 'w'}"], CONFIG).cache_dir == tmp_path / "w" / "cache"
+    assert CompetitionConfig(data_dir=tmp_path).work_dir == tmp_path
+
+
+def test_a_read_only_data_dir_without_a_work_dir_is_refused_in_one_line(tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    shutil.copytree(ROOT / "configs", tree / "configs")
+    data = tmp_path / "input"
+    write_simulated(CompetitionConfig(data_dir=data, simulate=SimulateConfig(n_train=24, n_test=12, seed=3)))
+    if os.geteuid() == 0:  # root writes through file modes: mount the folder read-only, as Kaggle's /kaggle/input is
+        prefix: tuple[str, ...] = ("unshare", "-m", "sh", "-c", f'mount --bind {data} {data} && mount -o remount,bind,ro {data} && exec "$@"', "sh")
+    else:
+        data.chmod(0o555)
+        prefix = ()
+    refused = _competition(tree, "folds", f"data_dir={data}", prefix=prefix)
+    given = _competition(tree, "folds", f"data_dir={data}", f"work_dir={tmp_path / 'work'}", "folds.k=3", prefix=prefix)
+
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"key 'work_dir': null means data_dir ({data}), which is not writable: set work_dir=" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert given.returncode == 0, given.stderr[-2000:]
+    assert (tmp_path / "work" / "folds.csv").is_file() and not (data / "folds.csv").exists()
+
+
+def test_the_kernel_ships_a_relative_work_dir_so_it_writes_under_kaggle_working(tmp_path: Path) -> None:
+    """The kernel runs in /kaggle/working with `data_dir=` its read-only input: the shipped work_dir never follows it."""
+    for overrides in ([], [f"data_dir={tmp_path}"], ["data_dir=elsewhere"]):
+        shipped = shipped_config(load_competition(overrides, CONFIG)).model_dump(mode="json")
+        assert shipped["work_dir"] is not None and not Path(shipped["work_dir"]).is_absolute(), (overrides, shipped)
+        kernel = CompetitionConfig.model_validate({**shipped, "data_dir": "/kaggle/input/competitions/statoil-iceberg-classifier-challenge"})
+        assert kernel.work_dir == Path(shipped["work_dir"])
