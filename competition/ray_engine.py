@@ -101,7 +101,7 @@ def _auto() -> tuple[str, str]:
     from ray._private.ray_constants import RAY_ADDRESS_ENVIRONMENT_VARIABLE
     from ray._private.utils import read_ray_address
 
-    if os.environ.get(RAY_ADDRESS_ENVIRONMENT_VARIABLE):
+    if os.environ.get(RAY_ADDRESS_ENVIRONMENT_VARIABLE, "auto") != "auto":  # RAY_ADDRESS=auto: the file, as in Ray
         return os.environ[RAY_ADDRESS_ENVIRONMENT_VARIABLE], f"the environment variable {RAY_ADDRESS_ENVIRONMENT_VARIABLE}"
     path = get_ray_address_file(None)
     if address := read_ray_address(None):
@@ -185,7 +185,7 @@ def _connect(cfg: RayConfig) -> None:
     try:
         ray.init(address=head.gcs, **quiet)
     except (ConnectionError, RuntimeError, ValueError, RayError) as err:
-        raise UserError(f"{head.given}: cannot connect ({_first_line(err)}); {CHECK}") from None
+        raise UserError(f"{head.given}: cannot connect ({_first_line(err)}); run the command on a node of the cluster; {CHECK}") from None
 
 
 def _check_resources(tasks: Sequence[Task[Any]], local: bool) -> None:

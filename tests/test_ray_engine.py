@@ -225,6 +225,8 @@ def test_a_port_that_is_no_ray_head_is_refused_within_seconds(loopback_rewrite: 
 def test_auto_without_a_cluster_file_or_ray_address_is_one_user_error(no_ray_address: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = f"ray.address=auto: no Ray cluster to join on this machine (neither RAY_ADDRESS nor {no_ray_address}, which `ray start --head` writes"
     assert refused("auto").startswith(expected)
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # as in Ray: look for the file
+    assert refused("auto").startswith(expected)
     monkeypatch.setenv("RAY_ADDRESS", "ray://headnode:10001")  # RAY_ADDRESS comes before the file, as in Ray
     assert refused("auto").startswith("ray.address=auto (ray://headnode:10001, from the environment variable RAY_ADDRESS): expected HOST:PORT")
 
