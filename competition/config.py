@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from competition.errors import ConfigError
@@ -82,6 +82,18 @@ class RayConfig(Strict):
         raise PydanticCustomError(  # not ValueError: its message would start "Value error, "
             "ray_address", "expected null, auto or HOST:PORT with a port 1-65535 (the head's GCS port, 6379 unless changed; ray:// is not supported)"
         )
+
+    @model_validator(mode="after")
+    def _sizes_only_for_a_local_ray(self) -> RayConfig:
+        """`num_cpus` and `num_gpus` size the local Ray the harness starts; a cluster has what its nodes were started with."""
+        if self.address is not None and (self.num_cpus is not None or self.num_gpus is not None):
+            raise PydanticCustomError(
+                "ray_sizes",
+                "ray.num_cpus and ray.num_gpus size a local Ray (ray.address: null); the cluster at ray.address={address} "
+                "has the resources its nodes were started with: set them to null",
+                {"address": self.address},
+            )
+        return self
 
 
 HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})")

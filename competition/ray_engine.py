@@ -25,9 +25,9 @@ import ray
 from ray import ObjectRefGenerator
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-from competition.config import COMPETITION_CONFIG, EngineName, RayConfig, parse_host_port
+from competition.config import EngineName, RayConfig, parse_host_port
 from competition.console import NestableProgress, console, progress, table
-from competition.errors import ConfigError, UserError
+from competition.errors import UserError
 from competition.task import R, Task
 
 WAIT_S = 1.0  # the driver wakes at least this often while tasks run (Ctrl-C is seen, the view stays live)
@@ -174,11 +174,6 @@ def _connect(cfg: RayConfig) -> None:
         # "local", not None: None would join the last cluster started on this machine (/tmp/ray/ray_current_cluster)
         ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False, **quiet)
         return
-    if cfg.num_cpus is not None or cfg.num_gpus is not None:
-        raise ConfigError(
-            f"{COMPETITION_CONFIG}: ray.num_cpus and ray.num_gpus size a local Ray (ray.address: null); the cluster at "
-            f"ray.address={cfg.address} has the resources its nodes were started with: set them to null"
-        )
     head = _head(cfg.address)
     _enable_token_auth()
     _probe(head)

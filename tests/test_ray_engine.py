@@ -21,6 +21,7 @@ from competition import console as console_module
 from competition.config import RayConfig, load_competition
 from competition.engine import LocalEngine, Resources, Task, open_engine, report_step
 from competition.errors import ConfigError, UserError, as_json
+from competition.overrides import route
 from pydantic import ValidationError
 
 from ray_cluster import token_auth_head
@@ -258,9 +259,10 @@ def test_a_bad_address_is_refused_when_the_config_is_read_naming_its_source(tmp_
         load_competition(path=config)
 
 
-def test_local_sizes_with_an_address_are_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="ray.num_cpus and ray.num_gpus size a local Ray"), open_engine("ray", RayConfig(address="auto", num_cpus=2)):
-        pass
+def test_local_sizes_with_an_address_are_refused_when_the_config_is_read() -> None:
+    overrides = route(["ray.address=auto", "ray.num_cpus=2"], "train")
+    with pytest.raises(ConfigError, match=r"^command line: key 'ray': ray.num_cpus and ray.num_gpus size a local Ray \(ray.address: null\)"):
+        overrides.apply_competition(load_competition())
 
 
 DRIVER = """
