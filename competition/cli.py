@@ -186,7 +186,7 @@ def kernel(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG, 
     """Build runs/kaggle/dataset/ (wheels, configs, weights) and runs/kaggle/kernel/ (metadata + script)."""
     from competition.kaggle.kernel import build_from_overrides
 
-    for folder in build_from_overrides(overrides or [], config, kaggle_config):
+    for folder in build_from_overrides(overrides or [], config, kaggle_config, commands=command_table()):
         console.print(f"[green]wrote[/] {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
 
 
@@ -332,6 +332,11 @@ def report(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) 
     from competition.report import build_report
 
     console.print(f"[green]wrote[/] {build_report(cfg)}")
+
+
+def command_table() -> dict[str, Any]:
+    """The CLI's commands by name (click commands: their parameters and parser), what `make kernel` checks a kernel's steps against."""
+    return dict(getattr(typer.main.get_command(app), "commands", {}))
 
 
 def main() -> None:

