@@ -18,6 +18,7 @@ from competition.stacking.features import stack_tables
 from competition.stacking.pipeline import STUDY_FILE, run_stack
 from competition.stacking.settings import StackConfig
 from competition.stacking.stacker import LGBMStacker
+from competition.stacking.summary import read_summary
 
 from stack_data import make_competition, write_predictor
 
@@ -152,13 +153,13 @@ def test_trial_parallel_search_on_one_machine_changes_nothing_and_is_kept_apart(
     local, local_dir = in_process
     parallel, parallel_dir = _stack(runs, "local_parallel", "local", trial_workers=2)
     assert parallel.methods == local.methods
-    assert parallel.model_extra["trial_workers"] == 2 and local.model_extra["trial_workers"] == 1
+    assert parallel.trial_workers == read_summary(parallel_dir).trial_workers == 2 and local.trial_workers == 1
     searched = _studies(parallel_dir)
     assert all("-tw2-" in name for name in searched)
     assert {name.replace("-tw2-", "-"): trials for name, trials in searched.items()} == _studies(local_dir)
 
     again, again_dir = _stack(runs, "local_parallel", "local")  # the study file is carried into the new folder
-    assert again.model_extra["trial_workers"] == 1 and again.methods == local.methods
+    assert again.trial_workers == 1 and again.methods == local.methods
     assert _studies(again_dir) == {**_studies(local_dir), **searched}  # new sequential studies beside the parallel ones
 
 

@@ -89,6 +89,7 @@ class StackSummary(BaseModel):
     choice: ChoiceRecord | None = None
     eps: float
     submission: str
+    trial_workers: int = 1  # stacker.trial_workers: >1, its studies were searched by several tasks at once (not reproducible); absent in older summaries
 
 
 def read_summary(stack_dir: Path) -> StackSummary:
