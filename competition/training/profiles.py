@@ -66,7 +66,7 @@ class UnitResources(Strict):
         return value
 
     def threads(self) -> int:
-        """Threads of the unit's torch (at least one)."""
+        """Threads of the unit's torch, or TensorFlow for a Keras unit (at least one; trainer.unit_threads)."""
         return max(1, int(self.cpus))
 
 
