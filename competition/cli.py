@@ -73,9 +73,11 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
     cfg = _competition(overrides, "simulate", config)
+    from competition.data.files import check_simulation_target
     from competition.locks import folds_lock
     from competition.simulate import write_simulated
 
+    check_simulation_target(cfg)  # before the lock: a refused simulation leaves no lock file in a folder it may not write
     with folds_lock(cfg.folds_json):
         write_simulated(cfg)
     for path in (cfg.train_json, cfg.test_json, cfg.sample_submission, cfg.solution_csv):
