@@ -154,3 +154,32 @@ def test_loads_the_7z_when_the_json_is_absent(tmp_path: Path, make_records, hash
     assert hash_calls == []  # neither the archive nor its JSON hashed again
     assert first.fingerprint == fingerprint.of_file(plain)
     assert_same(second, read_dataset(plain, "train"))
+
+
+@pytest.mark.parametrize(("damage", "said"), [("{not json", "not valid JSON"), ('{"x": {"size": 1}}', "field 'x.mtime_ns' missing")])
+def test_a_damaged_index_is_rebuilt_with_a_note_naming_it(tmp_path: Path, make_records, capsys: pytest.CaptureFixture[str], damage: str, said: str) -> None:
+    source = write(tmp_path / "train.json", make_records(3))
+    cache, reader = DatasetCache(tmp_path / "cache"), CountingReader()
+    first = cache.load_or_read(source, "train", reader)
+    (tmp_path / "cache" / "index.json").write_text(damage)
+    capsys.readouterr()
+
+    again = cache.load_or_read(source, "train", reader)
+    note = capsys.readouterr().err
+    assert reader.calls == 1  # the entry is found again by the source's hash: nothing parsed
+    assert_same(again, first)
+    assert f"{tmp_path / 'cache' / 'index.json'}: {said}" in note and "rebuilt from its source" in note
+    assert cache.known_fingerprint(source, source.stat()) == first.fingerprint  # the index is whole again
+
+
+def test_an_entry_whose_meta_lists_an_unknown_array_is_read_again(tmp_path: Path, make_records, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write(tmp_path / "train.json", make_records(3))
+    cache, reader = DatasetCache(tmp_path / "cache"), CountingReader()
+    entry = cache.save("train", read_dataset(source, "train"))
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").write_text(json.dumps({**meta, "arrays": [*meta["arrays"], "pixels"]}))
+
+    cache.load_or_read(source, "train", reader)
+    assert reader.calls == 1
+    assert "field 'arrays.5'" in capsys.readouterr().err
+    assert cache.load("train", read_dataset(source, "train").fingerprint) is not None  # repaired

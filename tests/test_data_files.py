@@ -192,6 +192,33 @@ def test_the_hidden_solution_belongs_only_to_the_test_data_it_was_written_for(si
     assert "real data (no offline scoring)" in data_statement(cfg, files.describe(cfg, "a", new_test.fingerprint))
 
 
+def test_a_damaged_simulator_marker_is_refused_in_one_line_naming_it(simulated: Path, tmp_path: Path) -> None:
+    data = tmp_path / "sim"
+    shutil.copytree(simulated, data)
+    cfg = config(data, tmp_path / "work")
+    marker = data / "hidden" / "simulated.json"
+    marker.write_text(json.dumps({"simulate": {}, "test_fingerprint": 7}))
+    with pytest.raises(DataError, match=r"simulated.json: field 'test_fingerprint': .*the simulator's marker is damaged") as refused:
+        files.data_kind(cfg, load_test(cfg).fingerprint)
+    assert "\n" not in str(refused.value)
+    marker.write_text("{")
+    with pytest.raises(DataError, match=r"simulated.json: not valid JSON .*delete the folder and simulate again; else delete"):
+        files.check_simulation_target(cfg)
+
+
+def test_a_damaged_index_of_extracted_archives_is_rebuilt_with_a_note(simulated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config(as_7z(simulated, tmp_path / "kaggle"), tmp_path / "work")
+    first = files.resolve(cfg, "train.json")
+    index = cfg.cache_dir / "extracted" / "index.json"
+    index.write_text('{"stat": [1, 2], "hash": "old layout"}')
+    capsys.readouterr()
+
+    assert files.resolve(cfg, "train.json") == first  # the same extraction, found by the archive's hash
+    assert f"{index}: field " in capsys.readouterr().err
+    archive = (cfg.data_dir / "train.json.7z").resolve()
+    assert json.loads(index.read_text())[str(archive)]["fingerprint"] == first.relative_to(index.parent).parts[0].rpartition("-")[2]  # rewritten whole
+
+
 # -- records as pandas writes them back (../shared/cases: pandas_resaved) ---------------------------------
 
 

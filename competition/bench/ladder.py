@@ -102,7 +102,7 @@ def write_rung_data(cfg: CompetitionConfig, rung: Rung) -> None:
     params = rung_params(cfg, rung)
     with folds_lock(cfg.folds_json):
         marker = read_marker(cfg)
-        if marker is None or marker.get("test_fingerprint") is None or marker.get("simulate") != params:
+        if marker is None or marker.test_fingerprint is None or marker.simulate != params:
             console.print(f"[bold]ladder rung {rung.name}[/]: writing its competition folder {cfg.data_dir}")
             if rung.digits is None:
                 write_simulated(cfg)

@@ -20,7 +20,6 @@ to, and so that it never writes over competition files that are not its own.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -30,9 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from competition import fingerprint
+from competition.artefact import read_json
 from competition.atomic import write_json
 from competition.config import CompetitionConfig
+from competition.data.cache import INDEX, Stamp, read_index, write_index
 from competition.errors import DataError, MissingArtefactError
 
 TRAIN, TEST, SAMPLE = "train.json", "test.json", "sample_submission.csv"
@@ -176,21 +179,16 @@ def _extract_with_7z_program(archive: Path, dest: Path) -> None:
 
 
 def content_hash(path: Path, root: Path) -> str:
-    """`fingerprint.of_file(path)`, remembered in `root/index.json` under the file's size and mtime."""
-    index_file = root / "index.json"
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
-        index = {}
+    """`fingerprint.of_file(path)`, remembered in `root/index.json` under the file's size and mtime (cache.Stamp)."""
+    index_file = root / INDEX
+    index = read_index(index_file)
     stat = os.stat(path)
-    key, stamp = str(Path(path).resolve()), [stat.st_size, stat.st_mtime_ns]
-    known = index.get(key) if isinstance(index, dict) else None
-    if isinstance(known, dict) and known.get("stat") == stamp:
-        return str(known["hash"])
+    key = str(Path(path).resolve())
+    known = index.get(key)
+    if known is not None and known.matches(stat):
+        return known.fingerprint
     digest = fingerprint.of_file(path)
-    index = index if isinstance(index, dict) else {}
-    index[key] = {"stat": stamp, "hash": digest}
-    write_json(index_file, index)
+    write_index(index_file, {**index, key: Stamp.of(stat, digest)})
     return digest
 
 
@@ -201,19 +199,32 @@ def marker_path(cfg: CompetitionConfig) -> Path:
     return cfg.data_dir / "hidden" / SIMULATED_MARKER
 
 
-def read_marker(cfg: CompetitionConfig) -> dict[str, Any] | None:
-    """The simulator's marker of `cfg.data_dir`, or None when the simulator did not write this folder."""
-    try:
-        marker = json.loads(marker_path(cfg).read_text())
-    except (OSError, ValueError):
+class SimulationMarker(BaseModel):
+    """`data_dir/hidden/simulated.json` (docs/architecture.md), written by `mark_simulation`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    simulate: dict[str, Any]  # the simulator's parameters
+    test_fingerprint: str | None  # of the test file it wrote; None while a simulation is being written
+
+
+def read_marker(cfg: CompetitionConfig) -> SimulationMarker | None:
+    """The simulator's marker of `cfg.data_dir`, or None when the simulator did not write this folder.
+
+    Raises DataError (one line naming the file and what to do) when the marker is there but damaged:
+    whether the folder's test data is simulated (and its hidden solution applies) cannot be told then.
+    """
+    path = marker_path(cfg)
+    if not path.is_file():
         return None
-    return marker if isinstance(marker, dict) else None
+    fix = f"the simulator's marker is damaged: if {cfg.data_dir}/ holds simulated data, delete the folder and simulate again; else delete {path}"
+    return read_json(path, SimulationMarker, fix, DataError)
 
 
 def simulated_solution(cfg: CompetitionConfig, test_fingerprint: str) -> Path | None:
     """The hidden solution of simulated data, only when it was written for the test data `test_fingerprint`."""
     marker = read_marker(cfg)
-    if marker is None or marker.get("test_fingerprint") != test_fingerprint or not cfg.solution_csv.is_file():
+    if marker is None or marker.test_fingerprint != test_fingerprint or not cfg.solution_csv.is_file():
         return None
     return cfg.solution_csv
 
@@ -243,8 +254,7 @@ def check_simulation_target(cfg: CompetitionConfig) -> None:
         return
     marker = read_marker(cfg)
     ours = marker is not None and (
-        marker.get("test_fingerprint") is None
-        or (TEST in found and found[TEST].form == "plain" and fingerprint.of_file(found[TEST].path) == marker.get("test_fingerprint"))
+        marker.test_fingerprint is None or (TEST in found and found[TEST].form == "plain" and fingerprint.of_file(found[TEST].path) == marker.test_fingerprint)
     )
     if not ours:
         files = ", ".join(sorted({f.path.name for f in found.values()}))
@@ -256,4 +266,4 @@ def check_simulation_target(cfg: CompetitionConfig) -> None:
 
 def mark_simulation(cfg: CompetitionConfig, params: dict[str, Any], test_fingerprint: str | None) -> None:
     """Write the simulator's marker (test_fingerprint None: a simulation is being written)."""
-    write_json(marker_path(cfg), {"simulate": params, "test_fingerprint": test_fingerprint})
+    write_json(marker_path(cfg), SimulationMarker(simulate=params, test_fingerprint=test_fingerprint).model_dump(mode="json"))
