@@ -87,11 +87,27 @@ def test_the_official_clients_zip_is_read_as_it_is(simulated: Path, tmp_path: Pa
     assert sorted(p.name for p in data.iterdir()) == ["statoil-iceberg-classifier-challenge.zip"]
 
 
-def test_a_plain_file_wins_over_its_archive(simulated: Path, tmp_path: Path) -> None:
+def test_a_plain_file_beside_the_same_archive_is_read_with_one_note(simulated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = as_7z(simulated, tmp_path / "both")
-    shutil.copy(simulated / "train.json", data / "train.json")
+    shutil.copy(simulated / "train.json", data / "train.json")  # extracted by hand beside its archive
+    cfg = config(data, tmp_path / "work")
+    capsys.readouterr()
     assert files.locate(data)["train.json"].form == "plain"
-    assert files.resolve(config(data, tmp_path / "work"), "train.json") == data / "train.json"
+    assert files.resolve(cfg, "train.json") == data / "train.json"
+    assert files.resolve(cfg, "train.json") == data / "train.json"
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
+    assert notes == [f"note: reading {data / 'train.json'}; train.json.7z beside it holds the same file and is not read"]  # once
+
+
+def test_a_plain_file_beside_an_archive_of_another_file_is_refused_naming_both(simulated: Path, tmp_path: Path) -> None:
+    data = as_7z(simulated, tmp_path / "both")
+    shutil.copy(simulated / "test.json", data / "train.json")  # another file under the archive's name
+    before = snapshot(data)
+    with pytest.raises(
+        DataError, match=r"both/: train.json \([0-9,]+ bytes\) and train.json.7z \(holding [0-9,]+ bytes\) are different files.*move away the one"
+    ):
+        load_train(config(data, tmp_path / "work"))
+    assert snapshot(data) == before
 
 
 def test_7z_without_py7zr_uses_the_7z_program(simulated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,11 @@ in any of the forms Kaggle and its users produce:
   `<slug>.zip` holding the three `.7z` archives).
 
 Archives are extracted once into `<work_dir>/cache/extracted/<content hash of the archive>/`,
-never into the data folder, which may be read-only (a Kaggle kernel's `/kaggle/input`). A plain
-file wins over an archive of the same name; only the top level of the data folder is searched.
+never into the data folder, which may be read-only (a Kaggle kernel's `/kaggle/input`). Only the
+top level of the data folder is searched. A plain file beside its `.7z` (`train.json` and
+`train.json.7z`, e.g. after extracting by hand) is read only when the archive holds the same bytes
+(content hashes, remembered like the archives'), with a one-line note saying so; when they differ
+the read is refused, naming both: which one the user means cannot be guessed.
 
 The simulator marks the folders it writes (`hidden/simulated.json`, with the fingerprint of
 the test file it wrote), so that its hidden solution is used only for the test data it belongs
@@ -20,6 +23,7 @@ to, and so that it never writes over competition files that are not its own.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -35,6 +39,7 @@ from competition import fingerprint
 from competition.artefact import read_json
 from competition.atomic import write_json
 from competition.config import CompetitionConfig
+from competition.console import console
 from competition.data.cache import INDEX, Stamp, read_index, write_index
 from competition.errors import DataError, MissingArtefactError
 
@@ -51,6 +56,7 @@ class Found:
     name: str
     path: Path
     form: Literal["plain", "7z", "zip"]
+    beside: Path | None = None  # a plain file's `.7z` in the same folder, read only to check it holds the same file
 
     def describe(self) -> str:
         return str(self.path) if self.form == "plain" else f"{self.path} ({self.name} inside)"
@@ -64,7 +70,8 @@ def locate(data_dir: Path) -> dict[str, Found]:
     found: dict[str, Found] = {}
     for name in NAMES:
         if (data_dir / name).is_file():
-            found[name] = Found(name, data_dir / name, "plain")
+            archive = data_dir / f"{name}.7z"
+            found[name] = Found(name, data_dir / name, "plain", archive if archive.is_file() else None)
         elif (data_dir / f"{name}.7z").is_file():
             found[name] = Found(name, data_dir / f"{name}.7z", "7z")
     missing = [name for name in NAMES if name not in found]
@@ -88,14 +95,33 @@ def resolve(cfg: CompetitionConfig, name: str) -> Path:
     """A plain, readable path of competition file `name` (one of NAMES), extracting archives once.
 
     Raises MissingArtefactError when the data folder holds the file in no form, DataError when
-    an archive is damaged or does not hold exactly one such file.
+    an archive is damaged or does not hold exactly one such file, or when a plain file and its
+    `.7z` beside it hold different files.
     """
     found = locate(cfg.data_dir).get(name)
     if found is None:
         raise MissingArtefactError(missing_message(cfg, [name]))
-    if found.form == "plain":
-        return found.path
-    return _member(extracted(found.path, cfg.cache_dir / "extracted"), name, found.path)
+    root = cfg.cache_dir / "extracted"
+    if found.form != "plain":
+        return _member(extracted(found.path, root), name, found.path)
+    if found.beside is not None:
+        _check_same(found.path, _member(extracted(found.beside, root), name, found.beside), found.beside, root)
+    return found.path
+
+
+def _check_same(plain: Path, member: Path, archive: Path, root: Path) -> None:
+    """Refuse (DataError) a plain file whose `.7z` beside it holds another file; note once that the archive is a copy."""
+    if content_hash(plain, root) != content_hash(member, root):
+        raise DataError(
+            f"{plain.parent}/: {plain.name} ({plain.stat().st_size:,} bytes) and {archive.name} (holding {member.stat().st_size:,} bytes) "
+            f"are different files and only one can be read: move away the one you do not mean (the harness never changes this folder)"
+        )
+    _note_copy(plain, archive)
+
+
+@functools.cache
+def _note_copy(plain: Path, archive: Path) -> None:
+    console.print(f"[yellow]note[/]: reading {plain}; {archive.name} beside it holds the same file and is not read", soft_wrap=True)
 
 
 def sample_submission(cfg: CompetitionConfig) -> Path:
