@@ -96,7 +96,7 @@ def test_a_plain_file_beside_the_same_archive_is_read_with_one_note(simulated: P
     assert files.resolve(cfg, "train.json") == data / "train.json"
     assert files.resolve(cfg, "train.json") == data / "train.json"
     notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
-    assert notes == [f"note: reading {data / 'train.json'}; train.json.7z beside it holds the same file and is not read"]  # once
+    assert notes == [f"note: reading {data / 'train.json'}; train.json.7z beside it holds the same file and is ignored"]  # once
 
 
 def test_a_plain_file_beside_an_archive_of_another_file_is_refused_naming_both(simulated: Path, tmp_path: Path) -> None:

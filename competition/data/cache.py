@@ -74,7 +74,7 @@ class Stamp(BaseModel):
 
     def matches(self, stat: os.stat_result) -> bool:
         """Whether the file still has the size and mtime it had when its fingerprint was taken."""
-        return (self.size, self.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+        return (self.size, self.mtime_ns) == _stat_key(stat)
 
 
 class StampIndex(RootModel[dict[str, Stamp]]):

@@ -114,14 +114,14 @@ def _check_same(plain: Path, member: Path, archive: Path, root: Path) -> None:
     if content_hash(plain, root) != content_hash(member, root):
         raise DataError(
             f"{plain.parent}/: {plain.name} ({plain.stat().st_size:,} bytes) and {archive.name} (holding {member.stat().st_size:,} bytes) "
-            f"are different files and only one can be read: move away the one you do not mean (the harness never changes this folder)"
+            "are different files and only one can be read: move away the one you do not mean (the harness never changes this folder)"
         )
     _note_copy(plain, archive)
 
 
 @functools.cache
 def _note_copy(plain: Path, archive: Path) -> None:
-    console.print(f"[yellow]note[/]: reading {plain}; {archive.name} beside it holds the same file and is not read", soft_wrap=True)
+    console.print(f"[yellow]note[/]: reading {plain}; {archive.name} beside it holds the same file and is ignored", soft_wrap=True)
 
 
 def sample_submission(cfg: CompetitionConfig) -> Path:
