@@ -89,10 +89,16 @@ class Overrides:
     trainer: list[str] = field(default_factory=list)
 
     def apply_competition(self, cfg: CompetitionConfig) -> CompetitionConfig:
-        """`cfg` with the competition overrides applied and validated (errors say they came from the command line)."""
+        """`cfg` with the competition overrides applied and validated (errors say they came from the command line).
+
+        A `work_dir` equal to `data_dir` (the YAML's null) follows `data_dir=elsewhere` unless `work_dir=` is given too:
+        otherwise the folds and cache of another competition folder would land in the default one."""
         if not self.competition:
             return cfg
-        return validate(CompetitionConfig, apply_overrides(cfg.model_dump(mode="json"), self.competition), "command line", self.competition)
+        base = cfg.model_dump(mode="json")
+        if cfg.work_dir == cfg.data_dir:  # it follows data_dir (null in the YAML): it follows an overridden one too
+            base["work_dir"] = None
+        return validate(CompetitionConfig, apply_overrides(base, self.competition), "command line", self.competition)
 
 
 def _profile_keys() -> set[str]:

@@ -74,3 +74,19 @@ def test_the_kernel_ships_a_relative_work_dir_so_it_writes_under_kaggle_working(
         assert shipped["work_dir"] is not None and not Path(shipped["work_dir"]).is_absolute(), (overrides, shipped)
         kernel = CompetitionConfig.model_validate({**shipped, "data_dir": "/kaggle/input/competitions/statoil-iceberg-classifier-challenge"})
         assert kernel.work_dir == Path(shipped["work_dir"])
+
+
+def test_a_work_dir_that_follows_data_dir_follows_an_overridden_one(tmp_path: Path) -> None:
+    """`train`/`all` load the YAML, then apply the command line: `data_dir=elsewhere` alone moves the work_dir
+    (folds, cache) with it, `work_dir=` given too wins, and a YAML work_dir apart from data_dir stays (a newcomer's
+    `train ... data_dir=/tmp/x` read and wrote ./data instead)."""
+    from competition.overrides import route
+
+    follows = CompetitionConfig(data_dir=Path("data"), work_dir=None)
+    assert follows.work_dir == Path("data")
+    moved = route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(follows)
+    assert moved.data_dir == moved.work_dir == tmp_path / "x"
+    both = route([f"data_dir={tmp_path / 'x'}", f"work_dir={tmp_path / 'w'}"], "train").apply_competition(follows)
+    assert (both.data_dir, both.work_dir) == (tmp_path / "x", tmp_path / "w")
+    apart = CompetitionConfig(data_dir=Path("data"), work_dir=tmp_path / "kept")
+    assert route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(apart).work_dir == tmp_path / "kept"
