@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 from competition.config import RayConfig
+from competition.console import console
 from competition.engine import LocalEngine, open_engine
 from competition.errors import DataError
 from competition.stacking import study_storage
@@ -145,22 +146,21 @@ def test_a_user_error_in_a_study_on_ray_reaches_the_driver_once(table, ray_clust
     assert "\n" not in str(err.value)
 
 
-def test_trial_parallel_search_on_one_machine_changes_nothing_and_is_kept_apart(runs, in_process):
-    """With the local engine the tasks of one study run one after another: the first runs every trial,
-    the others find the study complete, and the result is the sequential search's. Its studies are
-    named apart (`-tw2`) and summary.json records the setting, so a later sequential run of the same
-    experiment searches studies of its own instead of resuming the parallel ones."""
+def test_trial_workers_on_the_local_engine_search_sequentially_with_one_note(runs, in_process):
+    """The local engine runs one task at a time, so trial_workers=2 there would only repeat the sequential
+    search, slower: it is ignored with one note, and the studies, their names and summary.json are the
+    sequential run's (trial_workers 1), so a later sequential run of the experiment resumes them."""
     local, local_dir = in_process
-    parallel, parallel_dir = _stack(runs, "local_parallel", "local", trial_workers=2)
-    assert parallel.methods == local.methods
-    assert parallel.trial_workers == read_summary(parallel_dir).trial_workers == 2 and local.trial_workers == 1
-    searched = _studies(parallel_dir)
-    assert all("-tw2-" in name for name in searched)
-    assert {name.replace("-tw2-", "-"): trials for name, trials in searched.items()} == _studies(local_dir)
+    with console.capture() as captured:
+        parallel, parallel_dir = _stack(runs, "local_parallel", "local", trial_workers=2)
+    out = " ".join(captured.get().split())
+    assert out.count("stacker.trial_workers=2 ignored: it needs engine=ray") == 1 and "NOT reproducible" not in out
+    assert parallel.methods == local.methods and parallel.config_hash == local.config_hash
+    assert parallel.trial_workers == read_summary(parallel_dir).trial_workers == 1
+    assert _studies(parallel_dir) == _studies(local_dir)  # same names (no -tw2), same trials
 
     again, again_dir = _stack(runs, "local_parallel", "local")  # the study file is carried into the new folder
-    assert again.trial_workers == 1 and again.methods == local.methods
-    assert _studies(again_dir) == {**_studies(local_dir), **searched}  # new sequential studies beside the parallel ones
+    assert again.methods == local.methods and _studies(again_dir) == _studies(local_dir)  # resumed, none added
 
 
 @pytest.mark.slow  # about 60 s here: 12 fresh worker processes on two 1-CPU nodes
@@ -171,5 +171,5 @@ def test_trial_parallel_search_on_ray_fills_each_study_once(runs, ray_cluster):
     studies = _studies(stack_dir)
     assert len(studies) == runs.folds.params.k + 1
     assert all(N_TRIALS <= len(trials) <= N_TRIALS + 1 for trials in studies.values())
-    assert all("-tw2-" in name for name in studies) and summary.trial_workers == 2  # kept apart from sequential studies
+    assert all(name.endswith("-tw2") for name in studies) and summary.trial_workers == 2  # kept apart from sequential studies
     assert np.isfinite(summary.methods["lgbm"].cv_mean)

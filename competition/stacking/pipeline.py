@@ -128,7 +128,7 @@ def evaluate_methods(
     Single runs and blenders fit in milliseconds, so their tasks run here, in the driver (a Ray task
     costs about 2 s of worker start-up); the stacker's studies, seconds to minutes each, run on
     `engine` (`cluster_address`: the Ray cluster's, to serve the studies' storage where its workers
-    reach it).
+    reach it). `scfg` as `searchable` returns it for `engine`.
     """
     preds = pred_columns(coll.names)
     here = LocalEngine()
@@ -222,6 +222,23 @@ def _search_in_parallel(
     engine.run(tasks, lambda task, best: None, f"Optuna search, {workers} tasks per study (lgbm)")
 
 
+def searchable(scfg: StackConfig, engine: Engine) -> StackConfig:
+    """`scfg` as `engine` can search it: `stacker.trial_workers` > 1 only where tasks run at the same time (Ray).
+
+    The local engine runs tasks one after another, so N tasks per study would only repeat the
+    sequential search (its first task runs every trial), slower and under `-tw{N}` names: there the
+    studies are searched sequentially, as with trial_workers=1 (same names, same summary.json, one note).
+    """
+    workers = scfg.stacker.trial_workers
+    if workers == 1 or engine.name != "local" or "lgbm" not in scfg.methods:
+        return scfg
+    console.print(
+        f"[yellow]note[/] lgbm: stacker.trial_workers={workers} ignored: it needs engine=ray (the local engine runs one task "
+        "at a time); each study is searched sequentially, as with trial_workers=1"
+    )
+    return scfg.model_copy(update={"stacker": scfg.stacker.model_copy(update={"trial_workers": 1})})
+
+
 def _write_tables(out_dir: Path, coll: Collection, results: list[MethodResult]) -> None:
     """stack/oof.csv (id, repeat, fold, one clipped column per method) and stack/test.csv (id, one per method)."""
     repeats = coll.fold.shape[0]
@@ -271,6 +288,7 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
     console.print(f"stacking {len(coll.names)} runs of '{cfg.experiment}' on {folds.describe()}: {', '.join(coll.names)}")
     y = np.asarray(train.labels, dtype=np.int64)[_positions(train.ids, coll.train_ids)]
     tables, tests = _tables(coll, train, test, scfg)
+    scfg = searchable(scfg, engine)
     submission: Path | None = None
     try:
         with replaced_folder(out_dir, carry=[STUDY_FILE], keep_on_failure=[STUDY_FILE + "*"]) as work:
