@@ -72,11 +72,14 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 @app.command()
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
-    cfg = _competition(overrides, "simulate", config)
     from competition.data.files import check_simulation_target
     from competition.locks import folds_lock
     from competition.simulate import write_simulated
+    from competition.simulate.folder import check_configured_data_dir
 
+    routed = route(overrides, "simulate").competition
+    check_configured_data_dir(routed, config)  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
+    cfg = load_competition(routed, config)
     check_simulation_target(cfg)  # before the lock: a refused simulation leaves no lock file in a folder it may not write
     with folds_lock(cfg.folds_json):
         write_simulated(cfg)

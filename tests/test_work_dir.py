@@ -1,5 +1,5 @@
 """`work_dir` (the harness's cache and folds): an unset one follows `data_dir`, a read-only `data_dir` is
-refused in one line, and the Kaggle kernel still writes under /kaggle/working."""
+refused in one line (naming `data_dir` to `simulate`, which writes it), and the Kaggle kernel still writes under /kaggle/working."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from competition.config import CompetitionConfig, SimulateConfig, load_competition
+from competition.errors import DataError
 from competition.kaggle.kernel import shipped_config
 from competition.simulate import write_simulated
 
@@ -22,6 +24,18 @@ def _competition(tree: Path, *args: str, prefix: tuple[str, ...] = ()) -> subpro
     """`python -m competition ARGS` with `tree` (holding a copy of configs/) as the working folder."""
     cmd = [*prefix, sys.executable, "-m", "competition", *args]
     return subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def read_only(folder: Path) -> tuple[str, ...]:
+    """Make `folder` read-only for a command run with the returned prefix (see `_competition`).
+
+    Root writes through file modes, so as root the prefix mounts the folder read-only in a private mount namespace,
+    as Kaggle's /kaggle/input is; anyone else gets the folder's modes cleared and no prefix.
+    """
+    if os.geteuid() == 0:
+        return ("unshare", "-m", "sh", "-c", f'mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && exec "$@"', "sh")
+    folder.chmod(0o555)
+    return ()
 
 
 def test_folds_with_another_data_dir_leave_the_default_competitions_folds_alone(tmp_path: Path) -> None:
@@ -52,11 +66,7 @@ def test_a_read_only_data_dir_without_a_work_dir_is_refused_in_one_line(tmp_path
     shutil.copytree(ROOT / "configs", tree / "configs")
     data = tmp_path / "input"
     write_simulated(CompetitionConfig(data_dir=data, simulate=SimulateConfig(n_train=24, n_test=12, seed=3)))
-    if os.geteuid() == 0:  # root writes through file modes: mount the folder read-only, as Kaggle's /kaggle/input is
-        prefix: tuple[str, ...] = ("unshare", "-m", "sh", "-c", f'mount --bind {data} {data} && mount -o remount,bind,ro {data} && exec "$@"', "sh")
-    else:
-        data.chmod(0o555)
-        prefix = ()
+    prefix = read_only(data)
     refused = _competition(tree, "folds", f"data_dir={data}", prefix=prefix)
     given = _competition(tree, "folds", f"data_dir={data}", f"work_dir={tmp_path / 'work'}", "folds.k=3", prefix=prefix)
 
@@ -90,3 +100,39 @@ def test_a_work_dir_that_follows_data_dir_follows_an_overridden_one(tmp_path: Pa
     assert (both.data_dir, both.work_dir) == (tmp_path / "x", tmp_path / "w")
     apart = CompetitionConfig(data_dir=Path("data"), work_dir=tmp_path / "kept")
     assert route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(apart).work_dir == tmp_path / "kept"
+
+
+def test_simulate_into_a_read_only_data_dir_is_refused_naming_data_dir_and_leaves_nothing(tmp_path: Path) -> None:
+    """The simulator writes data_dir itself: with or without a work_dir, a read-only one is refused in one line naming
+    data_dir (not the work_dir rule, which cannot help), before any lock or marker (a newcomer got a traceback and a
+    .folds.lock left in work_dir)."""
+    tree = tmp_path / "project"
+    shutil.copytree(ROOT / "configs", tree / "configs")
+    data, work = tmp_path / "input", tmp_path / "work"
+    data.mkdir()
+    work.mkdir()
+    prefix = read_only(data)
+    sim = ("simulate.n_train=24", "simulate.n_test=12")
+    runs = {
+        "with work_dir": _competition(tree, "simulate", f"data_dir={data}", f"work_dir={work}", *sim, prefix=prefix),
+        "without": _competition(tree, "simulate", f"data_dir={data}", *sim, prefix=prefix),
+        "a missing folder in it": _competition(tree, "simulate", f"data_dir={data / 'new'}", f"work_dir={work}", *sim, prefix=prefix),
+    }
+
+    for case, done in runs.items():
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, (case, done.stderr[-2000:])
+        assert lines[0].startswith("error: data_dir ") and "simulate into a writable folder (data_dir=...)" in lines[0], (case, lines)
+    assert f"data_dir {data} is not writable" in runs["without"].stderr
+    assert f"data_dir {data / 'new'} cannot be created: {data} is not writable" in runs["a missing folder in it"].stderr
+    assert list(data.iterdir()) == [] and list(work.iterdir()) == []
+
+
+def test_simulate_refuses_a_data_dir_under_a_file_before_writing(tmp_path: Path) -> None:
+    """A file where a folder of data_dir should be: refused in one line by the writer itself (library callers too)."""
+    (tmp_path / "taken").write_text("a file\n")
+    cfg = CompetitionConfig(data_dir=tmp_path / "taken" / "data", work_dir=tmp_path / "work", simulate=SimulateConfig(n_train=24, n_test=12, seed=3))
+
+    with pytest.raises(DataError, match=r"^data_dir \S+/taken/data cannot be created: \S+/taken is a file, not a folder: the simulator writes"):
+        write_simulated(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

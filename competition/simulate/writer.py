@@ -20,6 +20,7 @@ from competition.atomic import atomic_path, write_text
 from competition.config import CompetitionConfig
 from competition.console import progress
 from competition.data.files import check_simulation_target, mark_simulation
+from competition.simulate.folder import check_writable
 from competition.simulate.generate import Split, chips, layout, split_rows
 from competition.simulate.scenes import Layout
 
@@ -32,8 +33,8 @@ Records = tuple[int, Iterable[list[dict[str, Any]]]]  # how many images, and the
 def write_simulated(cfg: CompetitionConfig) -> None:
     """Write train.json, test.json, sample_submission.csv and the hidden solution.csv for `cfg`.
 
-    Raises DataError (nothing written) when `cfg.data_dir` holds competition files, plain or
-    archived, that an earlier simulation did not write (`write_competition`).
+    Raises DataError (nothing written) when `cfg.data_dir` cannot be written or holds competition
+    files, plain or archived, that an earlier simulation did not write (`write_competition`).
     """
     sim = cfg.simulate
     plan = layout(sim)
@@ -51,11 +52,12 @@ def write_competition(
 
     `params` (what made the data) go into the folder's marker; `answers`: the test ids, their labels
     and their leaderboard (`Public`, `Private` or `Ignored`), in the test file's order. Raises
-    DataError (nothing written) when `cfg.data_dir` holds competition files the harness did not
-    write. The folder is marked first (a killed writer can be rerun) and gets the test file's
-    fingerprint last, which ties the hidden solution to this test data only
-    (competition.data.files.simulated_solution).
+    DataError (nothing written) when `cfg.data_dir` cannot be written (competition.simulate.folder)
+    or holds competition files the harness did not write. The folder is marked first (a killed
+    writer can be rerun) and gets the test file's fingerprint last, which ties the hidden solution
+    to this test data only (competition.data.files.simulated_solution).
     """
+    check_writable(cfg.data_dir)
     check_simulation_target(cfg)
     mark_simulation(cfg, params, None)
     with progress() as bar:
