@@ -114,7 +114,7 @@ def _check_same(plain: Path, member: Path, archive: Path, root: Path) -> None:
     if content_hash(plain, root) != content_hash(member, root):
         raise DataError(
             f"{plain.parent}/: {plain.name} ({plain.stat().st_size:,} bytes) and {archive.name} (holding {member.stat().st_size:,} bytes) "
-            "are different files and only one can be read: move away the one you do not mean (the harness never changes this folder)"
+            "are different files and only one can be read: move away the one you do not mean (the harness never changes or deletes either)"
         )
     _note_copy(plain, archive)
 
