@@ -82,20 +82,20 @@ def run_all(cfg: CompetitionConfig, overrides: Sequence[str] = (), profile: str 
     scfg = load_stack_config(routed.stack)
     started = time.perf_counter()
     timings = Timings()
-    with folds_lock(cfg.folds_json):  # what `simulate` and `folds` take; training, stack and report lock their own folders
-        with timings.step("data"):
-            ensure_data(cfg)
-            train, test = load_competition(cfg)
-            source = describe(cfg, train.fingerprint, test.fingerprint)
-            console.print(data_statement(cfg, source))
-        with timings.step("folds"):
-            folds, written = ensure_folds(train, cfg)
-            console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
     with ExitStack() as opened:
         engine: Engine | None = None  # local: a process per model, the stack in this one
-        if cfg.engine != "local":
+        if cfg.engine != "local":  # first: a cluster that cannot be reached is said within seconds, before the data loads
             with timings.step(f"engine {cfg.engine}"):
                 engine = opened.enter_context(open_engine(cfg.engine, cfg.ray))
+        with folds_lock(cfg.folds_json):  # what `simulate` and `folds` take; training, stack and report lock their own folders
+            with timings.step("data"):
+                ensure_data(cfg)
+                train, test = load_competition(cfg)
+                source = describe(cfg, train.fingerprint, test.fingerprint)
+                console.print(data_statement(cfg, source))
+            with timings.step("folds"):
+                folds, written = ensure_folds(train, cfg)
+                console.print(f"{'wrote' if written else 'reusing'} {cfg.folds_csv} ({folds.describe()})")
         cvs = {}
         for model in cfg.models:
             with timings.step(f"train {model}"):

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from competition.config import CompetitionConfig, RayConfig
 from competition.engine import Engine, Resources, Task, open_engine
-from competition.errors import ConfigError
+from competition.errors import ConfigError, UserError
 from competition.training import store
 from competition.training.trainer import prefix_folder, train_model
 
@@ -136,6 +136,24 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 def _without(record: dict[str, Any], keys: set[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in keys}
+
+
+def test_a_cluster_that_cannot_be_reached_is_said_before_the_data_loads_and_leaves_no_folder(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    """train and `all` open the engine (probe the Ray head) first: with an absent data folder the error is
+    still the cluster's, and a refused address leaves no runs/<experiment>/ behind. (Before any test of this
+    module initialises Ray here: an initialised Ray is used as it is, without a probe.)"""
+    import ray
+    from competition.pipeline import run_all
+
+    assert not ray.is_initialized()
+    refused, message = ["engine=ray", "ray.address=127.0.0.1:1"], r"^ray\.address=127\.0\.0\.1:1\b.*no Ray head answers there"
+    for data_dir in (cfg.data_dir, tmp_path / "absent"):
+        at = _at(cfg, tmp_path / "runs").model_copy(update={"data_dir": data_dir, "work_dir": data_dir})
+        with pytest.raises(UserError, match=message):
+            train_model(at, MODEL, "cpu", [*UNITS, *refused])
+    with pytest.raises(UserError, match=message):
+        run_all(at, refused)  # before simulating into the absent data folder
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "absent").exists()
 
 
 def test_units_spread_over_the_nodes_survive_a_killed_worker_and_a_lost_node_and_write_the_same_files_as_local(

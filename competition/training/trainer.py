@@ -466,31 +466,33 @@ def train_model(
     replaces the run folder only once finished (a failed or killed fresh run leaves the old run).
     Holds the run folder's lock: a second `train` of the same run is refused at once.
     `run_name` names the run folder (default: the model's name), so variants of one model sit side by side.
-    `engine` runs the units (and the policy race); None: the config's (`engine:`, `ray:`), opened for this call
-    only when a unit is missing. Raises the first unit's `UserError` as it is; finished units stay on disk.
+    `engine` runs the units (and the policy race); None: the config's (`engine:`, `ray:`, after the overrides),
+    opened for this call before the data loads and before any folder is made, so a cluster that cannot be
+    reached is said within seconds and leaves nothing behind (a finished run, then, opens it for nothing).
+    Raises the first unit's `UserError` as it is; finished units stay on disk.
     """
     started = time.perf_counter()
-    plan = plan_run(cfg, model_name, profile, overrides, run_name)
-    with run_lock(plan.run_dir):
-        if fresh:  # train into a staging folder that replaces the run only when finished: a failed fresh run leaves the old one
-            with replaced_folder(plan.run_dir) as staging:
-                _train_units(replace(plan, run_dir=staging), run_name, started, in_place=True, engine=engine)
-        else:
-            recover_folder(plan.run_dir)
-            shutil.rmtree(staging_path(plan.run_dir), ignore_errors=True)  # what a failed or killed --fresh left
-            _train_units(plan, run_name, started, in_place=False, engine=engine)
+    with _opened(engine, route(overrides, "train").apply_competition(cfg)) as running:
+        plan = plan_run(cfg, model_name, profile, overrides, run_name)
+        with run_lock(plan.run_dir):
+            if fresh:  # train into a staging folder that replaces the run only when finished: a failed fresh run leaves the old one
+                with replaced_folder(plan.run_dir) as staging:
+                    _train_units(replace(plan, run_dir=staging), run_name, started, in_place=True, engine=running)
+            else:
+                recover_folder(plan.run_dir)
+                shutil.rmtree(staging_path(plan.run_dir), ignore_errors=True)  # what a failed or killed --fresh left
+                _train_units(plan, run_name, started, in_place=False, engine=running)
     console.print(f"[green]wrote[/] {plan.run_dir}/{{oof.csv,test.csv,meta.json,{CURVES_FILE}}}")
     return plan.run_dir
 
 
-def _train_units(plan: Plan, run_name: str | None, started: float, in_place: bool, engine: Engine | None) -> None:
-    """Train the units not finished in plan.run_dir (resuming), then write the run's tables and meta.json (see _finish)."""
+def _train_units(plan: Plan, run_name: str | None, started: float, in_place: bool, engine: Engine) -> None:
+    """Train the units not finished in plan.run_dir (resuming) on `engine`, then write the run's tables and meta.json (see _finish)."""
     store.remove_leftovers(plan.run_dir)
     done = {u: r for u in plan.units if (r := store.read_unit(plan.run_dir, u, plan.prints)) is not None}
     todo = [u for u in plan.units if u not in done]
     if todo:
-        with _opened(engine, plan.cfg) as running:
-            plan = _run_units(plan, todo, done, running, run_name)
+        plan = _run_units(plan, todo, done, engine, run_name)
     else:
         _announce(plan, len(done), run_name)
     _finish(plan, [done[u] for u in plan.units], todo, time.perf_counter() - started, in_place)
