@@ -12,7 +12,7 @@ import pytest
 from competition.config import RayConfig
 from competition.console import console
 from competition.engine import LocalEngine, open_engine
-from competition.errors import DataError
+from competition.errors import DataError, UserError
 from competition.stacking import study_storage
 from competition.stacking.crossval import evaluate
 from competition.stacking.features import stack_tables
@@ -45,6 +45,18 @@ def table(tmp_path_factory):
 def _trials(path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("select count(*) from trials").fetchone()[0])
+
+
+def test_a_ray_head_that_cannot_be_reached_leaves_no_experiment_folder(runs):
+    """The engine opens (the head is probed) before the stack lock makes runs/<experiment>/. (Before any
+    test of this module connects to its cluster: an initialised Ray is used as it is, without a probe.)"""
+    import ray
+
+    assert not ray.is_initialized()
+    cfg = runs.cfg.model_copy(update={"experiment": "unreachable", "engine": "ray", "ray": RayConfig(address="127.0.0.1:1")})
+    with pytest.raises(UserError, match=r"^ray\.address=127\.0\.0\.1:1\b.*no Ray head answers there"):
+        run_stack(cfg, STACK, runs.train, runs.test)
+    assert not cfg.experiment_dir.exists()
 
 
 def test_served_storage_resumes_a_study_with_the_results_of_sqlite(table, tmp_path):

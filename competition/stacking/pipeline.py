@@ -263,10 +263,11 @@ def run_stack(
     once); builds the new folder beside the old one and swaps it in whole, after the submission
     is written; a failure at any point leaves the old folder and no new submission. The Optuna
     study travels from the old folder into the new one, and a failed attempt's study is kept for
-    the next, so an interrupted search resumes.
+    the next, so an interrupted search resumes. The engine opens first: a Ray head that cannot be
+    reached is said before the lock makes runs/<experiment>/.
     """
     out_dir = cfg.stack_dir
-    with stack_lock(out_dir), _engine(cfg, scfg, engine) as opened:
+    with _engine(cfg, scfg, engine) as opened, stack_lock(out_dir):
         return _run_stack(cfg, scfg, out_dir, train, test, opened)
 
 
