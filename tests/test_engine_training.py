@@ -303,7 +303,7 @@ def test_make_all_on_ray_trains_from_this_process_and_stacks_on_the_same_engine(
     stack = ["stack.stacker.n_trials=2", "stack.stacker.inner_folds=2", "stack.features.band_stats=false"]
     where = cfg.model_copy(update={"runs_dir": tmp_path / "runs", "submissions_dir": tmp_path / "subs"})
     result = run_all(where, [*UNITS, *stack, f"models=[{MODEL}]", "engine=ray"], profile="cpu")
-    assert [name for name, _ in result["timings"]][2:5] == ["engine ray", f"train {MODEL}", "stack"]
+    assert [name for name, _ in result["timings"]][:5] == ["engine ray", "data", "folds", f"train {MODEL}", "stack"]  # the engine first
     run = store.load_run(where.runs_dir / cfg.experiment / MODEL)
     assert run.meta.config["competition"]["engine"] == "ray" and len(run.meta.trained_this_run or []) == 6
     pd.testing.assert_frame_equal(run.oof, store.load_run(local_run).oof)
