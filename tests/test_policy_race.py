@@ -298,3 +298,14 @@ def test_the_prior_races_on_when_it_fits() -> None:
     assert contest.prior_fits()  # 49 + 28 s, nothing spent yet: within 100 s
     contest.budget_s = 70.0
     assert not contest.prior_fits()
+
+
+def test_the_rule_and_the_title_say_why_in_plain_words() -> None:
+    """A best that is also the simplest complete candidate is said to be so (not "no simpler candidate within 1 SE"),
+    and a budget under the `min_seconds` floor names the floor (a newcomer read "budget 30%" beside "101%")."""
+    probe, head = _entry("probe", [0.2, 0.3, 0.25]), _entry("head", [0.6, 0.7, 0.65])
+    winner, rule = policy_race.one_se_choice([head, probe], margin_se=1.0, prior_name="head")
+    assert winner == "probe" and rule.endswith("and it is the simplest that completed")
+    floor = {"budget": 0.3, "reference_s": 100.0, "min_seconds": 60.0, "budget_s": 60.0}
+    assert policy_race._budget_text(floor) == "30% of a run is under the floor: auto.race.min_seconds 60 s"
+    assert policy_race._budget_text({**floor, "reference_s": 1000.0, "budget_s": 300.0}) == "30%"

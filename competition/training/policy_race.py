@@ -192,8 +192,11 @@ class Race:
         return time.perf_counter() - self.started
 
     def run(self) -> None:
-        """Train every candidate the budget allows."""
-        for entry in self.entries:
+        """Train every candidate the budget allows (the engine's bar counts the candidates done: `report_step`)."""
+        from competition.engine import report_step
+
+        for done, entry in enumerate(self.entries):
+            report_step(done, len(self.entries))
             if self.spent() >= self.budget_s:
                 break
             if entry.name == PROBE and self.setup.model_cfg.framework != "timm":
@@ -368,7 +371,9 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
     within = [e for e in complete if e is best or gaps[e.name][0] <= margin_se * gaps[e.name][1]]
     simplest = min(within, key=lambda e: (simplicity(e.name), e is not prior))
     if simplest is best:
-        return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); no simpler candidate within {margin_se:g} SE"
+        simpler = [e for e in complete if simplicity(e.name) < simplicity(best.name)]
+        why = f"no simpler candidate within {margin_se:g} SE" if simpler else "and it is the simplest that completed"
+        return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); {why}"
     gap, se = gaps[simplest.name]
     n_rows = 0 if best.row_loss is None else len(best.row_loss)
     return simplest.name, (
@@ -426,11 +431,19 @@ def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, s
     return rows
 
 
+def _budget_text(figures: dict[str, Any]) -> str:
+    """The budget as the title shows it: the fraction, or the `min_seconds` floor when that is what bound."""
+    floor = figures.get("min_seconds", 0.0)  # absent from races stored before the floor existed
+    if figures["budget"] * figures["reference_s"] < floor:
+        return f"{figures['budget']:.0%} of a run is under the floor: auto.race.min_seconds {floor:g} s"
+    return f"{figures['budget']:.0%}"
+
+
 def print_race(figures: dict[str, Any]) -> None:
     """The race as a Rich table in the terminal, with its rule and cost."""
     title = (
         f"policy race ({figures['valid_rows']} inner-validation rows; class prior {figures['class_prior_loss']:.4f}; "
-        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {figures['budget']:.0%})"
+        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {_budget_text(figures)})"
     )
     console.print(table(title, RACE_COLUMNS, race_table(figures)))
     console.print(f"policy race: {figures['rule']}")
