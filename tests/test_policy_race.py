@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -88,16 +89,15 @@ def test_inner_folds_add_folds_until_enough_validation_rows() -> None:
         assert not set(fit) & set(valid) and y[valid].mean() == pytest.approx(0.5, abs=0.15)
 
 
-def test_scouts_race_first_then_the_prior_then_cheapest_first() -> None:
-    assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["probe", "head", "all_but_stem", "top:3", "all"]
-    assert race_order(["head"], "all") == ["head", "all"]  # the table's pick always races
-    assert race_order(["probe", "all"], "head") == ["probe", "head", "all"]  # a scout as the table's pick races as a scout
+def test_prior_races_first_then_cheapest_first() -> None:
+    assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["all_but_stem", "probe", "head", "top:3", "all"]
+    assert race_order(["head"], "all") == ["all", "head"]  # the table's pick always races
 
 
 def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: store.Run) -> None:
     meta, figures = raced.meta, _figures(raced)
     names = [c["name"] for c in figures["candidates"]]
-    assert meta.policy_requested == "auto" and names == race_order(["probe", "head", "all"], figures["prior"])
+    assert meta.policy_requested == "auto" and names[0] == figures["prior"] and set(names) == {figures["prior"], "probe", "head", "all"}
     assert meta.policy == figures["winner"] and figures["rule"] in meta.policy_reason
     assert figures["valid_rows"] >= 1 and figures["race_rows"] == 32  # fold 0 of 3 held out of 48 rows
     assert all(len(c["val_loss"]) >= 1 and c["seconds"] > 0 for c in figures["candidates"])
@@ -271,14 +271,41 @@ def test_a_tiny_run_still_gets_min_seconds_of_race(cfg: CompetitionConfig, pretr
     assert figures["budget_s"] == pytest.approx(3.0, rel=1e-3)  # the floor binds here
 
 
-def test_a_binding_budget_cuts_the_tables_pick_not_the_scouts(cfg: CompetitionConfig, pretrained: list[str]) -> None:
-    """The table picks all_but_stem (a domain 'different' above 0.01 x); a budget of 1% binds during its first inner
-    fold, yet the probe and the head raced first and completed, so the decision is made among them (~100 images
-    used to let the table's pick spend the whole budget, and the probe never raced)."""
-    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.different_above=0.01", "auto.race.budget=0.01", "auto.race.min_seconds=0"]))
-    prior = policy_race.table_pick(setup)
-    figures = policy_race.race(setup, prior).numbers["race"]
-    outcomes = {c["name"]: c["outcome"] for c in figures["candidates"]}
-    assert prior.name == "all_but_stem" and list(outcomes)[:3] == ["probe", "head", "all_but_stem"]
-    assert outcomes["probe"] == outcomes["head"] == "complete"
-    assert "budget" in outcomes["all_but_stem"] and figures["winner"] in {"probe", "head"}
+def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """The table picks all_but_stem (a domain 'different' above 0.01 x) and must race all 5 inner folds (min_valid
+    above the rows); with a budget of 1% its first epoch shows it cannot complete: it stops there, with the
+    estimate in its outcome, instead of spending the budget the cheaper candidates need."""
+    options = ["auto.different_above=0.01", "auto.race.budget=0.01", "auto.race.min_seconds=0", "auto.race.min_valid=1000"]
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, *options]))
+    figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    first = figures["candidates"][0]
+    assert figures["prior"] == first["name"] == "all_but_stem" and figures["inner_folds"] == 5
+    assert first["epochs"] == 1 and first["outcome"].startswith("stopped after its first epoch: its 5 inner folds x 2 epochs"), first
+
+
+def test_the_prior_races_on_when_it_fits() -> None:
+    """`prior_fits`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
+    contest = object.__new__(policy_race.Race)
+    contest.started, contest.budget_s = policy_race.time.perf_counter(), 100.0
+    contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
+    contest.folds = [(np.arange(80), np.arange(20))] * 5
+    contest.valid_y = np.zeros(100)
+    contest.setup = SimpleNamespace(tta=["id"], rows=np.arange(100), model_cfg=SimpleNamespace(framework="timm"))
+    contest.prior_entry = policy_race.Entry("all_but_stem")
+    contest.entries = [contest.prior_entry, policy_race.Entry("probe"), policy_race.Entry("head")]
+    prior, scouts = contest.prior_cost_s()
+    assert prior == pytest.approx(24 * 2.0 + 100 * 0.01) and scouts == pytest.approx(8 * 100 * 0.01 + 5 * 400 * 0.01)
+    assert contest.prior_fits()  # 49 + 28 s, nothing spent yet: within 100 s
+    contest.budget_s = 70.0
+    assert not contest.prior_fits()
+
+
+def test_the_rule_and_the_title_say_why_in_plain_words() -> None:
+    """A best that is also the simplest complete candidate is said to be so (not "no simpler candidate within 1 SE"),
+    and a budget under the `min_seconds` floor names the floor (a newcomer read "budget 30%" beside "101%")."""
+    probe, head = _entry("probe", [0.2, 0.3, 0.25]), _entry("head", [0.6, 0.7, 0.65])
+    winner, rule = policy_race.one_se_choice([head, probe], margin_se=1.0, prior_name="head")
+    assert winner == "probe" and rule.endswith("and it is the simplest that completed")
+    floor = {"budget": 0.3, "reference_s": 100.0, "min_seconds": 60.0, "budget_s": 60.0}
+    assert policy_race._budget_text(floor) == "30% of a run is under the floor: auto.race.min_seconds 60 s"
+    assert policy_race._budget_text({**floor, "reference_s": 1000.0, "budget_s": 300.0}) == "30%"

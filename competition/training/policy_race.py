@@ -42,7 +42,7 @@ PROBE = "probe"  # the linear probe on frozen features, a candidate beside the f
 RACE_FILE = "policy_race.json"
 INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds
 _CHEAP_FIRST = {PROBE: 0, "head": 1, "top": 2, "all_but_stem": 3, "all": 4}  # also the simplicity order
-SCOUTS = (PROBE, "head")  # train no backbone block: they race before the table's pick, so a spent budget never cuts them
+SCOUTS = (PROBE, "head")  # train no backbone block: cheap, and what small data needs; the prior leaves them room
 
 
 class _Stop(Exception):
@@ -135,12 +135,10 @@ def simplicity(name: str) -> tuple[int, int]:
 
 
 def race_order(candidates: list[str], prior: str) -> list[str]:
-    """The scouts (`probe`, `head`: no backbone block trained) first, then the table's pick (its epochs set the
-    budget), then the others cheapest first. A budget that runs out then cuts only the expensive candidates: with
-    the prior first, ~100 images (5 inner folds) let it spend the whole budget and the probe never raced."""
-    others = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
-    scouts = [c for c in others if c in SCOUTS]
-    return [*scouts, prior, *(c for c in others if c not in SCOUTS)]
+    """The table's pick first (its first epoch sets the budget, and tells whether it can complete: `Race.prior_fits`),
+    then the others cheapest first, the scouts (`probe`, `head`) leading."""
+    rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
+    return [prior, *rest]
 
 
 @dataclass
@@ -188,13 +186,17 @@ class Race:
         self.reference_s = math.nan
         self._prior_epoch_ends: list[float] = []  # when each of the prior's epochs on the first inner fold ended
         self._predict_row_s = 0.0  # seconds per predicted row of the prior (timed once, after its first epoch)
+        self._prior_epoch_s = math.nan  # the prior's fastest epoch so far on the first inner fold's fit rows
 
     def spent(self) -> float:
         return time.perf_counter() - self.started
 
     def run(self) -> None:
-        """Train every candidate the budget allows."""
-        for entry in self.entries:
+        """Train every candidate the budget allows (the engine's bar counts the candidates done: `report_step`)."""
+        from competition.engine import report_step
+
+        for done, entry in enumerate(self.entries):
+            report_step(done, len(self.entries))
             if self.spent() >= self.budget_s:
                 break
             if entry.name == PROBE and self.setup.model_cfg.framework != "timm":
@@ -260,7 +262,8 @@ class Race:
         return ModelInputs(x, train.angle[rows], self.y[index], is_features=features is not None)
 
     def _watch(self, entry: Entry, fold: int, fit_started: float, n_fit: int, predict: Callable[[], np.ndarray], epoch: int, metrics: dict[str, float]) -> None:
-        """`on_epoch` of every race fit: times the prior's epochs (the budget), applies the rungs and the budget.
+        """`on_epoch` of every race fit: times the prior's epochs (the budget), stops a prior that cannot complete,
+        applies the rungs and the budget.
 
         The rungs skip the probe (its one fit is final, not an epoch-1 point of a network) and never stop the prior
         (the table's informed guess, which the budget is timed on); its losses still count at the rungs."""
@@ -272,6 +275,8 @@ class Race:
             if epoch == 0:
                 self._predict_row_s = _seconds(predict) / max(1, len(self.folds[0][1]))
             self._time_reference(now, fit_started, n_fit)
+            if epoch == 0 and not self.prior_fits():
+                raise _Stop(self._prior_cut())
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
         if fold == 0 and entry.name != PROBE and not self.rungs.passes(epoch + 1, min(entry.val_loss)) and entry is not self.prior_entry:
@@ -284,10 +289,39 @@ class Race:
         self._prior_epoch_ends.append(now)
         ends = [fit_started, *self._prior_epoch_ends]
         fastest = min(b - a for a, b in zip(ends, ends[1:], strict=False))
+        self._prior_epoch_s = fastest
         per_epoch = fastest * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
         per_unit = self.setup.model_cfg.train.epochs * per_epoch + self.setup.predict_rows * self._predict_row_s
         self.reference_s = self.setup.n_units * per_unit
         self.budget_s = max(self.settings.budget * self.reference_s, self.settings.min_seconds)
+
+    def prior_cost_s(self) -> tuple[float, float]:
+        """Estimated seconds (the prior's remaining race, the scouts' race) after the prior's first epoch: the prior's
+        inner folds x epochs at its fastest epoch plus its TTA predictions; the probe's 8-view features of the race
+        rows and the head's epochs (a forward pass per fit row) at the prior's predicted seconds per row."""
+        row_s, n_folds = self._predict_row_s, len(self.folds)
+        prior = (n_folds * self.max_epochs - 1) * self._prior_epoch_s + len(self.valid_y) * len(self.setup.tta) * row_s
+        names = {e.name for e in self.entries if e is not self.prior_entry}
+        fit_rows = sum(len(f) for f, _ in self.folds)
+        scouts = (8 * len(self.setup.rows) * row_s if PROBE in names and self.setup.model_cfg.framework == "timm" else 0.0) + (
+            self.max_epochs * fit_rows * row_s if "head" in names else 0.0
+        )
+        return prior, scouts
+
+    def prior_fits(self) -> bool:
+        """Whether the prior can complete its inner folds and leave the scouts their race within the budget
+        (`prior_cost_s`). When it cannot (about 100 images: 5 inner folds of a fine-tuning policy cost most of a
+        run), it stops after its first epoch and the budget goes to the cheaper candidates: racing on, it spent the
+        whole budget there and the probe, the best single model on scikit-learn's digits, never raced."""
+        prior, scouts = self.prior_cost_s()
+        return self.spent() + prior + scouts <= self.budget_s
+
+    def _prior_cut(self) -> str:
+        prior, scouts = self.prior_cost_s()
+        return (
+            f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} s more) "
+            f"and the scouts' race (~{scouts:.0f} s) exceed the budget ({self.budget_s:.0f} s): the cheaper candidates race instead"
+        )
 
     def class_prior_loss(self) -> float:
         """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
@@ -337,7 +371,9 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
     within = [e for e in complete if e is best or gaps[e.name][0] <= margin_se * gaps[e.name][1]]
     simplest = min(within, key=lambda e: (simplicity(e.name), e is not prior))
     if simplest is best:
-        return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); no simpler candidate within {margin_se:g} SE"
+        simpler = [e for e in complete if simplicity(e.name) < simplicity(best.name)]
+        why = f"no simpler candidate within {margin_se:g} SE" if simpler else "and it is the simplest that completed"
+        return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); {why}"
     gap, se = gaps[simplest.name]
     n_rows = 0 if best.row_loss is None else len(best.row_loss)
     return simplest.name, (
@@ -364,7 +400,7 @@ def table_pick(setup: RaceSetup) -> PolicyDecision:
 
 
 def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
-    """Race the candidates (scouts, then the table's pick, then the rest: `race_order`) and return the decision with its figures in `numbers["race"]`."""
+    """Race the candidates (the table's pick, then the rest cheapest first: `race_order`) and return the decision with its figures in `numbers["race"]`."""
     contest = Race(setup, prior)
     contest.run()
     winner, rule = contest.decide()
@@ -395,11 +431,19 @@ def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, s
     return rows
 
 
+def _budget_text(figures: dict[str, Any]) -> str:
+    """The budget as the title shows it: the fraction, or the `min_seconds` floor when that is what bound."""
+    floor = figures.get("min_seconds", 0.0)  # absent from races stored before the floor existed
+    if figures["budget"] * figures["reference_s"] < floor:
+        return f"{figures['budget']:.0%} of a run is under the floor: auto.race.min_seconds {floor:g} s"
+    return f"{figures['budget']:.0%}"
+
+
 def print_race(figures: dict[str, Any]) -> None:
     """The race as a Rich table in the terminal, with its rule and cost."""
     title = (
         f"policy race ({figures['valid_rows']} inner-validation rows; class prior {figures['class_prior_loss']:.4f}; "
-        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {figures['budget']:.0%})"
+        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {_budget_text(figures)})"
     )
     console.print(table(title, RACE_COLUMNS, race_table(figures)))
     console.print(f"policy race: {figures['rule']}")

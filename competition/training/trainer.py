@@ -181,7 +181,8 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
 
     def run() -> PolicyDecision:
         found: list[PolicyDecision] = []
-        engine.run([Task("policy race", race_policy, (shared,), unit_resources(plan.profile))], lambda _, d: found.append(d), "policy race")
+        key = f"policy race of {plan.run_dir.name}"  # the bar names the run: the race can take minutes before the units start
+        engine.run([Task(key, race_policy, (shared,), unit_resources(plan.profile))], lambda _, d: found.append(d), key)
         return found[0]
 
     return policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan), run)
