@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from competition.errors import ConfigError
@@ -121,6 +121,25 @@ class CompetitionConfig(Strict):
     folds: FoldsConfig = FoldsConfig()
     engine: EngineName = "local"  # where training units and stacker studies run: competition.engine
     ray: RayConfig = RayConfig()
+    _work_dir_given: bool = PrivateAttr(True)  # False: work_dir was null or absent, so it follows data_dir
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_work_dir_given(cls, data: Any, handler: ModelWrapValidatorHandler[CompetitionConfig]) -> CompetitionConfig:
+        """Remember whether `work_dir` was given, so that `data_dir=elsewhere` on the command line moves a work_dir that
+        follows data_dir and leaves a given one (the Kaggle kernel ships `work_dir: data` beside `data_dir: data`)."""
+        if isinstance(data, CompetitionConfig):  # an assignment (validate_assignment) revalidates the model itself
+            given = data._work_dir_given
+        else:
+            given = not isinstance(data, dict) or data.get("work_dir") is not None
+        config = handler(data)
+        config._work_dir_given = given
+        return config
+
+    @property
+    def work_dir_follows_data_dir(self) -> bool:
+        """True when `work_dir` was null or absent (it is `data_dir`), False when it was given."""
+        return not self._work_dir_given
 
     @field_validator("work_dir", mode="before")
     @classmethod

@@ -91,12 +91,12 @@ class Overrides:
     def apply_competition(self, cfg: CompetitionConfig) -> CompetitionConfig:
         """`cfg` with the competition overrides applied and validated (errors say they came from the command line).
 
-        A `work_dir` equal to `data_dir` (the YAML's null) follows `data_dir=elsewhere` unless `work_dir=` is given too:
+        A `work_dir` that was null (it is `data_dir`) follows `data_dir=elsewhere` unless `work_dir=` is given too:
         otherwise the folds and cache of another competition folder would land in the default one."""
         if not self.competition:
             return cfg
         base = cfg.model_dump(mode="json")
-        if cfg.work_dir == cfg.data_dir:  # it follows data_dir (null in the YAML): it follows an overridden one too
+        if cfg.work_dir_follows_data_dir:  # null in the YAML: it follows an overridden data_dir too
             base["work_dir"] = None
         return validate(CompetitionConfig, apply_overrides(base, self.competition), "command line", self.competition)
 

@@ -89,17 +89,20 @@ def test_the_kernel_ships_a_relative_work_dir_so_it_writes_under_kaggle_working(
 def test_a_work_dir_that_follows_data_dir_follows_an_overridden_one(tmp_path: Path) -> None:
     """`train`/`all` load the YAML, then apply the command line: `data_dir=elsewhere` alone moves the work_dir
     (folds, cache) with it, `work_dir=` given too wins, and a YAML work_dir apart from data_dir stays (a newcomer's
-    `train ... data_dir=/tmp/x` read and wrote ./data instead)."""
+    `train ... data_dir=/tmp/x` read and wrote ./data instead); a given work_dir stays even when equal to data_dir."""
     from competition.overrides import route
 
     follows = CompetitionConfig(data_dir=Path("data"), work_dir=None)
-    assert follows.work_dir == Path("data")
+    follows.experiment = "x"  # an assignment revalidates the model: it still follows
+    assert follows.work_dir == Path("data") and follows.work_dir_follows_data_dir
     moved = route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(follows)
     assert moved.data_dir == moved.work_dir == tmp_path / "x"
     both = route([f"data_dir={tmp_path / 'x'}", f"work_dir={tmp_path / 'w'}"], "train").apply_competition(follows)
     assert (both.data_dir, both.work_dir) == (tmp_path / "x", tmp_path / "w")
     apart = CompetitionConfig(data_dir=Path("data"), work_dir=tmp_path / "kept")
     assert route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(apart).work_dir == tmp_path / "kept"
+    same = CompetitionConfig(data_dir=Path("data"), work_dir=Path("data"))  # given, though equal: the kernel's shipped config
+    assert route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(same).work_dir == Path("data")
 
 
 def test_simulate_into_a_read_only_data_dir_is_refused_naming_data_dir_and_leaves_nothing(tmp_path: Path) -> None:
