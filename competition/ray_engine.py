@@ -1,9 +1,10 @@
-"""The Ray engine: every task a Ray task in a fresh worker process, on a local Ray or on a cluster.
+"""The Ray engine: every task a Ray task, on a local Ray or on a cluster.
 
 The contract is competition.engine's; this module is imported only when `engine: ray` is chosen. The
 pattern is AutoGluon's parallel bagged folds (`ParallelFoldFittingStrategy`): large inputs `ray.put`
-once, one task per unit with `max_calls=1` (a fresh process each: the torch-before-TensorFlow rule
-holds and GPU memory is released when the unit ends), a `ray.wait` loop that hands each result to the
+once, one task per unit, in a fresh worker process by default (`max_calls=1`: the torch-before-TensorFlow
+rule holds and GPU memory is released when the unit ends) or in a kept process of the task's pool
+(`Task.worker`: CPU units of torch models, the stacker's studies; imports paid once), a `ray.wait` loop that hands each result to the
 driver as it lands, and the rest cancelled on the first error. Ray reruns a task whose worker process
 or node died (`ray.max_retries`); an exception raised by the task itself is never retried.
 
@@ -38,15 +39,17 @@ CHECK = (
 )
 
 
-@ray.remote(num_returns="streaming", max_calls=1)
-def _run_task(fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
+POOL_VARIABLE = "COMPETITION_WORKER_POOL"  # set in the workers of a pool (`Task.worker`): Ray starts them apart from the rest
+
+
+def _task_body(fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
     """One task in its worker: yields where it runs, `(node id, attempt)`, as it starts, then `(node id, attempt, fn(*args))`.
 
     `attempt` is Ray's count of earlier runs of this task (0 the first time, 1 after its first worker
     or node died, ...), so the driver counts a rerun even when the first worker died before its start
     was reported (Ray drops the rerun's repeated first item; the last item says which run finished).
     Shared values among `args` (ObjectRefs from `RayEngine.share`) arrive resolved, as Ray resolves
-    top-level arguments. `max_calls=1`: the worker process exits after the task.
+    top-level arguments. It runs as `_in_fresh_worker` or `_in_pool_worker`.
     """
     # Ray 2.60.0 (pinned) has no public accessor for the attempt; the core worker's is what Ray's task events record.
     worker: Any = ray._private.worker.global_worker
@@ -54,6 +57,22 @@ def _run_task(fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
     place = (ray.get_runtime_context().get_node_id(), attempt)
     yield place
     yield (*place, fn(*args))
+
+
+# max_calls=1: the worker process exits after the task. max_calls=0: it stays for the next task of
+# its pool; Ray reuses a process only for tasks of the same runtime environment, so a pool's env_vars
+# (`_pool_options`) keep fresh-worker tasks out of pool processes and the pools apart (a fresh-worker
+# task was measured landing in a kept process that had torch loaded when they shared one).
+_in_fresh_worker = ray.remote(num_returns="streaming", max_calls=1)(_task_body)
+_in_pool_worker = ray.remote(num_returns="streaming", max_calls=0)(_task_body)
+
+
+def _pool_options(task: Task[Any]) -> dict[str, Any]:
+    """Ray's options for one task: its resources, its name, and its pool's environment when it has one."""
+    options: dict[str, Any] = {"num_cpus": task.resources.cpus, "num_gpus": task.resources.gpus, "name": task.key}
+    if task.worker is not None:
+        options["runtime_env"] = {"env_vars": {POOL_VARIABLE: task.worker}}
+    return options
 
 
 def _first_line(err: BaseException) -> str:
@@ -285,7 +304,7 @@ class _ClusterView:
 
 
 class RayEngine:
-    """Runs each task as a Ray task in a fresh worker process; results come back to the driver (competition.engine's contract)."""
+    """Runs each task as a Ray task (a fresh worker process, or a kept one of the task's pool); results come back to the driver (competition.engine's contract)."""
 
     name: EngineName = "ray"
 
@@ -334,8 +353,9 @@ class RayEngine:
         try:
             with view:
                 for task in tasks:
-                    options = {"num_cpus": task.resources.cpus, "num_gpus": task.resources.gpus, "name": task.key}
-                    generator = _run_task.options(max_retries=self.max_retries, retry_exceptions=False, **options).remote(task.fn, *task.args)
+                    remote = _in_fresh_worker if task.worker is None else _in_pool_worker
+                    options = _pool_options(task)
+                    generator = remote.options(max_retries=self.max_retries, retry_exceptions=False, **options).remote(task.fn, *task.args)
                     pending[generator] = task
                 while pending:
                     ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)

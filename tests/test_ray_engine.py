@@ -47,6 +47,13 @@ def where(shared: np.ndarray, i: int, seconds: float) -> tuple[str, int, float]:
     return ray.get_runtime_context().get_node_id(), os.getpid(), float(shared.sum()) + i
 
 
+def process() -> tuple[int, str | None]:
+    """This worker process and the pool its environment names (None: a fresh worker)."""
+    from competition.ray_engine import POOL_VARIABLE
+
+    return os.getpid(), os.environ.get(POOL_VARIABLE)
+
+
 def killed_once(marks: Path) -> str:
     """SIGKILLs its own worker process at once on the first attempt (often before its start reaches the
     driver, a rerun only the task's attempt number shows); returns "ok" on the next."""
@@ -320,6 +327,17 @@ def test_tasks_spread_over_both_nodes_and_read_a_shared_array(engine: Any, capsy
     table = per_node(capsys.readouterr().err)
     assert len(table) == 2 and all(label.startswith("127.0.0.1 ") for label in table)
     assert sum(done for done, _, _ in table.values()) == 4 and all(row[1:] == (0, 0) for row in table.values())
+
+
+def test_a_pools_tasks_reuse_its_processes_and_no_other_task_runs_there(engine: Any) -> None:
+    def batches(worker: str | None, n: int = 4) -> list[tuple[int, str | None]]:  # one task a batch: the last one's process is idle
+        return [collect(engine, [Task("p", process, (), worker=worker)])["p"] for _ in range(n)]
+
+    torch, fresh, stack = batches("torch"), batches(None), batches("stack")
+    assert {pool for _, pool in torch} == {"torch"} and {pool for _, pool in stack} == {"stack"} and {pool for _, pool in fresh} == {None}
+    assert len({pid for pid, _ in torch}) <= 2 and len({pid for pid, _ in stack}) <= 2  # at most one kept process per node
+    assert len({pid for pid, _ in fresh}) == 4  # a fresh process per task, never a pool's
+    assert not {pid for pid, _ in torch} & {pid for pid, _ in fresh} and not {pid for pid, _ in torch} & {pid for pid, _ in stack}
 
 
 def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

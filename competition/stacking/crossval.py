@@ -34,6 +34,7 @@ from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.metrics import logloss
 
 MIN_INNER_FOLDS = 2
+STACK_POOL = "stack"  # the worker pool of the stacker's tasks (`Task.worker`): LightGBM, Optuna, no deep-learning framework
 BLENDERS_INNER = "inner folds of the blenders (eps choice)"  # how a note names an estimator without its own `inner_label`
 _said: set[tuple[str, str]] = set()  # (scope, note) already printed: each note once per data and folds
 
@@ -276,10 +277,10 @@ def evaluate(
     for r in range(repeats):
         for f in range(k):
             fit_rows, held = np.flatnonzero(fold[r] != f), np.flatnonzero(fold[r] == f)
-            tasks.append(Task(f"{name} r{r} f{f}", fit_fold, (make(r, f), shared[r], y, fit_rows, held, eps_grid, inner_folds, seed), cpus))
+            tasks.append(Task(f"{name} r{r} f{f}", fit_fold, (make(r, f), shared[r], y, fit_rows, held, eps_grid, inner_folds, seed), cpus, STACK_POOL))
             slots[tasks[-1].key] = (r, f)
         if tests is not None:
-            tasks.append(Task(f"{name} r{r} final", fit_full, (make(r, None), shared[r], y, engine.share(tests[r])), cpus))
+            tasks.append(Task(f"{name} r{r} final", fit_full, (make(r, None), shared[r], y, engine.share(tests[r])), cpus, STACK_POOL))
             slots[tasks[-1].key] = (r, None)
     results: dict[tuple[int, int | None], Any] = {}
     engine.run(tasks, lambda task, result: results.__setitem__(slots[task.key], result), f"{title} ({name})")

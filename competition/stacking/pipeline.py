@@ -32,7 +32,7 @@ from competition.stacking.blenders import BLENDERS
 from competition.stacking.choice import choose
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.collect import Collection, collect, run_dirs
-from competition.stacking.crossval import Estimator, evaluate
+from competition.stacking.crossval import STACK_POOL, Estimator, evaluate
 from competition.stacking.features import PRED, pred_columns, stack_tables
 from competition.stacking.settings import StackConfig
 from competition.stacking.summary import MethodResult, StackSummary, plot_results, results_table, write_summary
@@ -218,7 +218,9 @@ def _search_in_parallel(
             study = f"lgbm r{r} " + ("final" if f is None else f"f{f}")
             for w in range(workers):
                 stacker = make(r, f)
-                tasks.append(Task(f"{study} search {w + 1}/{workers}", search_study, (stacker, shared[r], y, rows), Resources(cpus=float(stacker.threads))))
+                tasks.append(
+                    Task(f"{study} search {w + 1}/{workers}", search_study, (stacker, shared[r], y, rows), Resources(cpus=float(stacker.threads)), STACK_POOL)
+                )
     engine.run(tasks, lambda task, best: None, f"Optuna search, {workers} tasks per study (lgbm)")
 
 

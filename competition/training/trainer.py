@@ -182,7 +182,8 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
     def run() -> PolicyDecision:
         found: list[PolicyDecision] = []
         key = f"policy race of {plan.run_dir.name}"  # the bar names the run: the race can take minutes before the units start
-        engine.run([Task(key, race_policy, (shared,), unit_resources(plan.profile))], lambda _, d: found.append(d), key)
+        race = Task(key, race_policy, (shared,), unit_resources(plan.profile), unit_pool(plan))
+        engine.run([race], lambda _, d: found.append(d), key)
         return found[0]
 
     return policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan), run)
@@ -361,6 +362,14 @@ def unit_resources(profile: Profile) -> Resources:
     return Resources(cpus=profile.resources.cpus, gpus=profile.resources.gpus)
 
 
+def unit_pool(plan: Plan) -> str | None:
+    """The worker pool of this plan's units and race (`Task.worker`): "torch" for a CPU unit of a torch model
+    (timm, probe), so that one worker process pays the torch and timm imports once for a model's race and units;
+    None, a fresh process per unit, for a Keras unit (TensorFlow must load after torch and reads its thread
+    counts once: `unit_threads`) and for a GPU unit (its memory is released when its process ends)."""
+    return "torch" if plan.model_cfg.framework != "keras" and plan.profile.resources.gpus == 0 else None
+
+
 @contextmanager
 def unit_threads(framework: str, n: int) -> Iterator[None]:
     """The unit's framework computes on `n` threads in the block: torch's intra-op threads (timm, probe:
@@ -524,7 +533,7 @@ def _run_units(plan: Plan, todo: list[store.Unit], done: dict[store.Unit, store.
         store.write_unit(plan.run_dir, result, plan.prints)
         done[result.unit] = result
 
-    tasks = [Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile)) for unit in todo]
+    tasks = [Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile), unit_pool(plan)) for unit in todo]
     engine.run(tasks, land, f"{plan.run_dir.name}: units")
     return plan
 
