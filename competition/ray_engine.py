@@ -4,7 +4,7 @@ The contract is competition.engine's; this module is imported only when `engine:
 pattern is AutoGluon's parallel bagged folds (`ParallelFoldFittingStrategy`): large inputs `ray.put`
 once, one task per unit, in a fresh worker process by default (`max_calls=1`: the torch-before-TensorFlow
 rule holds and GPU memory is released when the unit ends) or in a kept process of the task's pool
-(`Task.worker`: CPU units of torch models, the stacker's studies; imports paid once), a `ray.wait` loop that hands each result to the
+(`Task.worker`: CPU units, one pool per framework, and the stacker's tasks; imports paid once), a `ray.wait` loop that hands each result to the
 driver as it lands, and the rest cancelled on the first error. Ray reruns a task whose worker process
 or node died (`ray.max_retries`); an exception raised by the task itself is never retried.
 

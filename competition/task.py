@@ -24,12 +24,11 @@ class Task(Generic[R]):
     """One unit of work: `fn(*args)` returns its result. `fn` must be a module-level function (it is
     pickled by name for Ray); a value passed through `Engine.share` may stand in any of `args`.
 
-    `worker`: None runs the task in a fresh worker process of its own (engines with workers: a
-    TensorFlow unit, whose framework must load after torch and reads its thread counts once, or a GPU
-    unit, whose memory is released when its process ends); a pool name (e.g. "torch") lets a worker
-    process of that pool run one such task after another, paying its imports once (about 3 s for
-    torch and timm here). Tasks of different pools never share a process. The local engine runs
-    every task in the caller's process and ignores it.
+    `worker`: None runs the task in a fresh worker process of its own (engines with workers: e.g. a
+    GPU unit, whose memory is released when its process ends); a pool name (e.g. "torch", "keras")
+    lets a worker process of that pool run one such task after another, paying its imports once
+    (about 3 s for torch and timm here). Tasks of different pools never share a process. The local
+    engine runs every task in the caller's process and ignores it.
     """
 
     key: str

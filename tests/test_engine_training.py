@@ -38,20 +38,21 @@ UNITS = [*TINY, "resources.cpus=1"]  # 3 folds x 2 repeats = 6 units of one thre
 RUN_ONLY = {"timings", "trained_this_run", "competition_config_hash"}  # meta.json keys that may differ between runs
 
 
-def on_node(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
-    """A task function (module-level: Ray workers import it from tests/) that runs `fn` and says on which Ray node."""
+def on_node(fn: Callable[..., Any], *args: Any) -> tuple[str, int, Any]:
+    """A task function (module-level: Ray workers import it from tests/) that runs `fn` and says on which Ray node and in which process."""
     import ray
 
-    return ray.get_runtime_context().get_node_id(), fn(*args)
+    return ray.get_runtime_context().get_node_id(), os.getpid(), fn(*args)
 
 
 class NodeRecorder:
-    """An engine that runs its tasks on `inner` (the real Ray engine) and records which node ran each task."""
+    """An engine that runs its tasks on `inner` (the real Ray engine) and records the node and process of each task."""
 
     def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.name = inner.name
         self.nodes: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
 
     def share(self, value: Any) -> Any:
         return self.inner.share(value)
@@ -59,11 +60,11 @@ class NodeRecorder:
     def run(self, tasks: Sequence[Task[Any]], on_result: Callable[[Task[Any], Any], None], title: str) -> None:
         wrapped = {task.key: task for task in tasks}
 
-        def landed(task: Task[Any], result: tuple[str, Any]) -> None:
-            self.nodes[task.key], value = result
+        def landed(task: Task[Any], result: tuple[str, int, Any]) -> None:
+            self.nodes[task.key], self.pids[task.key], value = result
             on_result(wrapped[task.key], value)
 
-        self.inner.run([Task(t.key, on_node, (t.fn, *t.args), t.resources) for t in tasks], landed, title)
+        self.inner.run([Task(t.key, on_node, (t.fn, *t.args), t.resources, t.worker) for t in tasks], landed, title)
 
 
 def attempt_logged(log: Path, kill_first_after_s: float | None, fn: Callable[..., Any], *args: Any) -> Any:
@@ -92,7 +93,7 @@ class FailureInjector:
 
     def run(self, tasks: Sequence[Task[Any]], on_result: Callable[[Task[Any], Any], None], title: str) -> None:
         originals = {task.key: task for task in tasks}
-        wrapped = [Task(t.key, attempt_logged, (self.logs / t.key, 1.0 if t.key == self.killed else None, t.fn, *t.args), t.resources) for t in tasks]
+        wrapped = [Task(t.key, attempt_logged, (self.logs / t.key, 1.0 if t.key == self.killed else None, t.fn, *t.args), t.resources, t.worker) for t in tasks]
         self.inner.run(wrapped, lambda task, result: on_result(originals[task.key], result), title)
 
 
@@ -196,6 +197,12 @@ def test_units_spread_over_the_nodes_survive_a_killed_worker_and_a_lost_node_and
     survivors = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert {nodes[-1] for nodes in attempts.values()} == survivors  # both surviving nodes trained units
 
+    assert json.loads((ray_run / "meta.json").read_text())["trained_this_run"] == sorted(attempts)
+    assert_same_files(local_run, ray_run)
+
+
+def assert_same_files(local_run: Path, ray_run: Path) -> None:
+    """The two runs' files are the same: byte for byte, but for the JSON files' timings and engine settings and the plots."""
     local, remote = _files(local_run), _files(ray_run)
     assert sorted(local) == sorted(remote) and "units/r0_f0_s0.model/model.json" in local
     for name in local:
@@ -203,10 +210,23 @@ def test_units_spread_over_the_nodes_survive_a_killed_worker_and_a_lost_node_and
             a, b = json.loads(local[name]), json.loads(remote[name])
             if name == "meta.json":
                 assert a["config"].pop("competition")["engine"] == "local" and b["config"].pop("competition")["engine"] == "ray"
-                assert b["trained_this_run"] == sorted(attempts)
             assert _without(a, RUN_ONLY) == _without(b, RUN_ONLY), name
         elif not name.endswith(".png"):  # the curves plot carries matplotlib's timestamp
             assert local[name] == remote[name], name  # oof.csv, test.csv, units/*.npz, the saved models' weights
+
+
+def test_keras_units_reuse_their_pools_processes_and_write_the_same_files_as_local(cfg: CompetitionConfig, engine: Engine, tmp_path: Path) -> None:
+    """A tiny VGG16 (6 units of 1 thread): in kept processes of the keras pool (TensorFlow imported once per process,
+    never in a process that ran torch), the same files as engine=local, which runs them in one child process
+    (`train_isolated`: TensorFlow stays out of this test process)."""
+    from competition.training.trainer import train_isolated
+
+    keras = [*UNITS, "epochs=1", "save_models=true"]
+    local_run = train_isolated(_at(cfg, tmp_path / "local"), "vgg16_angle", "cpu", keras)
+    recorder = NodeRecorder(engine)
+    ray_run = train_model(_at(cfg, tmp_path / "ray"), "vgg16_angle", "cpu", [*keras, "engine=ray"], engine=recorder)
+    assert len(recorder.pids) == 6 and len(set(recorder.pids.values())) <= 2  # one kept process per node, not one per unit
+    assert_same_files(local_run, ray_run)
 
 
 def test_the_driver_writes_saved_models_that_load_and_predict_their_units_oof(cfg: CompetitionConfig, local_run: Path) -> None:

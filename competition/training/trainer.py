@@ -363,11 +363,15 @@ def unit_resources(profile: Profile) -> Resources:
 
 
 def unit_pool(plan: Plan) -> str | None:
-    """The worker pool of this plan's units and race (`Task.worker`): "torch" for a CPU unit of a torch model
-    (timm, probe), so that one worker process pays the torch and timm imports once for a model's race and units;
-    None, a fresh process per unit, for a Keras unit (TensorFlow must load after torch and reads its thread
-    counts once: `unit_threads`) and for a GPU unit (its memory is released when its process ends)."""
-    return "torch" if plan.model_cfg.framework != "keras" and plan.profile.resources.gpus == 0 else None
+    """The worker pool of this plan's units and race (`Task.worker`): None, a fresh process per unit, for a GPU
+    unit (its memory is released when its process ends); else the framework's pool, "torch" (timm, probe) or
+    "keras", whose kept process pays the framework's imports once for a model's race and units, as
+    engine=local's process per model does (`train_isolated`). The pools never share a process, so TensorFlow
+    never loads where torch ran, and a Keras pool's TensorFlow keeps the thread counts its first unit pinned
+    (`unit_threads`; every unit of a run asks for the same)."""
+    if plan.profile.resources.gpus > 0:
+        return None
+    return "keras" if plan.model_cfg.framework == "keras" else "torch"
 
 
 @contextmanager
@@ -378,8 +382,8 @@ def unit_threads(framework: str, n: int) -> Iterator[None]:
 
     The thread count changes how reductions split, hence the last bits of a fit (2.3e-5 on a tiny fine-tuning run
     with 1 vs 2 threads): fixing it per unit makes `local` and `ray` write the same bytes. Keras units run where
-    TensorFlow has not run yet (a Ray worker per unit; `make train`'s process or `train_isolated`'s child per
-    model), so the pinning holds; a process where TensorFlow already ran with other counts keeps them, and says so.
+    TensorFlow has not run yet or ran with these counts (the Ray engine's keras pool; `make train`'s process or
+    `train_isolated`'s child per model), so the pinning holds; a process where TensorFlow already ran with other counts keeps them, and says so.
     """
     if framework == "keras":
         from competition.models.keras_vgg import pin_threads
