@@ -270,10 +270,30 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
+def described(value: Any) -> str:
+    """A value as a config error shows it: what YAML gave in words for an empty value, a section or a list, else its repr."""
+    if value is None:
+        return "an empty value (null, or nothing after the colon)"
+    if isinstance(value, dict):
+        return f"a section (keys {', '.join(map(str, value))})" if value else "an empty section"
+    if isinstance(value, list):
+        return f"a list of {len(value)}" if value else "an empty list"
+    return repr(value)
+
+
+def _not_found(path: Path) -> str:
+    """Why a config file is missing: a relative configs/ path is read from the working folder (the repository root)."""
+    if path.is_absolute() or Path.cwd().joinpath(CONFIG_DIR).is_dir():
+        return f"{path}: config file not found"
+    repo = Path(__file__).resolve().parents[1]
+    where = f" ({repo})" if (repo / CONFIG_DIR).is_dir() else ""
+    return f"{path}: config file not found: the harness reads configs/ from the working folder; run it from the repository's root{where}"
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a ConfigError that names the file."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(_not_found(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -296,7 +316,7 @@ def validate(schema: type[S], data: dict[str, Any], source: str, overridden: Seq
         for err in exc.errors():
             key = ".".join(str(part) for part in err["loc"]) or "(top level)"
             origin = " (from a command-line override)" if any(o.partition("=")[0].strip() == key for o in overridden) else ""
-            got = "" if err["type"] == "missing" else f", got {err.get('input')!r}"
+            got = "" if err["type"] == "missing" else f", got {described(err.get('input'))}"
             expected = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"{source}: key '{key}'{origin}: {expected}{got}")
         raise ConfigError("\n".join(lines)) from None

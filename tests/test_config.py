@@ -51,8 +51,13 @@ def test_override_changes_the_validated_config_and_its_hash(tmp_path):
         ("- a\n- b\n", [], r"expected a mapping .* got list"),
         ("folds:\n  k: 5\n", ["folds.k"], r"override 'folds.k': expected KEY=VALUE"),
         ("folds:\n  k: 5\n", ["folds.k.x=1"], r"'k' is a value, not a section"),
+        ("folds:\n  k:\n", [], r"key 'folds.k': .*got an empty value \(null, or nothing after the colon\)$"),
+        ("folds:\n  k: 5\n", ["folds.k={a: 1, b: 2}"], r"key 'folds.k' .*got a section \(keys a, b\)$"),
     ],
-    ids=["type", "range", "unknown-key", "section-type", "override-value", "yaml-syntax", "not-mapping", "override-form", "override-into-value"],
+    ids=[
+        *("type", "range", "unknown-key", "section-type", "override-value", "yaml-syntax", "not-mapping", "override-form"),
+        *("override-into-value", "empty-value", "section-for-value"),
+    ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path, text, overrides, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -62,6 +67,12 @@ def test_errors_name_file_key_and_expectation(tmp_path, text, overrides, expecte
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_competition(path=tmp_path / "nope.yaml")
+
+
+def test_a_config_missing_because_of_the_working_folder_says_where_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    with pytest.raises(ConfigError, match=r"^configs/competition.yaml: config file not found: .*run it from the repository's root \(/"):
+        load_competition()
 
 
 def test_cli_reports_a_bad_override_without_traceback(tmp_path):
