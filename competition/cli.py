@@ -61,7 +61,11 @@ def _competition(overrides: list[str] | None, command: str, config: Path) -> Com
 @app.command()
 def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Download the real competition with the Kaggle client into data/ (needs Kaggle credentials)."""
-    cfg = _competition(overrides, "data", config)
+    from competition.data.folder import check_configured_data_dir
+
+    routed = route(overrides, "data").competition
+    check_configured_data_dir(routed, config, "data")  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
+    cfg = load_competition(routed, config)
     from competition.data.download import download, summary
 
     for path in download(cfg):
@@ -73,12 +77,12 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
     from competition.data.files import check_simulation_target
+    from competition.data.folder import check_configured_data_dir
     from competition.locks import folds_lock
     from competition.simulate import write_simulated
-    from competition.simulate.folder import check_configured_data_dir
 
     routed = route(overrides, "simulate").competition
-    check_configured_data_dir(routed, config)  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
+    check_configured_data_dir(routed, config, "simulate")  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
     cfg = load_competition(routed, config)
     check_simulation_target(cfg)  # before the lock: a refused simulation leaves no lock file in a folder it may not write
     with folds_lock(cfg.folds_json):

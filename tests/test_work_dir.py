@@ -105,27 +105,32 @@ def test_a_work_dir_that_follows_data_dir_follows_an_overridden_one(tmp_path: Pa
     assert route([f"data_dir={tmp_path / 'x'}"], "train").apply_competition(same).work_dir == Path("data")
 
 
-def test_simulate_into_a_read_only_data_dir_is_refused_naming_data_dir_and_leaves_nothing(tmp_path: Path) -> None:
-    """The simulator writes data_dir itself: with or without a work_dir, a read-only one is refused in one line naming
-    data_dir (not the work_dir rule, which cannot help), before any lock or marker (a newcomer got a traceback and a
-    .folds.lock left in work_dir)."""
+@pytest.mark.parametrize(("command", "args", "retry"), [
+    ("simulate", ("simulate.n_train=24", "simulate.n_test=12"), "simulate into a writable folder (data_dir=...)"),
+    ("data", (), "download into a writable folder (data_dir=...)"),
+])  # fmt: skip
+def test_writing_the_competition_into_a_read_only_data_dir_is_refused_naming_data_dir_and_leaves_nothing(
+    tmp_path: Path, command: str, args: tuple[str, ...], retry: str
+) -> None:
+    """The simulator and the download write data_dir themselves: with or without a work_dir, a read-only one is
+    refused in one line naming data_dir (not the work_dir rule, which cannot help), before any lock, marker or
+    download (a newcomer got a traceback and a .folds.lock left in work_dir)."""
     tree = tmp_path / "project"
     shutil.copytree(ROOT / "configs", tree / "configs")
     data, work = tmp_path / "input", tmp_path / "work"
     data.mkdir()
     work.mkdir()
     prefix = read_only(data)
-    sim = ("simulate.n_train=24", "simulate.n_test=12")
     runs = {
-        "with work_dir": _competition(tree, "simulate", f"data_dir={data}", f"work_dir={work}", *sim, prefix=prefix),
-        "without": _competition(tree, "simulate", f"data_dir={data}", *sim, prefix=prefix),
-        "a missing folder in it": _competition(tree, "simulate", f"data_dir={data / 'new'}", f"work_dir={work}", *sim, prefix=prefix),
+        "with work_dir": _competition(tree, command, f"data_dir={data}", f"work_dir={work}", *args, prefix=prefix),
+        "without": _competition(tree, command, f"data_dir={data}", *args, prefix=prefix),
+        "a missing folder in it": _competition(tree, command, f"data_dir={data / 'new'}", f"work_dir={work}", *args, prefix=prefix),
     }
 
     for case, done in runs.items():
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, (case, done.stderr[-2000:])
-        assert lines[0].startswith("error: data_dir ") and "simulate into a writable folder (data_dir=...)" in lines[0], (case, lines)
+        assert lines[0].startswith("error: data_dir ") and retry in lines[0], (case, lines)
     assert f"data_dir {data} is not writable" in runs["without"].stderr
     assert f"data_dir {data / 'new'} cannot be created: {data} is not writable" in runs["a missing folder in it"].stderr
     assert list(data.iterdir()) == [] and list(work.iterdir()) == []

@@ -20,7 +20,7 @@ from competition.atomic import atomic_path, write_text
 from competition.config import CompetitionConfig
 from competition.console import progress
 from competition.data.files import check_simulation_target, mark_simulation
-from competition.simulate.folder import check_writable
+from competition.data.folder import check_writable
 from competition.simulate.generate import Split, chips, layout, split_rows
 from competition.simulate.scenes import Layout
 
@@ -52,12 +52,12 @@ def write_competition(
 
     `params` (what made the data) go into the folder's marker; `answers`: the test ids, their labels
     and their leaderboard (`Public`, `Private` or `Ignored`), in the test file's order. Raises
-    DataError (nothing written) when `cfg.data_dir` cannot be written (competition.simulate.folder)
+    DataError (nothing written) when `cfg.data_dir` cannot be written (competition.data.folder)
     or holds competition files the harness did not write. The folder is marked first (a killed
     writer can be rerun) and gets the test file's fingerprint last, which ties the hidden solution
     to this test data only (competition.data.files.simulated_solution).
     """
-    check_writable(cfg.data_dir)
+    check_writable(cfg.data_dir, "simulate")
     check_simulation_target(cfg)
     mark_simulation(cfg, params, None)
     with progress() as bar:
