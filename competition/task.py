@@ -25,7 +25,7 @@ class Task(Generic[R]):
     pickled by name for Ray); a value passed through `Engine.share` may stand in any of `args`.
 
     `worker`: None runs the task in a fresh worker process of its own (engines with workers: e.g. a
-    GPU unit, whose memory is released when its process ends); a pool name (e.g. "torch", "keras")
+    GPU unit, whose memory is released when its process ends); a pool name (e.g. "torch")
     lets a worker process of that pool run one such task after another, paying its imports once
     (about 3 s for torch and timm here). Tasks of different pools never share a process. The local
     engine runs every task in the caller's process and ignores it.

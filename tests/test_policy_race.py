@@ -284,7 +284,7 @@ def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConf
 
 
 def test_the_prior_races_on_when_it_fits() -> None:
-    """`prior_fits`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
+    """`prior_cut`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
     contest = object.__new__(policy_race.Race)
     contest.started, contest.budget_s = policy_race.time.perf_counter(), 100.0
     contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
@@ -295,9 +295,12 @@ def test_the_prior_races_on_when_it_fits() -> None:
     contest.entries = [contest.prior_entry, policy_race.Entry("probe"), policy_race.Entry("head")]
     prior, scouts = contest.prior_cost_s()
     assert prior == pytest.approx(24 * 2.0 + 100 * 0.01) and scouts == pytest.approx(8 * 100 * 0.01 + 5 * 400 * 0.01)
-    assert contest.prior_fits()  # 49 + 28 s, nothing spent yet: within 100 s
+    assert contest.prior_cut() is None  # 49 + 28 s, nothing spent yet: within 100 s
     contest.budget_s = 70.0
-    assert not contest.prior_fits()
+    assert contest.prior_cut() == (
+        "stopped after its first epoch: its 5 inner folds x 5 epochs (~49 s more) and the scouts' race (~28 s) exceed the budget (70 s): "
+        "the cheaper candidates race instead"
+    )
 
 
 def test_the_rule_and_the_title_say_why_in_plain_words() -> None:

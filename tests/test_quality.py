@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, run_quality, select
+from competition.bench.quality import END, QUALITY_CONFIG, START, QualityConfig, all_recipes, choose_budget, cv_against_private, run_quality, select
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig, load
 from competition.errors import ConfigError
 from competition.stacking.summary import read_summary
@@ -112,6 +112,26 @@ def test_auto_verdict_names_the_winner_and_the_choice(bench: dict[str, Any]) -> 
     assert verdict["best_by_private"] == min(concrete, key=lambda r: r["private"])["policy"]
     assert verdict["auto_chose"] == "all" and "random init" in verdict["auto_reason"]  # weights=none: nothing to keep
     assert verdict["auto_picks_cv_best"] is None  # `all` was not benchmarked, so no verdict either way
+
+
+def test_cv_against_private_gives_the_median_gap_and_spearman_of_every_scored_row(bench: dict[str, Any]) -> None:
+    result = bench["first"]
+    scored = [r for r in result["recipes"] + result["methods"] if r["private"] is not None]
+    fit = result["cv_vs_private"]
+    assert fit["rows"] == len(scored) >= 3
+    gaps = sorted(r["private"] - r["cv_logloss"] for r in scored)
+    assert fit["median_gap"] == pytest.approx(float(pd.Series(gaps).median()))
+    assert "CV against the hidden private score over" in bench["docs_first"] and "Spearman" in bench["docs_first"]
+
+
+def test_cv_against_private_by_hand() -> None:
+    rows = [{"cv_logloss": cv, "private": p} for cv, p in [(0.20, 0.22), (0.30, 0.29), (0.40, 0.45), (0.50, None)]]
+    fit = cv_against_private(rows)
+    assert fit is not None and fit["rows"] == 3
+    assert fit["median_gap"] == pytest.approx(0.02) and fit["median_abs_gap"] == pytest.approx(0.02) and fit["spearman"] == pytest.approx(1.0)
+    rows[2]["private"] = 0.21  # ranks 2, 3, 1 against 1, 2, 3
+    assert cv_against_private(rows)["spearman"] == pytest.approx(-0.5)
+    assert cv_against_private(rows[:2]) is None  # too few pairs to say anything
 
 
 def test_table_is_best_first_and_the_docs_section_is_replaced_not_duplicated(bench: dict[str, Any]) -> None:

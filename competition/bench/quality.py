@@ -197,6 +197,41 @@ def auto_verdicts(rows: list[dict[str, Any]], models: list[str]) -> list[dict[st
     return out
 
 
+GAP_TARGET, SPEARMAN_TARGET = 0.01, 0.9  # issue 13: median gap (private - CV) <= 0.01, Spearman(CV, private) >= 0.9
+
+
+def cv_against_private(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How well the OOF CV foretells the hidden private score, over every row (recipe or stack method) that has both.
+
+    `median_gap`: the median of private - CV (log loss; > 0: the CV is optimistic), `median_abs_gap` the median of
+    its absolute value, `spearman`: Spearman's rank correlation of CV and private (scipy.stats.spearmanr), `rows`:
+    how many pairs. None with fewer than 3 pairs (real data has no hidden solution). The targets are issue 13's.
+    """
+    from scipy.stats import spearmanr
+
+    pairs = np.array([(r["cv_logloss"], r["private"]) for r in rows if r["private"] is not None and r["cv_logloss"] is not None], dtype=float)
+    if len(pairs) < 3:
+        return None
+    gap = pairs[:, 1] - pairs[:, 0]
+    return {
+        "rows": len(pairs),
+        "median_gap": float(np.median(gap)),
+        "median_abs_gap": float(np.median(np.abs(gap))),
+        "spearman": float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic),
+        "targets": {"median_gap": GAP_TARGET, "spearman": SPEARMAN_TARGET},
+    }
+
+
+def agreement_text(fit: dict[str, Any]) -> str:
+    """One sentence of `cv_against_private`'s figures, against the targets."""
+    met = {True: "met", False: "missed"}
+    return (
+        f"CV against the hidden private score over {fit['rows']} rows (recipes and stack methods): median gap (private - CV) "
+        f"{fit['median_gap']:+.4f} (median |gap| {fit['median_abs_gap']:.4f}; target <= {GAP_TARGET}: {met[fit['median_gap'] <= GAP_TARGET]}), "
+        f"Spearman {fit['spearman']:.3f} (target >= {SPEARMAN_TARGET}: {met[fit['spearman'] >= SPEARMAN_TARGET]})."
+    )
+
+
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best first: by private score where the hidden solution exists, else by CV."""
     return sorted(rows, key=lambda r: (r["private"] if r["private"] is not None else r["cv_logloss"], r["cv_logloss"]))
@@ -267,6 +302,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *markdown_table(COLUMNS, result_rows(result)),
     ]
+    if result.get("cv_vs_private"):
+        lines += ["", agreement_text(result["cv_vs_private"])]
     if result["auto"]:
         lines += ["", "Which fine-tuning policy wins per model, and what `auto` chose (its reason is in each run's meta.json):", "",
                   *markdown_table(AUTO_COLUMNS, auto_rows(result))]  # fmt: skip
@@ -294,6 +331,8 @@ def show(result: dict[str, Any]) -> None:
     console.print(table(title, ["recipe", "policy", "OOF CV", "public", "private", "train s"], terminal_rows(result)))
     if result["methods"]:
         console.print("* (d): the whole stack step, every method together")
+    if result.get("cv_vs_private"):
+        console.print(agreement_text(result["cv_vs_private"]))
     if result["auto"]:
         console.print(table("Fine-tuning policies: the winner and auto's choice", AUTO_COLUMNS, auto_rows(result)))
 
@@ -367,6 +406,7 @@ def run_quality(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: P
         "budget_name": budget_name,
         "budget": budget.model_dump(mode="json"),
         "auto": auto_verdicts(result["recipes"], q.grid.models),
+        "cv_vs_private": cv_against_private(result["recipes"] + result["methods"]),
         "skipped": [r.name for r in recipes if r not in chosen],
         "wall_s": time.perf_counter() - started,
     }

@@ -135,7 +135,7 @@ def simplicity(name: str) -> tuple[int, int]:
 
 
 def race_order(candidates: list[str], prior: str) -> list[str]:
-    """The table's pick first (its first epoch sets the budget, and tells whether it can complete: `Race.prior_fits`),
+    """The table's pick first (its first epoch sets the budget, and tells whether it can complete: `Race.prior_cut`),
     then the others cheapest first, the scouts (`probe`, `head`) leading."""
     rest = sorted(dict.fromkeys(c for c in candidates if c != prior), key=simplicity)
     return [prior, *rest]
@@ -275,8 +275,8 @@ class Race:
             if epoch == 0:
                 self._predict_row_s = _seconds(predict) / max(1, len(self.folds[0][1]))
             self._time_reference(now, fit_started, n_fit)
-            if epoch == 0 and not self.prior_fits():
-                raise _Stop(self._prior_cut())
+            if epoch == 0 and (cut := self.prior_cut()) is not None:
+                raise _Stop(cut)
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
         if fold == 0 and entry.name != PROBE and not self.rungs.passes(epoch + 1, min(entry.val_loss)) and entry is not self.prior_entry:
@@ -308,16 +308,14 @@ class Race:
         )
         return prior, scouts
 
-    def prior_fits(self) -> bool:
-        """Whether the prior can complete its inner folds and leave the scouts their race within the budget
-        (`prior_cost_s`). When it cannot (about 100 images: 5 inner folds of a fine-tuning policy cost most of a
-        run), it stops after its first epoch and the budget goes to the cheaper candidates: racing on, it spent the
+    def prior_cut(self) -> str | None:
+        """Why the prior stops after its first epoch, or None when it can complete its inner folds and leave the
+        scouts their race within the budget (`prior_cost_s`). When it cannot (about 100 images: 5 inner folds of a
+        fine-tuning policy cost most of a run), the budget goes to the cheaper candidates: racing on, it spent the
         whole budget there and the probe, the best single model on scikit-learn's digits, never raced."""
         prior, scouts = self.prior_cost_s()
-        return self.spent() + prior + scouts <= self.budget_s
-
-    def _prior_cut(self) -> str:
-        prior, scouts = self.prior_cost_s()
+        if self.spent() + prior + scouts <= self.budget_s:
+            return None
         return (
             f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} s more) "
             f"and the scouts' race (~{scouts:.0f} s) exceed the budget ({self.budget_s:.0f} s): the cheaper candidates race instead"

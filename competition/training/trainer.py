@@ -365,13 +365,15 @@ def unit_resources(profile: Profile) -> Resources:
 def unit_pool(plan: Plan) -> str | None:
     """The worker pool of this plan's units and race (`Task.worker`): None, a fresh process per unit, for a GPU
     unit (its memory is released when its process ends); else the framework's pool, "torch" (timm, probe) or
-    "keras", whose kept process pays the framework's imports once for a model's race and units, as
+    "keras-<threads>", whose kept process pays the framework's imports once for a model's race and units, as
     engine=local's process per model does (`train_isolated`). The pools never share a process, so TensorFlow
-    never loads where torch ran, and a Keras pool's TensorFlow keeps the thread counts its first unit pinned
-    (`unit_threads`; every unit of a run asks for the same)."""
+    never loads where torch ran; TensorFlow keeps the thread counts its first unit pinned (`unit_threads`),
+    hence a Keras pool per thread count (torch's are set per unit)."""
     if plan.profile.resources.gpus > 0:
         return None
-    return "keras" if plan.model_cfg.framework == "keras" else "torch"
+    if plan.model_cfg.framework == "keras":
+        return f"keras-{plan.profile.resources.threads()}"
+    return "torch"
 
 
 @contextmanager
