@@ -283,7 +283,7 @@ def described(value: Any) -> str:
 
 def _not_found(path: Path) -> str:
     """Why a config file is missing: a relative configs/ path is read from the working folder (the repository root)."""
-    if path.is_absolute() or Path.cwd().joinpath(CONFIG_DIR).is_dir():
+    if path.is_absolute() or path.parts[:1] != CONFIG_DIR.parts or Path.cwd().joinpath(CONFIG_DIR).is_dir():
         return f"{path}: config file not found"
     repo = Path(__file__).resolve().parents[1]
     where = f" ({repo})" if (repo / CONFIG_DIR).is_dir() else ""

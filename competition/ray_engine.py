@@ -68,10 +68,13 @@ _in_pool_worker = ray.remote(num_returns="streaming", max_calls=0)(_task_body)
 
 
 def _pool_options(task: Task[Any]) -> dict[str, Any]:
-    """Ray's options for one task: its resources, its name, and its pool's environment when it has one."""
+    """Ray's options for one task: its resources, its name, and its pool's environment when it has one (the pool's
+    name, and no visible GPU)."""
     options: dict[str, Any] = {"num_cpus": task.resources.cpus, "num_gpus": task.resources.gpus, "name": task.key}
     if task.worker is not None:
-        options["runtime_env"] = {"env_vars": {POOL_VARIABLE: task.worker}}
+        # A pool's tasks hold no GPU, but Ray hides none from a task that asks for none: CUDA_VISIBLE_DEVICES="" keeps a kept
+        # process from taking GPU memory it would hold for its whole life (torch's device auto, TensorFlow's whole-GPU default).
+        options["runtime_env"] = {"env_vars": {POOL_VARIABLE: task.worker, "CUDA_VISIBLE_DEVICES": ""}}
     return options
 
 

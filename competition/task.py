@@ -27,8 +27,9 @@ class Task(Generic[R]):
     `worker`: None runs the task in a fresh worker process of its own (engines with workers: e.g. a
     GPU unit, whose memory is released when its process ends); a pool name (e.g. "torch")
     lets a worker process of that pool run one such task after another, paying its imports once
-    (about 3 s for torch and timm here). Tasks of different pools never share a process. The local
-    engine runs every task in the caller's process and ignores it.
+    (about 3 s for torch and timm here). Tasks of different pools never share a process, and a pool's
+    processes see no GPU (a task holding GPUs cannot be pooled: ValueError). The local engine runs
+    every task in the caller's process and ignores it.
     """
 
     key: str
@@ -36,3 +37,7 @@ class Task(Generic[R]):
     args: tuple[Any, ...] = ()
     resources: Resources = field(default_factory=Resources)
     worker: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.worker is not None and self.resources.gpus > 0:
+            raise ValueError(f"task {self.key}: a task holding GPUs runs in a fresh process (worker=None), not in pool {self.worker!r}")

@@ -75,9 +75,14 @@ def attempt_logged(log: Path, kill_first_after_s: float | None, fn: Callable[...
     log.mkdir(parents=True, exist_ok=True)
     attempt = len(list(log.iterdir()))
     (log / str(attempt)).write_text(ray.get_runtime_context().get_node_id())
-    if kill_first_after_s is not None and attempt == 0:
-        threading.Timer(kill_first_after_s, os.kill, (os.getpid(), signal.SIGKILL)).start()
-    return fn(*args)
+    if kill_first_after_s is None or attempt > 0:
+        return fn(*args)
+    timer = threading.Timer(kill_first_after_s, os.kill, (os.getpid(), signal.SIGKILL))
+    timer.start()
+    try:
+        return fn(*args)
+    finally:
+        timer.cancel()  # a first attempt done sooner must not kill its kept process during the next task
 
 
 class FailureInjector:

@@ -47,11 +47,11 @@ def where(shared: np.ndarray, i: int, seconds: float) -> tuple[str, int, float]:
     return ray.get_runtime_context().get_node_id(), os.getpid(), float(shared.sum()) + i
 
 
-def process() -> tuple[int, str | None]:
-    """This worker process and the pool its environment names (None: a fresh worker)."""
+def process() -> tuple[int, str | None, str | None]:
+    """This worker process, the pool its environment names (None: a fresh worker) and the GPUs it may see."""
     from competition.ray_engine import POOL_VARIABLE
 
-    return os.getpid(), os.environ.get(POOL_VARIABLE)
+    return os.getpid(), os.environ.get(POOL_VARIABLE), os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def killed_once(marks: Path) -> str:
@@ -330,14 +330,20 @@ def test_tasks_spread_over_both_nodes_and_read_a_shared_array(engine: Any, capsy
 
 
 def test_a_pools_tasks_reuse_its_processes_and_no_other_task_runs_there(engine: Any) -> None:
-    def batches(worker: str | None, n: int = 4) -> list[tuple[int, str | None]]:  # one task a batch: the last one's process is idle
+    def batches(worker: str | None, n: int = 4) -> list[tuple[int, str | None, str | None]]:  # one task a batch: the last one's process is idle
         return [collect(engine, [Task("p", process, (), worker=worker)])["p"] for _ in range(n)]
 
     torch, fresh, stack = batches("torch"), batches(None), batches("stack")
-    assert {pool for _, pool in torch} == {"torch"} and {pool for _, pool in stack} == {"stack"} and {pool for _, pool in fresh} == {None}
-    assert len({pid for pid, _ in torch}) <= 2 and len({pid for pid, _ in stack}) <= 2  # at most one kept process per node
-    assert len({pid for pid, _ in fresh}) == 4  # a fresh process per task, never a pool's
-    assert not {pid for pid, _ in torch} & {pid for pid, _ in fresh} and not {pid for pid, _ in torch} & {pid for pid, _ in stack}
+    assert {pool for _, pool, _ in torch} == {"torch"} and {pool for _, pool, _ in stack} == {"stack"} and {pool for _, pool, _ in fresh} == {None}
+    assert len({pid for pid, _, _ in torch}) <= 2 and len({pid for pid, _, _ in stack}) <= 2  # one task at a time: a kept process per node at most
+    assert len({pid for pid, _, _ in fresh}) == 4  # a fresh process per task, never a pool's
+    assert not {pid for pid, _, _ in torch} & {pid for pid, _, _ in fresh} and not {pid for pid, _, _ in torch} & {pid for pid, _, _ in stack}
+    assert {gpus for _, _, gpus in torch + stack} == {""}  # a pool's kept processes see no GPU: they never hold one
+
+
+def test_a_task_holding_gpus_cannot_be_pooled() -> None:
+    with pytest.raises(ValueError, match="a task holding GPUs runs in a fresh process"):
+        Task("unit", square, (1,), Resources(cpus=1, gpus=0.5), worker="torch")
 
 
 def test_a_killed_worker_is_retried(engine: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from competition.console import console
 from competition.engine import LocalEngine, open_engine
 from competition.errors import DataError, UserError
 from competition.stacking import study_storage
-from competition.stacking.crossval import evaluate
+from competition.stacking.crossval import STACK_POOL, evaluate
 from competition.stacking.features import stack_tables
 from competition.stacking.pipeline import STUDY_FILE, run_stack
 from competition.stacking.settings import StackConfig
@@ -100,6 +100,26 @@ def test_a_user_error_inside_a_study_reaches_the_driver_as_it_is(table):
     with pytest.raises(DataError, match=r"^an inner split of \d+ training rows holds \d+ ships and 1 icebergs") as err:
         evaluate(lambda r, f: LGBMStacker(n_trials=1, **QUICK), [X], y, fold, [1e-3], 2, 0, engine=LocalEngine())
     assert "\n" not in str(err.value)
+
+
+class PoolRecorder(LocalEngine):
+    """The local engine, recording the pool (`Task.worker`) of every task it runs."""
+
+    def __init__(self) -> None:
+        self.workers: list[str | None] = []
+
+    def run(self, tasks, on_result, title):
+        self.workers += [task.worker for task in tasks]
+        super().run(tasks, on_result, title)
+
+
+def test_the_stackers_fold_and_final_fits_run_in_the_stack_pool(table):
+    """Under Ray they share kept processes of the `stack` pool (LightGBM's and Optuna's imports paid once)."""
+    X, y = table
+    fold = np.arange(len(y))[None, :] % 3
+    engine = PoolRecorder()
+    evaluate(lambda r, f: LGBMStacker(n_trials=1, **QUICK), [X], y, fold, [1e-3], 2, 0, tests=[X.iloc[:5]], engine=engine)
+    assert engine.workers == [STACK_POOL] * 4  # 3 outer folds and the final model
 
 
 @pytest.fixture(scope="module")

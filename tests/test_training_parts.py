@@ -13,7 +13,8 @@ from competition.models.schema import ModelConfig
 from competition.training import dihedral, store
 from competition.training.augment import AugmentConfig, Augmenter, draw, speckle_db, warp
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
-from competition.training.profiles import hardware_profile, load_profile
+from competition.training.profiles import UnitResources, hardware_profile, load_profile
+from competition.training.trainer import unit_pool
 
 OFF = dict(hflip=0, vflip=0, rot90=0, rotate=0, shift=0, zoom=0, speckle=0)
 
@@ -296,3 +297,10 @@ def test_bench_rewrites_only_its_own_section(tmp_path) -> None:
     replace_section(doc, START, END, f"{START}\nsecond\n{END}\n")
     text = doc.read_text()
     assert "## Quality\nkept" in text and "second" in text and "first" not in text and text.count(START) == 1
+
+
+def test_a_units_worker_pool_follows_its_framework_threads_and_gpus() -> None:
+    """engine=ray: CPU units share kept processes of their framework's pool (Keras per thread count); GPU units get fresh ones."""
+    assert unit_pool("timm", UnitResources(cpus=2)) == unit_pool("probe", UnitResources(cpus=1)) == "torch"
+    assert unit_pool("keras", UnitResources(cpus=2)) == "keras-2" and unit_pool("keras", UnitResources(cpus=0.5)) == "keras-1"
+    assert unit_pool("timm", UnitResources(cpus=4, gpus=0.25)) is None and unit_pool("keras", UnitResources(cpus=4, gpus=1)) is None

@@ -512,8 +512,8 @@ def overhead_markdown(fig: dict[str, Any], meta: dict[str, str], preset: str, pr
         "",
         f"Ratio ray / local: **{fig['ratio']:.3f}** (target at most {fig['target']:.2f}: **{verdict[fig['holds']]}**); with the units' "
         f"own time equalised: **{fig['equalised_ratio']:.3f}** (**{verdict[fig['equalised_holds']]}**). The units' own time moves with "
-        "the machine's load between the two runs; what the engine adds is the time outside the units (Ray's start, a fresh worker "
-        "process per unit and per stacker study, the object store).",
+        "the machine's load between the two runs; what the engine adds is Ray's start, its worker processes (a kept one per pool "
+        "and node, docs/distributed.md; its imports fall in its first unit's own time) and the object store.",
         end,
     ]) + "\n"  # fmt: skip
 

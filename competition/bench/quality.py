@@ -205,7 +205,9 @@ def cv_against_private(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     `median_gap`: the median of private - CV (log loss; > 0: the CV is optimistic), `median_abs_gap` the median of
     its absolute value, `spearman`: Spearman's rank correlation of CV and private (scipy.stats.spearmanr), `rows`:
-    how many pairs. None with fewer than 3 pairs (real data has no hidden solution). The targets are issue 13's.
+    how many pairs (None when either side is constant). None with fewer than 3 pairs (real data has no hidden
+    solution). The targets are issue 13's. A recipe's CV is its OOF log loss, a stack method's the mean of its outer
+    folds' log loss (nested CV): both stand for the score on unseen rows, which the private score measures.
     """
     from scipy.stats import spearmanr
 
@@ -213,11 +215,12 @@ def cv_against_private(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if len(pairs) < 3:
         return None
     gap = pairs[:, 1] - pairs[:, 0]
+    rho = float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic)  # NaN when either side is constant
     return {
         "rows": len(pairs),
         "median_gap": float(np.median(gap)),
         "median_abs_gap": float(np.median(np.abs(gap))),
-        "spearman": float(spearmanr(pairs[:, 0], pairs[:, 1]).statistic),
+        "spearman": None if np.isnan(rho) else rho,
         "targets": {"median_gap": GAP_TARGET, "spearman": SPEARMAN_TARGET},
     }
 
@@ -228,7 +231,11 @@ def agreement_text(fit: dict[str, Any]) -> str:
     return (
         f"CV against the hidden private score over {fit['rows']} rows (recipes and stack methods): median gap (private - CV) "
         f"{fit['median_gap']:+.4f} (median |gap| {fit['median_abs_gap']:.4f}; target <= {GAP_TARGET}: {met[fit['median_gap'] <= GAP_TARGET]}), "
-        f"Spearman {fit['spearman']:.3f} (target >= {SPEARMAN_TARGET}: {met[fit['spearman'] >= SPEARMAN_TARGET]})."
+        + (
+            "Spearman undefined (constant scores)."
+            if fit["spearman"] is None
+            else f"Spearman {fit['spearman']:.3f} (target >= {SPEARMAN_TARGET}: {met[fit['spearman'] >= SPEARMAN_TARGET]})."
+        )
     )
 
 

@@ -3,7 +3,7 @@
 Each unit fits on the other folds, early-stops and keeps the best epoch on the held-out fold,
 predicts the held-out fold (OOF) and the whole test set with TTA, and returns everything it made,
 its saved model as files included. Every missing unit is a task of an engine (competition.engine:
-`local` runs them here one after another, `ray` in fresh worker processes on a cluster); the
+`local` runs them here one after another, `ray` in Ray worker processes on a cluster: `unit_pool`); the
 plan, with its images, is shared once, and the driver writes each unit's files (store.write_unit)
 as its result lands, so no worker writes into the run folder and the files are the same whichever
 engine ran the unit. A rerun skips finished units, so a run killed at any moment resumes where it
@@ -46,7 +46,7 @@ from competition.training import dihedral, policy_race, store, tta
 from competition.training.augment import Augmenter
 from competition.training.curves import CURVES_FILE, plot_curves
 from competition.training.prefix_cache import FeatureAugmenter, PrefixCache
-from competition.training.profiles import ChosenProfile, Profile, load_profile
+from competition.training.profiles import ChosenProfile, Profile, UnitResources, load_profile
 
 UNHASHED_PROFILE_KEYS = {
     "seeds",
@@ -182,7 +182,7 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
     def run() -> PolicyDecision:
         found: list[PolicyDecision] = []
         key = f"policy race of {plan.run_dir.name}"  # the bar names the run: the race can take minutes before the units start
-        race = Task(key, race_policy, (shared,), unit_resources(plan.profile), unit_pool(plan))
+        race = Task(key, race_policy, (shared,), unit_resources(plan.profile), unit_pool(plan.model_cfg.framework, plan.profile.resources))
         engine.run([race], lambda _, d: found.append(d), key)
         return found[0]
 
@@ -362,18 +362,16 @@ def unit_resources(profile: Profile) -> Resources:
     return Resources(cpus=profile.resources.cpus, gpus=profile.resources.gpus)
 
 
-def unit_pool(plan: Plan) -> str | None:
-    """The worker pool of this plan's units and race (`Task.worker`): None, a fresh process per unit, for a GPU
-    unit (its memory is released when its process ends); else the framework's pool, "torch" (timm, probe) or
-    "keras-<threads>", whose kept process pays the framework's imports once for a model's race and units, as
-    engine=local's process per model does (`train_isolated`). The pools never share a process, so TensorFlow
-    never loads where torch ran; TensorFlow keeps the thread counts its first unit pinned (`unit_threads`),
-    hence a Keras pool per thread count (torch's are set per unit)."""
-    if plan.profile.resources.gpus > 0:
+def unit_pool(framework: str, resources: UnitResources) -> str | None:
+    """The worker pool (`Task.worker`) of a unit and race of `framework` holding `resources`: None, a fresh process
+    per unit, for a GPU unit (its memory is released when its process ends); else the framework's pool, "torch"
+    (timm, probe) or "keras-<threads>", whose kept process pays the framework's imports once for a model's race and
+    units, as engine=local's process per model does (`train_isolated`). The pools never share a process, so a
+    torch pool's process never loads TensorFlow; TensorFlow keeps the thread counts its first unit pinned
+    (`unit_threads`), hence a Keras pool per thread count (torch's are set per unit)."""
+    if resources.gpus > 0:
         return None
-    if plan.model_cfg.framework == "keras":
-        return f"keras-{plan.profile.resources.threads()}"
-    return "torch"
+    return f"keras-{resources.threads()}" if framework == "keras" else "torch"
 
 
 @contextmanager
@@ -393,7 +391,7 @@ def unit_threads(framework: str, n: int) -> Iterator[None]:
         if not pin_threads(n):
             console.print(
                 f"[yellow]note[/] TensorFlow already runs in this process with other thread counts: this unit computes on "
-                f"those, not {n} (its last bits may differ from a run in a fresh process, e.g. engine=ray's)"
+                f"those, not {n} (its last bits may differ from a run in a process where TensorFlow had not run)"
             )
         yield
         return
@@ -539,7 +537,10 @@ def _run_units(plan: Plan, todo: list[store.Unit], done: dict[store.Unit, store.
         store.write_unit(plan.run_dir, result, plan.prints)
         done[result.unit] = result
 
-    tasks = [Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile), unit_pool(plan)) for unit in todo]
+    tasks = [
+        Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile), unit_pool(plan.model_cfg.framework, plan.profile.resources))
+        for unit in todo
+    ]
     engine.run(tasks, land, f"{plan.run_dir.name}: units")
     return plan
 
