@@ -58,14 +58,20 @@ def _competition(overrides: list[str] | None, command: str, config: Path) -> Com
     return load_competition(route(overrides, command).competition, config)
 
 
+def _writing_data_dir(overrides: list[str] | None, command: str, config: Path) -> CompetitionConfig:
+    """`_competition` for a command that writes `data_dir` itself (data, simulate): a read-only `data_dir` is refused
+    first, naming `data_dir` (competition.data.folder), not by the config's rule for a null `work_dir`, which cannot help."""
+    from competition.data.folder import check_configured_data_dir
+
+    routed = route(overrides, command).competition
+    check_configured_data_dir(routed, config, command)
+    return load_competition(routed, config)
+
+
 @app.command()
 def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Download the real competition with the Kaggle client into data/ (needs Kaggle credentials)."""
-    from competition.data.folder import check_configured_data_dir
-
-    routed = route(overrides, "data").competition
-    check_configured_data_dir(routed, config, "data")  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
-    cfg = load_competition(routed, config)
+    cfg = _writing_data_dir(overrides, "data", config)
     from competition.data.download import download, summary
 
     for path in download(cfg):
@@ -77,13 +83,10 @@ def data(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) ->
 def simulate(overrides: Overrides = None, config: ConfigOpt = COMPETITION_CONFIG) -> None:
     """Write a simulated competition (radar physics, Kaggle's formats) into data/, answers in data/hidden/."""
     from competition.data.files import check_simulation_target
-    from competition.data.folder import check_configured_data_dir
     from competition.locks import folds_lock
     from competition.simulate import write_simulated
 
-    routed = route(overrides, "simulate").competition
-    check_configured_data_dir(routed, config, "simulate")  # first: a read-only data_dir is refused naming data_dir, not work_dir's rule
-    cfg = load_competition(routed, config)
+    cfg = _writing_data_dir(overrides, "simulate", config)
     check_simulation_target(cfg)  # before the lock: a refused simulation leaves no lock file in a folder it may not write
     with folds_lock(cfg.folds_json):
         write_simulated(cfg)

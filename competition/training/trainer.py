@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from competition.metrics import logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision
 from competition.overrides import Overrides, route
+from competition.task import R
 from competition.training import dihedral, policy_race, store, tta
 from competition.training.augment import Augmenter
 from competition.training.curves import CURVES_FILE, plot_curves
@@ -182,8 +184,7 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
     def run() -> PolicyDecision:
         found: list[PolicyDecision] = []
         key = f"policy race of {plan.run_dir.name}"  # the bar names the run: the race can take minutes before the units start
-        race = Task(key, race_policy, (shared,), unit_resources(plan.profile), unit_pool(plan.model_cfg.framework, plan.profile.resources))
-        engine.run([race], lambda _, d: found.append(d), key)
+        engine.run([unit_task(plan, key, race_policy, (shared,))], lambda _, d: found.append(d), key)
         return found[0]
 
     return policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan), run)
@@ -362,6 +363,11 @@ def unit_resources(profile: Profile) -> Resources:
     return Resources(cpus=profile.resources.cpus, gpus=profile.resources.gpus)
 
 
+def unit_task(plan: Plan, key: str, fn: Callable[..., R], args: tuple[Any, ...]) -> Task[R]:
+    """An engine task of this plan's units or race: `fn(*args)` holding the profile's resources, in the framework's pool."""
+    return Task(key, fn, args, unit_resources(plan.profile), unit_pool(plan.model_cfg.framework, plan.profile.resources))
+
+
 def unit_pool(framework: str, resources: UnitResources) -> str | None:
     """The worker pool (`Task.worker`) of a unit and race of `framework` holding `resources`: None, a fresh process
     per unit, for a GPU unit (its memory is released when its process ends); else the framework's pool, "torch"
@@ -537,10 +543,7 @@ def _run_units(plan: Plan, todo: list[store.Unit], done: dict[store.Unit, store.
         store.write_unit(plan.run_dir, result, plan.prints)
         done[result.unit] = result
 
-    tasks = [
-        Task(unit.name, train_unit, (shared, unit, decision), unit_resources(plan.profile), unit_pool(plan.model_cfg.framework, plan.profile.resources))
-        for unit in todo
-    ]
+    tasks = [unit_task(plan, unit.name, train_unit, (shared, unit, decision)) for unit in todo]
     engine.run(tasks, land, f"{plan.run_dir.name}: units")
     return plan
 
