@@ -142,7 +142,7 @@ def _runs_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 def _race_sections(runs: Sequence[Run]) -> list[tuple[str, str]]:
     """One section per run whose `auto` policy a race decided (competition.training.policy_race): its candidates, rule and cost."""
-    from competition.training.policy_race import RACE_COLUMNS, race_table
+    from competition.training.policy_race import RACE_COLUMNS, race_table, seconds_unit
 
     sections = []
     for run in runs:
@@ -150,7 +150,7 @@ def _race_sections(runs: Sequence[Run]) -> list[tuple[str, str]]:
         if race is None:
             continue
         text = (
-            f"<p>{html.escape(race['rule'])}. Cost: {race['race_s']:.1f} s = {race['spent_fraction']:.0%} of one policy's run "
+            f"<p>{html.escape(race['rule'])}. Cost: {race['race_s']:.1f} {seconds_unit(race)} = {race['spent_fraction']:.0%} of one policy's run "
             f"(budget {race['budget']:.0%}); the class prior scores {race['class_prior_loss']:.4f} on the {race['valid_rows']} "
             f"inner-validation rows. (table) = the 2 x 2 table's pick, * = the policy trained.</p>"
         )

@@ -18,7 +18,7 @@ from competition.atomic import write_json
 from competition.config import CompetitionConfig
 from competition.models.linear_probe import probe_for
 from competition.models.schema import PolicyDecision
-from competition.training import policy_race, store
+from competition.training import policy_race, store, trainer
 from competition.training.policy_race import RACE_FILE, Rungs, inner_folds, race_order
 from competition.training.trainer import plan_run, race_setup, train_model
 
@@ -108,9 +108,9 @@ def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: s
     units = [json.loads(p.read_text()) for p in sorted((raced.path / store.UNITS_DIR).glob("*.json"))]
     assert len(units) == 3 and {u["policy"]["name"] for u in units} == {meta.policy}  # every unit trains the race's pick
     cost = (meta.model_extra or {})["policy_race"]
-    assert cost["race_s"] == figures["race_s"] and cost["fraction_of_units"] == pytest.approx(
-        figures["race_s"] / cost["units_s"], rel=1e-2
-    )  # units_s is rounded to 0.01 s
+    assert cost["race_s"] == figures["wall_s"] and cost["fraction_of_units"] == pytest.approx(
+        figures["wall_s"] / cost["units_s"], rel=1e-2
+    )  # units_s is rounded to 0.01 s; both in wall seconds, whatever the budget's clock
 
 
 def test_a_candidate_worse_at_a_rung_stops_early(raced: store.Run) -> None:
@@ -159,6 +159,35 @@ def test_budget_bounds_the_race(cfg: CompetitionConfig, pretrained: list[str]) -
     assert figures["spent_fraction"] <= figures["budget"] + slack_s / figures["reference_s"]
     assert figures["budget_s"] == pytest.approx(0.4 * figures["reference_s"], rel=1e-2)
     assert any("budget" in c["outcome"] for c in figures["candidates"]), figures["candidates"]  # it did bind
+    assert figures["clock"] == policy_race.race_clock(setup.model_cfg) and figures["wall_s"] > 0
+
+
+def test_the_budget_is_kept_in_cpu_seconds_on_a_cpu(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """On the CPU the race spends this process's CPU seconds: time it waits (a sleep here; on a shared machine, other
+    processes holding the cores) is not spent, so a busy machine cannot shrink the candidates' share of the budget.
+    On a GPU (or device=cuda) the wall clock; a config on the CPU always gets CPU seconds."""
+    import torch
+
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "device=cpu"]))
+    assert policy_race.race_clock(setup.model_cfg) == "cpu"
+    assert policy_race.race_clock(setup.model_cfg.model_copy(update={"device": "cuda"})) == "wall"
+    auto = policy_race.race_clock(setup.model_cfg.model_copy(update={"device": "auto"}))
+    assert auto == ("wall" if torch.cuda.is_available() else "cpu")
+    contest = policy_race.Race(setup, policy_race.table_pick(setup))
+    before = contest.spent()
+    policy_race.time.sleep(0.5)
+    assert contest.spent() - before < 0.1  # half a wall second passed; the process did not compute
+
+
+def test_race_cost_counts_the_races_wall_seconds() -> None:
+    """meta.json's `policy_race` compares the race with the units in wall seconds (`wall_s`), whatever the budget's
+    clock; a race stored before the clock was recorded has wall seconds in `race_s`."""
+    unit = SimpleNamespace(timings={"fit_s": 30.0, "predict_s": 10.0})
+    numbers = {"race_s": 50.0, "wall_s": 20.0, "clock": "cpu"}
+    results = [SimpleNamespace(policy={"numbers": {"race": numbers}}, timings=unit.timings)] * 2
+    assert trainer.race_cost(results) == {"file": RACE_FILE, "race_s": 20.0, "units_s": 80.0, "fraction_of_units": 0.25}
+    old = [SimpleNamespace(policy={"numbers": {"race": {"race_s": 40.0}}}, timings=unit.timings)]
+    assert trainer.race_cost(old)["fraction_of_units"] == 1.0
 
 
 def test_no_race_for_an_explicit_policy_random_init_or_a_linear_probe(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:
@@ -286,7 +315,8 @@ def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConf
 def test_the_prior_races_on_when_it_fits() -> None:
     """`prior_cut`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
     contest = object.__new__(policy_race.Race)
-    contest.started, contest.budget_s = policy_race.time.perf_counter(), 100.0
+    contest.clock = policy_race.CLOCKS["wall"]
+    contest.started, contest.budget_s = contest.clock(), 100.0
     contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
     contest.folds = [(np.arange(80), np.arange(20))] * 5
     contest.valid_y = np.zeros(100)

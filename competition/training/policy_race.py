@@ -65,7 +65,7 @@ class Entry:
     name: str
     val_loss: list[float] = field(default_factory=list)  # per epoch, on the first inner fold
     epochs: int = 0  # epochs trained over all inner folds
-    seconds: float = 0.0
+    seconds: float = 0.0  # by the race's clock (`race_clock`)
     outcome: str = "not run: budget spent"
     loss: float | None = None  # pooled inner-validation log loss of its kept weights (complete candidates only)
     row_loss: np.ndarray | None = field(default=None, repr=False)  # per validation row, complete candidates only
@@ -105,11 +105,29 @@ class Rungs:
         return sorted(losses).index(best_loss) < math.ceil(len(losses) / self.eta)
 
 
-def _seconds(work: Callable[[], object]) -> float:
-    """Wall seconds `work()` takes."""
-    started = time.perf_counter()
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def race_clock(cfg: ModelConfig) -> str:
+    """The clock the race's budget is kept in: `cpu` (this process's CPU seconds over all its threads,
+    `time.process_time`) when the candidates train on the CPU, `wall` when they train on a GPU.
+
+    CPU seconds count only this process's work, so other jobs on a shared machine neither inflate nor
+    shrink the budget against what the race spends (with the wall clock, a first epoch timed under load
+    set a budget ~4x a quiet run's: docs/policy-race.md). On a GPU the work is the device's and the
+    process mostly waits for it, so there the wall clock is the cost."""
+    if cfg.device == "cpu":
+        return "cpu"
+    import torch  # the candidates' framework has loaded it already (timm; the Keras adapter imports it first)
+
+    return "wall" if cfg.device == "cuda" or torch.cuda.is_available() else "cpu"
+
+
+def _seconds(work: Callable[[], object], clock: Callable[[], float]) -> float:
+    """Seconds `work()` takes by `clock`."""
+    started = clock()
     work()
-    return time.perf_counter() - started
+    return clock() - started
 
 
 def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -181,7 +199,10 @@ class Race:
         self.prior = prior
         self.entries = [Entry(name) for name in race_order(self.settings.candidates, prior.name)]
         self.prior_entry = next(e for e in self.entries if e.name == prior.name)
-        self.started = time.perf_counter()
+        self.clock_name = race_clock(setup.model_cfg)
+        self.clock = CLOCKS[self.clock_name]
+        self.started = self.clock()
+        self.wall_started = time.perf_counter()
         self.budget_s = math.inf  # known once the prior has trained an epoch
         self.reference_s = math.nan
         self._prior_epoch_ends: list[float] = []  # when each of the prior's epochs on the first inner fold ended
@@ -189,7 +210,8 @@ class Race:
         self._prior_epoch_s = math.nan  # the prior's fastest epoch so far on the first inner fold's fit rows
 
     def spent(self) -> float:
-        return time.perf_counter() - self.started
+        """Seconds spent so far, by the race's clock (`race_clock`)."""
+        return self.clock() - self.started
 
     def run(self) -> None:
         """Train every candidate the budget allows (the engine's bar counts the candidates done: `report_step`)."""
@@ -202,11 +224,11 @@ class Race:
             if entry.name == PROBE and self.setup.model_cfg.framework != "timm":
                 entry.outcome = "not raced: the linear probe needs a timm backbone"
                 continue
-            started = time.perf_counter()
+            started = self.clock()
             try:
                 self._candidate(entry)
             finally:
-                entry.seconds = time.perf_counter() - started
+                entry.seconds = self.clock() - started
 
     def _candidate(self, entry: Entry) -> None:
         """All inner folds of one candidate; on the first, the rungs may stop it; the budget may stop any fold."""
@@ -223,7 +245,7 @@ class Race:
                 features = model.prefix_features(self.setup.train.images[self.setup.rows], self.setup.predict_batch_size)
             fit_in, valid_in = self._inputs(features, fit), self._inputs(features, valid)
             epochs = self.max_epochs if i == 0 else max(1, len(entry.val_loss))
-            fit_started = time.perf_counter()
+            fit_started = self.clock()
             seed = int(np.random.SeedSequence([self.setup.model_cfg.seed, 7919, i]).generate_state(1)[0])
             try:
                 model.fit(
@@ -271,9 +293,9 @@ class Race:
         if fold == 0:
             entry.val_loss.append(float(metrics["val_loss"]))
         if entry is self.prior_entry and fold == 0:
-            now = time.perf_counter()
+            now = self.clock()
             if epoch == 0:
-                self._predict_row_s = _seconds(predict) / max(1, len(self.folds[0][1]))
+                self._predict_row_s = _seconds(predict, self.clock) / max(1, len(self.folds[0][1]))
             self._time_reference(now, fit_started, n_fit)
             if epoch == 0 and (cut := self.prior_cut()) is not None:
                 raise _Stop(cut)
@@ -349,7 +371,9 @@ class Race:
             "min_seconds": self.settings.min_seconds,
             "budget_s": round(self.budget_s, 4),
             "reference_s": round(self.reference_s, 4),
+            "clock": self.clock_name,
             "race_s": round(spent, 4),
+            "wall_s": round(time.perf_counter() - self.wall_started, 4),
             "spent_fraction": round(spent / self.reference_s, 4),
         }
 
@@ -437,11 +461,17 @@ def _budget_text(figures: dict[str, Any]) -> str:
     return f"{figures['budget']:.0%}"
 
 
+def seconds_unit(figures: dict[str, Any]) -> str:
+    """How a race's seconds read: "CPU s" when its budget was kept in CPU seconds (`race_clock`), else "s"
+    (the wall clock; races stored before the clock was recorded)."""
+    return "CPU s" if figures.get("clock") == "cpu" else "s"
+
+
 def print_race(figures: dict[str, Any]) -> None:
     """The race as a Rich table in the terminal, with its rule and cost."""
     title = (
         f"policy race ({figures['valid_rows']} inner-validation rows; class prior {figures['class_prior_loss']:.4f}; "
-        f"{figures['race_s']:.1f} s = {figures['spent_fraction']:.0%} of one policy's run, budget {_budget_text(figures)})"
+        f"{figures['race_s']:.1f} {seconds_unit(figures)} = {figures['spent_fraction']:.0%} of one policy's run, budget {_budget_text(figures)})"
     )
     console.print(table(title, RACE_COLUMNS, race_table(figures)))
     console.print(f"policy race: {figures['rule']}")

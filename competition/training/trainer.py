@@ -602,12 +602,14 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
 
 
 def race_cost(results: list[store.UnitResult]) -> dict[str, float | str] | None:
-    """What the policy race cost against this run's units (seconds of every phase), or None when none ran."""
+    """What the policy race cost against this run's units, in wall seconds (the units' timings of every phase; the race's
+    `wall_s`, or its `race_s` when it was stored before its clock was recorded), or None when none ran."""
     race = results[0].policy["numbers"].get("race")
     if race is None:
         return None
     run_s = sum(sum(r.timings.values()) for r in results)
-    return {"file": policy_race.RACE_FILE, "race_s": race["race_s"], "units_s": round(run_s, 2), "fraction_of_units": round(race["race_s"] / run_s, 4)}
+    race_s = race.get("wall_s", race["race_s"])
+    return {"file": policy_race.RACE_FILE, "race_s": race_s, "units_s": round(run_s, 2), "fraction_of_units": round(race_s / run_s, 4)}
 
 
 def augment_note(profile: Profile, cached: bool) -> str:
