@@ -142,7 +142,7 @@ def _runs_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 def _race_sections(runs: Sequence[Run]) -> list[tuple[str, str]]:
     """One section per run whose `auto` policy a race decided (competition.training.policy_race): its candidates, rule and cost."""
-    from competition.training.policy_race import RACE_COLUMNS, race_table, seconds_unit
+    from competition.training.policy_race import race_columns, race_table, seconds_unit
 
     sections = []
     for run in runs:
@@ -154,7 +154,7 @@ def _race_sections(runs: Sequence[Run]) -> list[tuple[str, str]]:
             f"(budget {race['budget']:.0%}); the class prior scores {race['class_prior_loss']:.4f} on the {race['valid_rows']} "
             f"inner-validation rows. (table) = the 2 x 2 table's pick, * = the policy trained.</p>"
         )
-        sections.append((f"Policy race: {run.name}", text + html_table(pd.DataFrame(race_table(race), columns=RACE_COLUMNS))))
+        sections.append((f"Policy race: {run.name}", text + html_table(pd.DataFrame(race_table(race), columns=race_columns(race)))))
     return sections
 
 

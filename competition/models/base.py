@@ -187,6 +187,11 @@ class ImageModel(ABC):
 
     # --- framework hooks ------------------------------------------------------------------
 
+    @classmethod
+    @abstractmethod
+    def computes_on_gpu(cls, config: ModelConfig) -> bool:
+        """Whether a model of this config trains and predicts on a GPU here (its framework's device placement)."""
+
     @abstractmethod
     def _set_trainable(self, flags: list[bool]) -> None:
         """Make block b trainable (and in training mode) iff flags[b]; frozen blocks run in inference mode."""

@@ -396,6 +396,11 @@ class KerasVgg16(NetworkModel):
     def _load_weights(self, directory: Path) -> None:
         self._model(0).load_weights(str(directory / WEIGHTS_FILE))
 
+    @classmethod
+    def computes_on_gpu(cls, config: ModelConfig) -> bool:
+        """TensorFlow places the work on a GPU whenever it sees one (`device` only refuses `cuda` without one)."""
+        return _has_gpu()
+
 
 def _has_gpu() -> bool:
     import tensorflow as tf

@@ -94,6 +94,11 @@ class LinearProbe(ImageModel):
         self._pipeline: Pipeline | None = None
         self.selection: dict[str, Any] = {}
 
+    @classmethod
+    def computes_on_gpu(cls, config: ModelConfig) -> bool:
+        """Where its timm backbone runs (`TimmModel.computes_on_gpu`); the logistic regression is on the CPU."""
+        return TimmModel.computes_on_gpu(backbone_config(config))
+
     # --- blocks and policies --------------------------------------------------------------
 
     def blocks(self) -> list[str]:

@@ -91,9 +91,10 @@ def _stage_blocks(backbone: nn.Module) -> list[_Block]:
 
 
 def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
-    """The stage chain if it replays `forward_features` exactly, else the whole backbone as one block."""
+    """The stage chain if it replays `forward_features` exactly, else the whole backbone as one block. Checked on a
+    channels-last input, as the network runs (a stage that `.view`s a non-contiguous map fails here, not in a fit)."""
     blocks = _stage_blocks(backbone)
-    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
@@ -183,14 +184,14 @@ class TimmModel(NetworkModel):
         super().__init__(config)
         if config.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"model '{config.name}': key 'device' is cuda but PyTorch sees no GPU here; use device=auto or cpu")
-        self.device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = torch.device("cuda" if self.computes_on_gpu(config) else "cpu")
         torch.manual_seed(config.seed)
-        backbone = self._build_backbone(pretrained)
-        self._block_list = _backbone_blocks(backbone, len(config.channels))
-        head = self._build_head(_timm(backbone).num_features)
         # channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout; per training step
         # 26% (mobilenetv2_100) and 32% (tf_efficientnet_lite0) faster on this 2-core CPU at batch 32, 75 px (session 8)
-        self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device).to(memory_format=torch.channels_last)
+        backbone = self._build_backbone(pretrained).to(memory_format=torch.channels_last)
+        self._block_list = _backbone_blocks(backbone, len(config.channels))
+        head = self._build_head(_timm(backbone).num_features)
+        self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)  # .to keeps the layout
         self._block_list.append(_Block("head", [head], head))
         cfg = _timm(backbone).pretrained_cfg
         self._norm = (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
@@ -202,6 +203,11 @@ class TimmModel(NetworkModel):
         self._fit: _FitData | None = None
         # on a GPU the training images stay on it per fit and batches are built and augmented there (numpy on the CPU would starve it)
         self.device_batches = self.device.type == "cuda"
+
+    @classmethod
+    def computes_on_gpu(cls, config: ModelConfig) -> bool:
+        """`device: cuda`, or `auto` with a CUDA device torch can use."""
+        return config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
 
     # --- construction ---------------------------------------------------------------------
 

@@ -110,17 +110,16 @@ CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time
 
 def race_clock(cfg: ModelConfig) -> str:
     """The clock the race's budget is kept in: `cpu` (this process's CPU seconds over all its threads,
-    `time.process_time`) when the candidates train on the CPU, `wall` when they train on a GPU.
+    `time.process_time`) when the candidates train on the CPU, `wall` when their framework puts them on a
+    GPU (`ImageModel.computes_on_gpu`).
 
-    CPU seconds count only this process's work, so other jobs on a shared machine neither inflate nor
-    shrink the budget against what the race spends (with the wall clock, a first epoch timed under load
-    set a budget ~4x a quiet run's: docs/policy-race.md). On a GPU the work is the device's and the
-    process mostly waits for it, so there the wall clock is the cost."""
-    if cfg.device == "cpu":
-        return "cpu"
-    import torch  # the candidates' framework has loaded it already (timm; the Keras adapter imports it first)
+    CPU seconds count this process's work only, so other jobs on a shared machine move the budget far less
+    than the wall clock does (a first epoch timed under load set a budget ~4x a quiet run's:
+    docs/policy-race.md); threads that spin while waiting for a descheduled sibling still add some. On a GPU
+    the work is the device's and the process mostly waits for it, so there the wall clock is the cost."""
+    from competition.models.registry import model_class
 
-    return "wall" if cfg.device == "cuda" or torch.cuda.is_available() else "cpu"
+    return "wall" if model_class(cfg.framework).computes_on_gpu(cfg) else "cpu"
 
 
 def _seconds(work: Callable[[], object], clock: Callable[[], float]) -> float:
@@ -172,6 +171,7 @@ class RaceSetup:
     predict_rows: int = 0  # predictions one unit makes after its fit: (held-out + test rows) x TTA views
     augment: Augment | None = None  # the profile's augmentation on images, as the units train
     tta: list[dihedral.Variant] = field(default_factory=lambda: ["id"])  # the profile's TTA views, as the units predict
+    threads: int = 1  # the threads the candidates compute on (the units'): the `min_seconds` floor in CPU seconds is this many times it
 
 
 def candidate_config(model_cfg: ModelConfig, name: str) -> ModelConfig:
@@ -201,6 +201,8 @@ class Race:
         self.prior_entry = next(e for e in self.entries if e.name == prior.name)
         self.clock_name = race_clock(setup.model_cfg)
         self.clock = CLOCKS[self.clock_name]
+        # the floor is wall seconds: on the CPU clock, the CPU seconds of that many wall seconds on every thread
+        self.floor_s = self.settings.min_seconds * (setup.threads if self.clock_name == "cpu" else 1)
         self.started = self.clock()
         self.wall_started = time.perf_counter()
         self.budget_s = math.inf  # known once the prior has trained an epoch
@@ -315,7 +317,7 @@ class Race:
         per_epoch = fastest * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
         per_unit = self.setup.model_cfg.train.epochs * per_epoch + self.setup.predict_rows * self._predict_row_s
         self.reference_s = self.setup.n_units * per_unit
-        self.budget_s = max(self.settings.budget * self.reference_s, self.settings.min_seconds)
+        self.budget_s = max(self.settings.budget * self.reference_s, self.floor_s)
 
     def prior_cost_s(self) -> tuple[float, float]:
         """Estimated seconds (the prior's remaining race, the scouts' race) after the prior's first epoch: the prior's
@@ -338,9 +340,10 @@ class Race:
         prior, scouts = self.prior_cost_s()
         if self.spent() + prior + scouts <= self.budget_s:
             return None
+        unit = seconds_unit({"clock": self.clock_name})
         return (
-            f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} s more) "
-            f"and the scouts' race (~{scouts:.0f} s) exceed the budget ({self.budget_s:.0f} s): the cheaper candidates race instead"
+            f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
+            f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({self.budget_s:.0f} {unit}): the cheaper candidates race instead"
         )
 
     def class_prior_loss(self) -> float:
@@ -369,6 +372,7 @@ class Race:
             "margin_se": self.settings.margin_se,
             "budget": self.settings.budget,
             "min_seconds": self.settings.min_seconds,
+            "floor_s": self.floor_s,
             "budget_s": round(self.budget_s, 4),
             "reference_s": round(self.reference_s, 4),
             "clock": self.clock_name,
@@ -438,7 +442,9 @@ def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
     return PolicyDecision(name=winner, requested="auto", reason=reason, numbers={**prior.numbers, "table_pick": prior.name, "race": figures})
 
 
-RACE_COLUMNS = ["candidate", "val loss: first, best (inner fold 1)", "epochs", "s", "inner log loss", "outcome"]
+def race_columns(figures: dict[str, Any]) -> list[str]:
+    """The headers of `race_table`'s rows; the seconds column names the race's clock ("CPU s" or "s")."""
+    return ["candidate", "val loss: first, best (inner fold 1)", "epochs", seconds_unit(figures), "inner log loss", "outcome"]
 
 
 def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, str]]:
@@ -455,9 +461,10 @@ def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, s
 
 def _budget_text(figures: dict[str, Any]) -> str:
     """The budget as the title shows it: the fraction, or the `min_seconds` floor when that is what bound."""
-    floor = figures.get("min_seconds", 0.0)  # absent from races stored before the floor existed
+    floor = figures.get("floor_s", figures.get("min_seconds", 0.0))  # absent from races stored before the floor existed
     if figures["budget"] * figures["reference_s"] < floor:
-        return f"{figures['budget']:.0%} of a run is under the floor: auto.race.min_seconds {floor:g} s"
+        text = f"{figures['budget']:.0%} of a run is under the floor: auto.race.min_seconds {figures['min_seconds']:g} s"
+        return text + (f" (= {floor:g} CPU s on all threads)" if figures.get("clock") == "cpu" else "")
     return f"{figures['budget']:.0%}"
 
 
@@ -473,7 +480,7 @@ def print_race(figures: dict[str, Any]) -> None:
         f"policy race ({figures['valid_rows']} inner-validation rows; class prior {figures['class_prior_loss']:.4f}; "
         f"{figures['race_s']:.1f} {seconds_unit(figures)} = {figures['spent_fraction']:.0%} of one policy's run, budget {_budget_text(figures)})"
     )
-    console.print(table(title, RACE_COLUMNS, race_table(figures)))
+    console.print(table(title, race_columns(figures), race_table(figures)))
     console.print(f"policy race: {figures['rule']}")
 
 
