@@ -543,15 +543,15 @@ def overhead_part(cfg: CompetitionConfig, bc: BenchEngineConfig, flow: Sequence[
 
 def gpu_unit(model: str, image_size: int, batch_size: int, steps: int) -> dict[str, Any]:
     """One synthetic training unit: `steps` AdamW steps of a timm `model` (random init, 2 bands, 1 logit) on random
-    batch_size x 2 x image_size x image_size batches, channels-last, on CUDA when there is one. Returns its seconds and peak
+    batch_size x 2 x image_size x image_size batches, on CUDA when there is one. Returns its seconds and peak
     GPU memory (bytes, torch.cuda.max_memory_allocated; None on CPU)."""
     import timm
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = timm.create_model(model, pretrained=False, in_chans=2, num_classes=1).to(device).to(memory_format=torch.channels_last)
+    net = timm.create_model(model, pretrained=False, in_chans=2, num_classes=1).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    x = torch.randn(batch_size, 2, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)  # as the harness trains
+    x = torch.randn(batch_size, 2, image_size, image_size, device=device)
     y = torch.randint(0, 2, (batch_size, 1), device=device).float()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

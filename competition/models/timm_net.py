@@ -91,10 +91,9 @@ def _stage_blocks(backbone: nn.Module) -> list[_Block]:
 
 
 def _backbone_blocks(backbone: nn.Module, in_chans: int) -> list[_Block]:
-    """The stage chain if it replays `forward_features` exactly, else the whole backbone as one block. Checked on a
-    channels-last input, as the network runs (a stage that `.view`s a non-contiguous map fails here, not in a fit)."""
+    """The stage chain if it replays `forward_features` exactly, else the whole backbone as one block."""
     blocks = _stage_blocks(backbone)
-    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
     was_training = backbone.training
     backbone.eval()
     with torch.no_grad():
@@ -186,12 +185,10 @@ class TimmModel(NetworkModel):
             raise ConfigError(f"model '{config.name}': key 'device' is cuda but PyTorch sees no GPU here; use device=auto or cpu")
         self.device = torch.device("cuda" if self.computes_on_gpu(config) else "cpu")
         torch.manual_seed(config.seed)
-        # channels-last (NHWC) weights and inputs: oneDNN's and cuDNN's fast convolution layout; per training step
-        # 26% (mobilenetv2_100) and 32% (tf_efficientnet_lite0) faster on this 2-core CPU at batch 32, 75 px (session 8)
-        backbone = self._build_backbone(pretrained).to(memory_format=torch.channels_last)
+        backbone = self._build_backbone(pretrained)
         self._block_list = _backbone_blocks(backbone, len(config.channels))
         head = self._build_head(_timm(backbone).num_features)
-        self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)  # .to keeps the layout
+        self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
         self._block_list.append(_Block("head", [head], head))
         cfg = _timm(backbone).pretrained_cfg
         self._norm = (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
@@ -270,11 +267,10 @@ class TimmModel(NetworkModel):
         return self._to_network(torch.from_numpy(self.inputs.images(images)).permute(0, 3, 1, 2).to(self.device))
 
     def _to_network(self, z: torch.Tensor) -> torch.Tensor:
-        """Standardised channels (N x C x H x W, on the device) -> the network's input space at `image_size`, channels-last."""
+        """Standardised channels (N x C x H x W, on the device) -> the network's input space at `image_size`."""
         x = z * self._scale + self._offset
         size = self.config.image_size
-        x = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
     def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for block in self._block_list[start:stop]:
@@ -307,9 +303,8 @@ class TimmModel(NetworkModel):
             if rng is None:
                 raise ValueError("augmenting a batch needs a random generator")
             x = augment(x, idx, rng)  # raw images, or cached features of a random flip/turn view (the trainer's)
-        if inputs.is_features:  # a frozen prefix's output: maps (N x C x H x W) go in the network's channels-last layout
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+        if inputs.is_features:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         return self._network_input(x)
 
     def _device_images(self, train: ModelInputs, augment: Augment | None, seed: int) -> _DeviceImages:
