@@ -327,18 +327,20 @@ def test_the_prior_races_on_when_it_fits() -> None:
     contest.started, contest.budget_s = contest.clock(), 100.0
     contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
     contest.folds = [(np.arange(80), np.arange(20))] * 5
-    contest.valid_y = np.zeros(100)
+    contest.valid_y, contest.y = np.zeros(100), np.zeros(100)
     contest.setup = SimpleNamespace(tta=["id"], rows=np.arange(100), model_cfg=SimpleNamespace(framework="timm"))
     contest.prior_entry = policy_race.Entry("all_but_stem")
     contest.entries = [contest.prior_entry, policy_race.Entry("probe"), policy_race.Entry("head")]
     prior, scouts = contest.prior_cost_s()
     assert prior == pytest.approx(24 * 2.0 + 100 * 0.01) and scouts == pytest.approx(8 * 100 * 0.01 + 5 * 400 * 0.01)
-    assert contest.prior_cut() is None  # 49 + 28 s, nothing spent yet: within 100 s
-    contest.budget_s = 70.0
+    assert contest.prior_cut() is None and len(contest.folds) == 5  # 49 + 28 s, nothing spent yet: within 100 s
+    contest.budget_s = 20.0  # not even one inner fold: 4 x 2 + 0.2 s more, and the scouts' 8 + 4 s
     assert contest.prior_cut() == (
-        "stopped after its first epoch: its 5 inner folds x 5 epochs (~49 s more) and the scouts' race (~28 s) exceed the budget (70 s): "
+        "stopped after its first epoch: its 5 inner folds x 5 epochs (~49 s more) and the scouts' race (~28 s) exceed the budget (20 s): "
         "the cheaper candidates race instead"
     )
+    contest.budget_s = 70.0  # all 5 do not fit (77 s); 4 do (38.8 s + 24 s): every candidate races on those 4
+    assert contest.prior_cut() is None and len(contest.folds) == 4 and len(contest.valid_y) == 80
 
 
 def test_the_rule_and_the_title_say_why_in_plain_words() -> None:

@@ -193,6 +193,7 @@ class Race:
         assert labels is not None
         self.y = labels[setup.rows].astype(np.float64)
         self.folds = inner_folds(self.y, self.settings.min_valid, setup.model_cfg.seed)
+        self.planned_folds = len(self.folds)  # before `prior_cut` keeps fewer
         self.valid_y = np.concatenate([self.y[v] for _, v in self.folds])
         self.max_epochs = min(self.settings.max_epochs, setup.model_cfg.train.epochs)
         self.rungs = Rungs(self.settings.min_epochs, self.settings.eta, self.max_epochs)
@@ -319,14 +320,16 @@ class Race:
         self.reference_s = self.setup.n_units * per_unit
         self.budget_s = max(self.settings.budget * self.reference_s, self.floor_s)
 
-    def prior_cost_s(self) -> tuple[float, float]:
-        """Estimated seconds (the prior's remaining race, the scouts' race) after the prior's first epoch: the prior's
-        inner folds x epochs at its fastest epoch plus its TTA predictions; the probe's 8-view features of the race
-        rows and the head's epochs (a forward pass per fit row) at the prior's predicted seconds per row."""
-        row_s, n_folds = self._predict_row_s, len(self.folds)
-        prior = (n_folds * self.max_epochs - 1) * self._prior_epoch_s + len(self.valid_y) * len(self.setup.tta) * row_s
+    def prior_cost_s(self, n_folds: int | None = None) -> tuple[float, float]:
+        """Estimated seconds (the prior's remaining race, the scouts' race) after the prior's first epoch, racing on
+        the first `n_folds` inner folds (default: all): the prior's inner folds x epochs at its fastest epoch plus its
+        TTA predictions; the probe's 8-view features of the race rows and the head's epochs (a forward pass per fit
+        row) at the prior's predicted seconds per row."""
+        folds = self.folds[: len(self.folds) if n_folds is None else n_folds]
+        row_s, valid_rows = self._predict_row_s, sum(len(v) for _, v in folds)
+        prior = (len(folds) * self.max_epochs - 1) * self._prior_epoch_s + valid_rows * len(self.setup.tta) * row_s
         names = {e.name for e in self.entries if e is not self.prior_entry}
-        fit_rows = sum(len(f) for f, _ in self.folds)
+        fit_rows = sum(len(f) for f, _ in folds)
         scouts = (8 * len(self.setup.rows) * row_s if PROBE in names and self.setup.model_cfg.framework == "timm" else 0.0) + (
             self.max_epochs * fit_rows * row_s if "head" in names else 0.0
         )
@@ -334,17 +337,30 @@ class Race:
 
     def prior_cut(self) -> str | None:
         """Why the prior stops after its first epoch, or None when it can complete its inner folds and leave the
-        scouts their race within the budget (`prior_cost_s`). When it cannot (about 100 images: 5 inner folds of a
-        fine-tuning policy cost most of a run), the budget goes to the cheaper candidates: racing on, it spent the
-        whole budget there and the probe, the best single model on scikit-learn's digits, never raced."""
+        scouts their race within the budget (`prior_cost_s`).
+
+        When all its inner folds do not fit but fewer do, every candidate races on the most that fit (the first m:
+        fewer validation rows, the same for all), so the fine-tuning prior still competes: cut on 400 images, it left
+        the probe the only candidate to complete, and `auto` chose it at 0.35 private against `all`'s 0.22 (session 8).
+        Only when not even one inner fold fits (about 100 images: a fine-tuning policy's epochs cost most of a run)
+        does the prior stop, and the budget goes to the cheaper candidates: racing on, it spent the whole budget there
+        and the probe, the best single model on scikit-learn's digits, never raced."""
+        for n_folds in range(len(self.folds), 0, -1):
+            prior, scouts = self.prior_cost_s(n_folds)
+            if self.spent() + prior + scouts <= self.budget_s:
+                self._keep_folds(n_folds)
+                return None
         prior, scouts = self.prior_cost_s()
-        if self.spent() + prior + scouts <= self.budget_s:
-            return None
         unit = seconds_unit({"clock": self.clock_name})
         return (
             f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
             f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({self.budget_s:.0f} {unit}): the cheaper candidates race instead"
         )
+
+    def _keep_folds(self, n_folds: int) -> None:
+        """Race on the first `n_folds` inner folds only (in place: the prior's loop over them is running)."""
+        del self.folds[n_folds:]
+        self.valid_y = np.concatenate([self.y[v] for _, v in self.folds])
 
     def class_prior_loss(self) -> float:
         """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
@@ -364,6 +380,7 @@ class Race:
             "rule": rule,
             "class_prior_loss": round(self.class_prior_loss(), 5),
             "inner_folds": len(self.folds),
+            "inner_folds_planned": self.planned_folds,
             "valid_rows": len(self.valid_y),
             "race_rows": len(self.setup.rows),
             "rungs": self.rungs.epochs,
