@@ -327,7 +327,7 @@ def test_the_prior_races_on_when_it_fits() -> None:
     contest.started, contest.budget_s = contest.clock(), 100.0
     contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
     contest.folds = [(np.arange(80), np.arange(20))] * 5
-    contest.valid_y, contest.y = np.zeros(100), np.zeros(100)
+    contest.y = np.zeros(100)
     contest.setup = SimpleNamespace(tta=["id"], rows=np.arange(100), model_cfg=SimpleNamespace(framework="timm"))
     contest.prior_entry = policy_race.Entry("all_but_stem")
     contest.entries = [contest.prior_entry, policy_race.Entry("probe"), policy_race.Entry("head")]

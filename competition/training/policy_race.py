@@ -194,7 +194,6 @@ class Race:
         self.y = labels[setup.rows].astype(np.float64)
         self.folds = inner_folds(self.y, self.settings.min_valid, setup.model_cfg.seed)
         self.planned_folds = len(self.folds)  # before `prior_cut` keeps fewer
-        self.valid_y = np.concatenate([self.y[v] for _, v in self.folds])
         self.max_epochs = min(self.settings.max_epochs, setup.model_cfg.train.epochs)
         self.rungs = Rungs(self.settings.min_epochs, self.settings.eta, self.max_epochs)
         self.prior = prior
@@ -211,6 +210,11 @@ class Race:
         self._prior_epoch_ends: list[float] = []  # when each of the prior's epochs on the first inner fold ended
         self._predict_row_s = 0.0  # seconds per predicted row of the prior (timed once, after its first epoch)
         self._prior_epoch_s = math.nan  # the prior's fastest epoch so far on the first inner fold's fit rows
+
+    @property
+    def valid_y(self) -> np.ndarray:
+        """The labels of the race's inner-validation rows, fold after fold (the order of a candidate's pooled predictions)."""
+        return np.concatenate([self.y[v] for _, v in self.folds])
 
     def spent(self) -> float:
         """Seconds spent so far, by the race's clock (`race_clock`)."""
@@ -348,7 +352,7 @@ class Race:
         for n_folds in range(len(self.folds), 0, -1):
             prior, scouts = self.prior_cost_s(n_folds)
             if self.spent() + prior + scouts <= self.budget_s:
-                self._keep_folds(n_folds)
+                del self.folds[n_folds:]  # in place: the prior's loop over them is running
                 return None
         prior, scouts = self.prior_cost_s()
         unit = seconds_unit({"clock": self.clock_name})
@@ -356,11 +360,6 @@ class Race:
             f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
             f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({self.budget_s:.0f} {unit}): the cheaper candidates race instead"
         )
-
-    def _keep_folds(self, n_folds: int) -> None:
-        """Race on the first `n_folds` inner folds only (in place: the prior's loop over them is running)."""
-        del self.folds[n_folds:]
-        self.valid_y = np.concatenate([self.y[v] for _, v in self.folds])
 
     def class_prior_loss(self) -> float:
         """Log loss of predicting each inner fold's training iceberg rate: the floor any candidate should beat."""
