@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -82,7 +88,8 @@ def _own_records(n: int, rng: np.random.Generator, labelled: bool, prefix: str =
     return records
 
 
-def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> None:
+def _own_competition(tmp_path: Path) -> tuple[Path, Path]:
+    """A user's own competition folder (48 labelled chips, 18 test chips) and a 3-fold config naming it: (config, data)."""
     rng = np.random.default_rng(0)
     data = tmp_path / "mine"
     data.mkdir()
@@ -92,6 +99,11 @@ def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> No
     pd.DataFrame({"id": [r["id"] for r in test], "is_iceberg": 0.5}).to_csv(data / "sample_submission.csv", index=False)
     config = tmp_path / "competition.yaml"
     config.write_text(f"data_dir: {data}\nruns_dir: {tmp_path / 'runs'}\nsubmissions_dir: {tmp_path / 'subs'}\nfolds:\n  k: 3\n")
+    return config, data
+
+
+def test_a_users_own_dataset_runs_through_the_same_command(tmp_path: Path) -> None:
+    config, data = _own_competition(tmp_path)
 
     done = subprocess.run([sys.executable, "-m", "competition", "all", "-c", str(config), "--profile", "cpu", *TINY],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -141,3 +153,52 @@ def test_make_all_on_kaggles_archives_as_they_arrive(tmp_path: Path) -> None:
     stack = subprocess.run([sys.executable, "-m", "competition", "stack", *args, "stack.stacker.n_trials=2", "stack.stacker.inner_folds=2",
                             "stack.features.band_stats=false", "stack.methods=[mean,lgbm]"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert stack.returncode == 0, stack.stderr[-3000:]  # `stack` alone reads the archived sample submission too
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the training child in Linux's /proc")
+def test_make_all_killed_by_sigterm_leaves_no_training_process_behind(tmp_path: Path) -> None:
+    """`kill PID` (or `timeout`, a cancelled CI job) reaches the CLI process only, not its process group as Ctrl-C
+    does; the per-model training child it spawned must end too, not train on as an orphan (found in session 8)."""
+    config, _ = _own_competition(tmp_path)
+    args = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[8]", "epochs=100000", "patience=100000",
+            "save_models=false", "tta=[id]", 'models=["resnet10t"]']  # fmt: skip
+    cli = subprocess.Popen([sys.executable, "-m", "competition", "all", "-c", str(config), "--profile", "cpu", *args], cwd=ROOT,
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    child = None
+    try:
+        child = _wait_until(lambda: _spawned_child(cli.pid), timeout_s=300)
+        assert child is not None, "the training child never started"
+        time.sleep(3)  # training under way
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=60)
+        assert _wait_until(lambda: not _running(child), timeout_s=30), f"training child {child} still running 30 s after its CLI process ended"
+    finally:
+        for pid in (cli.pid, child):
+            if pid is not None and _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_until(found: Callable[[], Any], timeout_s: float) -> Any:
+    """Poll `found` every 0.2 s until it returns something truthy (returned) or `timeout_s` passes (its last value)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := found()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
+def _spawned_child(parent: int) -> int | None:
+    """The pid of `parent`'s multiprocessing spawn child (Linux /proc), or None."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+    return None
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an ended child nobody reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -457,6 +457,29 @@ def versions(framework: str) -> dict[str, str]:
     return found
 
 
+def end_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Make this process end within `poll_s` seconds of process `parent`'s end (`train_isolated`'s child initializer).
+
+    Ctrl-C reaches the whole process group, but `kill PID`, `timeout` or a cancelled CI job end only the
+    CLI process: its spawned training child would train on as an orphan (one trained for an hour beside a
+    later benchmark, session 8). A daemon thread polls the parent's pid (it changes when the child is
+    re-parented), then sends this process SIGTERM, and ends it outright 5 s later if a handler kept it
+    alive. Portable, unlike Linux's PR_SET_PDEATHSIG, which also fires when the parent's spawning
+    *thread* ends. Raises nothing.
+    """
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5.0)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def train_isolated(cfg: CompetitionConfig, model_name: str, profile: str | None = None, overrides: Sequence[str] = (), *, run_name: str | None = None) -> Path:
     """`train_model` in a fresh interpreter, for steps that train several models in a row.
 
@@ -468,7 +491,8 @@ def train_isolated(cfg: CompetitionConfig, model_name: str, profile: str | None 
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
         try:
             return pool.submit(train_model, cfg, model_name, profile, list(overrides), run_name=run_name).result()
         except BrokenProcessPool:
