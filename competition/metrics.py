@@ -33,7 +33,7 @@ def logloss(y: np.ndarray, p: np.ndarray) -> float:
 def row_logloss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Each row's term of `logloss` (shape (N,), same clipping and inputs); its mean is `logloss(y, p)`.
 
-    For paired comparisons of two models on the same rows (the policy race's standard errors).
+    For paired comparisons of two models on the same rows (`paired_difference`: the policy race, the ladder's targets).
     Raises ValueError when the lengths differ or there are no rows.
     """
     q = np.asarray(p, dtype=np.float64)
@@ -46,3 +46,17 @@ def row_logloss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     if t.size == 0:
         raise ValueError("logloss: no rows to score")
     return -(t * np.log(q) + (1.0 - t) * np.log(1.0 - q))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of `a - b`, two models' per-row losses (shape (N,)) paired over the same rows.
+
+    SE = sd(a - b) / sqrt(N) with the sample sd (ddof 1); 0.0 for one row. Pairing removes what the rows
+    share (hard rows are hard for both), so it is the error of a *difference* of two log losses, far smaller
+    than either's own. Raises ValueError when the shapes differ or there are no rows.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("paired_difference: no rows")
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+    return float(d.mean()), se

@@ -28,7 +28,7 @@ def test_digits_folder_is_a_competition_scored_offline(tmp_path: Path) -> None:
     """Two digit classes in Kaggle's format: the normal loader takes them, and the hidden solution scores a submission."""
     from competition.data.files import simulated_solution
     from competition.data.loader import load_competition
-    from competition.kaggle.scoring import score_submission
+    from competition.kaggle.scoring import private_row_losses, score_submission
     from competition.simulate.digits import write_digits
 
     cfg = CompetitionConfig(data_dir=tmp_path / "digits")
@@ -50,6 +50,8 @@ def test_digits_folder_is_a_competition_scored_offline(tmp_path: Path) -> None:
     scores = score_submission(sub, solution)
     private = truth[truth["Usage"] == "Private"]
     assert scores.private == pytest.approx(log_loss(private["is_iceberg"], np.full(len(private), rate), labels=[0, 1]))
+    rows = private_row_losses(sub, solution)
+    assert list(rows.index) == private["id"].tolist() and rows.mean() == pytest.approx(scores.private)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +100,10 @@ def test_tiny_ladder_end_to_end(tmp_path: Path) -> None:
     assert rung["prior"]["private"] is not None
 
     assert {t["target"] for t in result["targets"]} == {"auto", "prior", "stack"}
+    assert all(t["verdict"] in {"holds", "within noise", "FAILS"} for t in result["targets"])
+    auto = next(t for t in result["targets"] if t["target"] == "auto")
+    n_private = len(pd.read_csv(tmp_path / "runs/lad/data/40/hidden/solution.csv").query("Usage == 'Private'"))
+    assert f"over {n_private} private rows" in auto["detail"]  # the noise figure comes from the hidden rows
     text = docs.read_text()
     assert "quality\n<!-- quality:end -->" in text  # the other section stays
     section = text.split(START, 1)[1].split(END, 1)[0]
@@ -119,7 +125,27 @@ def test_auto_target_counts_the_linear_probe_among_its_candidates() -> None:
     ]
     rung = {"rung": "100", "n_train": 100, "recipes": rows, "auto": [{"model": "m"}], "prior": {"private": 0.69}, "methods": []}
     [auto] = [t for t in check_targets([rung]) if t["target"] == "auto"]
-    assert auto["holds"] is False and "best probe 0.2000" in auto["detail"]
+    assert auto["verdict"] == "FAILS" and "best probe 0.2000" in auto["detail"]  # no private losses: the point estimate decides
     rows[2] = row("m-auto", "m", "auto", "probe", 0.205)
     [auto] = [t for t in check_targets([rung]) if t["target"] == "auto"]
-    assert auto["holds"] is True
+    assert auto["verdict"] == "holds"
+
+
+@pytest.mark.parametrize(("spread", "verdict"), [(0.2, "within noise"), (0.01, "FAILS")])
+def test_a_gap_past_the_tolerance_is_within_noise_only_when_the_hidden_rows_cannot_resolve_it(spread: float, verdict: str) -> None:
+    """auto 0.02 behind the best, on 100 private rows: with a paired spread of 0.2 per row (SE 0.02) the test set cannot tell
+    a 0.02 gap from 0.01; with 0.01 per row (SE 0.001) it can, and the target fails."""
+    from competition.bench.ladder import check_targets
+
+    rng = np.random.default_rng(0)
+    best_rows = rng.uniform(0.1, 0.6, 100)
+    noise = rng.normal(0.0, 1.0, 100)
+    auto_rows = best_rows + 0.02 + spread * (noise - noise.mean()) / noise.std(ddof=1)  # mean gap 0.02 exactly, sd `spread`
+    rows = [
+        {"name": "m-all", "model": "m", "policy_requested": "all", "policy": "all", "cv_logloss": 0.3, "private": best_rows.mean(), "submission": "a.csv"},
+        {"name": "m-auto", "model": "m", "policy_requested": "auto", "policy": "head", "cv_logloss": 0.3, "private": auto_rows.mean(), "submission": "b.csv"},
+    ]  # fmt: skip
+    rung = {"rung": "400", "n_train": 400, "recipes": rows, "auto": [{"model": "m"}], "prior": {"private": 0.69}, "methods": []}
+    [auto] = [t for t in check_targets([rung], {"a.csv": best_rows, "b.csv": auto_rows}) if t["target"] == "auto"]
+    assert auto["verdict"] == verdict
+    assert f"gap +0.0200, paired SE {spread / 10:.4f} over 100 private rows" in auto["detail"]

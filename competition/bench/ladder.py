@@ -35,12 +35,17 @@ from competition.config import CompetitionConfig, load
 from competition.console import console, table
 from competition.data.files import read_marker, simulated_solution
 from competition.errors import ConfigError, DataError
+from competition.metrics import paired_difference
 from competition.overrides import route
 
 START, END = "<!-- ladder:start -->", "<!-- ladder:end -->"
 DIGITS = "digits"
 SMALL = 100  # "every pretrained model beats the class prior" is checked on rungs of at most this many training images
 AUTO_TOLERANCE = 0.01  # log loss: `auto` within this of the best policy of its model
+NOISE_SE = 2.0  # a gap past its tolerance by less than this many paired standard errors is "within noise" (~95%, two-sided)
+VERDICTS = {"holds": "green", "within noise": "yellow", "FAILS": "red", "not measured": "yellow"}  # and their terminal colours
+
+Losses = dict[str, np.ndarray]  # per-row private log losses by submission file
 
 
 @dataclass(frozen=True)
@@ -140,20 +145,33 @@ def prior_row(cfg: CompetitionConfig) -> dict[str, Any]:
     rate = float(labels.mean())
     path = cfg.experiment_submissions_dir / "prior.csv"
     scores = score(test.ids, np.full(len(test), rate), path, simulated_solution(cfg, test.fingerprint))
-    return {"name": "prior", "rate": rate, "cv_logloss": cv, **(scores or {"public": None, "private": None})}
+    return {"name": "prior", "rate": rate, "cv_logloss": cv, **scores}
 
 
-def run_rung(cfg: CompetitionConfig, q: QualityConfig, rung: Rung, recipes: list[Recipe], budget: Any, routed: Any) -> dict[str, Any]:
-    """One rung from its data to its scores: data, folds, recipes, stack, prior (all resumable)."""
+def run_rung(cfg: CompetitionConfig, q: QualityConfig, rung: Rung, recipes: list[Recipe], budget: Any, routed: Any) -> tuple[dict[str, Any], Losses]:
+    """One rung from its data to its scores: data, folds, recipes, stack, prior (all resumable); and its rows' `private_losses`."""
     console.rule(f"[bold]ladder rung {rung.name}")
     rcfg = rung_config(cfg, q.ladder, rung)
     write_rung_data(rcfg, rung)
     started = time.perf_counter()
     result = bench_data(rcfg, rcfg.experiment, recipes, budget, routed)
-    return {
+    result = {
         "rung": rung.name, "experiment": rcfg.experiment, **result,
         "prior": prior_row(rcfg), "auto": auto_verdicts(result["recipes"], q.grid.models), "wall_s": time.perf_counter() - started,
     }  # fmt: skip
+    return result, private_losses(rcfg, result)
+
+
+def private_losses(cfg: CompetitionConfig, rung: dict[str, Any]) -> Losses:
+    """Each scored row's per-row log losses on the hidden Private rows (shape (n_private,), one order), by its
+    submission file; empty without a hidden solution (then the targets compare CV and have no noise figure)."""
+    from competition.kaggle.scoring import private_row_losses
+
+    solution = simulated_solution(cfg, rung["data_fingerprint"]["test"])
+    if solution is None:
+        return {}
+    rows = [*rung["recipes"], *rung["methods"], rung["prior"]]
+    return {r["submission"]: private_row_losses(Path(r["submission"]), solution).to_numpy() for r in rows}
 
 
 def metric(row: dict[str, Any]) -> float:
@@ -166,15 +184,34 @@ def stacker(rung: dict[str, Any]) -> dict[str, Any] | None:
     return next((m for m in rung["methods"] if m["kind"] == "stack"), None)
 
 
-def check_targets(rung_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ladder's targets per rung, each {target, rung, holds, detail} (holds None: not measurable on this rung).
+def within(a: dict[str, Any], b: dict[str, Any], tolerance: float, losses: Losses) -> tuple[str, str]:
+    """Whether row `a` scores within `tolerance` log loss of row `b` (by `metric`), and the gap as text.
+
+    `holds`: gap <= tolerance. `within noise`: the gap exceeds the tolerance by less than NOISE_SE standard
+    errors of the paired difference of the two rows' losses on the same hidden Private rows
+    (`competition.metrics.paired_difference`), so this test set cannot tell them apart at that tolerance.
+    `FAILS`: by more. Without both rows' private losses (CV compared) the point estimate decides.
+    """
+    gap = metric(a) - metric(b)
+    la, lb = losses.get(a.get("submission", "")), losses.get(b.get("submission", ""))
+    se = paired_difference(la, lb)[1] if la is not None and lb is not None and a.get("private") is not None else None
+    text = f"gap {gap:+.4f}" + ("" if se is None or la is None else f", paired SE {se:.4f} over {len(la)} private rows")
+    if gap <= tolerance:
+        return "holds", text
+    return ("within noise" if se is not None and gap - NOISE_SE * se <= tolerance else "FAILS"), text
+
+
+def check_targets(rung_results: list[dict[str, Any]], losses: Losses | None = None) -> list[dict[str, Any]]:
+    """The ladder's targets per rung, each {target, rung, verdict, detail}; verdict one of VERDICTS.
 
     - auto: `auto` within AUTO_TOLERANCE log loss of the best of its candidates that were benchmarked: the concrete
       policies of its model and the linear probe on the same backbone (`<model>_probe`), which `auto` races too;
-    - prior: at most SMALL training images: every single run better than the class prior;
+    - prior: at most SMALL training images: every single run better than the class prior (point estimates);
     - stack: the stacker not worse than the best single run.
-    Compared by `metric` (private where the hidden solution exists, else CV).
+    Compared by `metric` (private where the hidden solution exists, else CV); `losses` (`private_losses`, by
+    submission file) gives auto and stack their noise figure (`within`).
     """
+    losses = losses or {}
     out = []
     for r in rung_results:
         rows = r["recipes"]
@@ -183,18 +220,22 @@ def check_targets(rung_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             auto = next(x for x in mine if x["policy_requested"] == "auto")
             candidates = [x for x in rows if x["model"] == f"{v['model']}_probe" or (x in mine and x["policy_requested"] != "auto")]
             best = min(candidates, key=metric)
-            gap = metric(auto) - metric(best)
-            out.append({"target": "auto", "rung": r["rung"], "holds": gap <= AUTO_TOLERANCE,
-                        "detail": f"{v['model']}: auto -> {auto['policy']} {metric(auto):.4f}, best {best['policy'] if best in mine else 'probe'} {metric(best):.4f} (gap {gap:+.4f})"})  # fmt: skip
+            verdict, gap = within(auto, best, AUTO_TOLERANCE, losses)
+            out.append({"target": "auto", "rung": r["rung"], "verdict": verdict,
+                        "detail": f"{v['model']}: auto -> {auto['policy']} {metric(auto):.4f}, best {best['policy'] if best in mine else 'probe'} {metric(best):.4f} ({gap})"})  # fmt: skip
         if r["n_train"] <= SMALL:
             prior = metric(r["prior"])
             worse = [x["name"] for x in rows if metric(x) >= prior]
-            out.append({"target": "prior", "rung": r["rung"], "holds": not worse,
+            out.append({"target": "prior", "rung": r["rung"], "verdict": "FAILS" if worse else "holds",
                         "detail": f"prior {prior:.4f}; " + (f"not better: {', '.join(worse)}" if worse else "every run is better")})  # fmt: skip
         stack = stacker(r)
         best_single = min(rows, key=metric)
-        out.append({"target": "stack", "rung": r["rung"], "holds": None if stack is None else metric(stack) <= metric(best_single),
-                    "detail": "not run" if stack is None else f"stacker {metric(stack):.4f}, best single {best_single['name']} {metric(best_single):.4f}"})  # fmt: skip
+        if stack is None:
+            out.append({"target": "stack", "rung": r["rung"], "verdict": "not measured", "detail": "not run"})
+            continue
+        verdict, gap = within(stack, best_single, 0.0, losses)
+        out.append({"target": "stack", "rung": r["rung"], "verdict": verdict,
+                    "detail": f"stacker {metric(stack):.4f}, best single {best_single['name']} {metric(best_single):.4f} ({gap})"})  # fmt: skip
     return out
 
 
@@ -227,9 +268,6 @@ def summary(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, ...]]]:
     return columns, rows
 
 
-VERDICT = {True: "holds", False: "FAILS", None: "not measured"}
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The ladder section of docs/benchmarks.md."""
     columns, rows = summary(result)
@@ -252,9 +290,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *markdown_table(columns, rows),
         "",
-        "Targets (by the private score where there is one, else CV):",
+        f"Targets (by the private score where there is one, else CV; `within noise`: past the target by less than {NOISE_SE:g} "
+        "standard errors of the paired difference on the hidden Private rows, which this test set cannot resolve):",
         "",
-        *(f"- {t['target']} @ {t['rung']}: **{VERDICT[t['holds']]}** - {t['detail']}" for t in result["targets"]),
+        *(f"- {t['target']} @ {t['rung']}: **{t['verdict']}** - {t['detail']}" for t in result["targets"]),
     ]
     if result["skipped"]:
         lines += ["", f"Not run: {', '.join(result['skipped'])}."]
@@ -271,8 +310,7 @@ def show(result: dict[str, Any]) -> None:
     columns, rows = summary(result)
     console.print(table("Small-data ladder (CV / private)", columns, rows))
     for t in result["targets"]:
-        colour = {True: "green", False: "red", None: "yellow"}[t["holds"]]
-        console.print(f"[{colour}]{t['target']} @ {t['rung']}: {VERDICT[t['holds']]}[/] - {t['detail']}")
+        console.print(f"[{VERDICTS[t['verdict']]}]{t['target']} @ {t['rung']}: {t['verdict']}[/] - {t['detail']}")
 
 
 def run_ladder(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Path = QUALITY_CONFIG) -> dict[str, Any]:
@@ -287,7 +325,9 @@ def run_ladder(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Pa
     if not recipes:
         raise ConfigError(f"{config}: key 'ladder.recipes': no recipe left to run (recipes={q.ladder.recipes}, budget skip={budget.skip})")
     started = time.perf_counter()
-    results = [run_rung(cfg, q, rung, recipes, budget, routed) for rung in rungs(q.ladder)]
+    measured = [run_rung(cfg, q, rung, recipes, budget, routed) for rung in rungs(q.ladder)]
+    results = [result for result, _ in measured]
+    losses = {file: rows for _, rung_losses in measured for file, rows in rung_losses.items()}
     result = {
         "command": " ".join(["competition bench-ladder", *overrides]),
         "created": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -297,7 +337,7 @@ def run_ladder(cfg: CompetitionConfig, overrides: Sequence[str] = (), config: Pa
         "budget_name": budget_name,
         "budget": budget.model_dump(mode="json"),
         "rungs": results,
-        "targets": check_targets(results),
+        "targets": check_targets(results, losses),
         "skipped": [r.name for r in all_recipes(q) if r.model in {x.model for x in recipes} and r not in recipes],
         "wall_s": time.perf_counter() - started,
     }

@@ -104,16 +104,17 @@ def choose_budget(q: QualityConfig) -> tuple[str, Budget]:
     return name, q.budgets[name]
 
 
-def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path | None) -> dict[str, float] | None:
-    """Write `id,is_iceberg` and score it with the Kaggle scorer (None without a hidden solution of this data)."""
+def score(ids: np.ndarray, predictions: np.ndarray, path: Path, solution: Path | None) -> dict[str, Any]:
+    """Write `id,is_iceberg` to `path` and score it with the Kaggle scorer; the row's fields `submission` (the file),
+    `public` and `private` (both None without a hidden solution of this data)."""
     with atomic_path(path) as tmp:
         pd.DataFrame({"id": ids, "is_iceberg": predictions}).to_csv(tmp, index=False, float_format="%.8g")
     if solution is None:
-        return None
+        return {"submission": str(path), "public": None, "private": None}
     from competition.kaggle.scoring import score_submission
 
     s = score_submission(path, solution)
-    return {"public": s.public, "private": s.private}
+    return {"submission": str(path), "public": s.public, "private": s.private}
 
 
 def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budget, trainer_overrides: Sequence[str]) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
         "policy_requested": meta.policy_requested, "policy": meta.policy, "policy_reason": meta.policy_reason,
         "cv_logloss": meta.cv_logloss, "units_s": sum(sum(t.values()) for t in units),
         "cache_s": sum(t.get("cache_s", 0.0) for t in units), "wall_s_this_run": wall,
-        **(scores or {"public": None, "private": None}),
+        **scores,
     }  # fmt: skip
 
 
@@ -163,7 +164,6 @@ def stack_methods(
     summary = run_stack(scfg_cfg, scfg, train, test)
     wall = time.perf_counter() - started
     preds = pd.read_csv(exp_cfg.stack_dir / "test.csv", dtype={"id": str})
-    no_scores: dict[str, float | None] = {"public": None, "private": None}  # no hidden solution of this data
     rows = []
     for name, rec in summary.methods.items():
         if rec.kind == "single":
@@ -172,7 +172,7 @@ def stack_methods(
             preds["id"].to_numpy(), preds[name].to_numpy(), exp_cfg.experiment_submissions_dir / f"method-{name}.csv", simulated_solution(cfg, test.fingerprint)
         )
         rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
-                     "eps": rec.eps, **(scores or no_scores)})  # fmt: skip
+                     "eps": rec.eps, **scores})  # fmt: skip
     return rows, wall
 
 

@@ -87,7 +87,7 @@ class LadderConfig(Strict):
 
     experiment: str = "ladder"
     sizes: list[int] = Field(default_factory=lambda: [100, 200, 400, 1604])
-    n_test: int = Field(500, ge=10)
+    n_test: int = Field(4000, ge=10, description="simulated test images per rung; 40% are scored, 70% of those private")
     seed: int = 2017
     digits: DigitsConfig | None = DigitsConfig()
     recipes: list[str] = Field(default_factory=lambda: ["mobilenetv2_100"], min_length=1)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from competition.errors import DataError
-from competition.metrics import logloss
+from competition.metrics import logloss, row_logloss
 from competition.submission import read_table
 
 USAGES = ("Public", "Private", "Ignored")
@@ -75,6 +75,25 @@ def read_solution(path: Path) -> pd.DataFrame:
 
 def score_submission(submission: Path, solution: Path) -> Score:
     """Score like Kaggle: every solution id must be predicted; Ignored rows do not count."""
+    public, private = _scored_rows(submission, solution)
+    return Score(
+        public=logloss(public["is_iceberg"], public["prediction"]),
+        private=logloss(private["is_iceberg"], private["prediction"]),
+        n_public=len(public),
+        n_private=len(private),
+    )
+
+
+def private_row_losses(submission: Path, solution: Path) -> pd.Series:
+    """Each Private row's log loss term (`competition.metrics.row_logloss`), indexed by id in the solution's order:
+    its mean is `score_submission(...).private`. For paired comparisons of two submissions on the same hidden rows.
+    Raises DataError as `score_submission` does."""
+    _, private = _scored_rows(submission, solution)
+    return pd.Series(row_logloss(private["is_iceberg"], private["prediction"]), index=private.index, name="logloss")
+
+
+def _scored_rows(submission: Path, solution: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The solution's Public and Private rows joined with the submission's `prediction`, indexed by id."""
     sub = read_submission(submission).set_index("id")
     sol = read_solution(solution).set_index("id")
     if sol.index.duplicated().any():
@@ -93,10 +112,4 @@ def score_submission(submission: Path, solution: Path) -> Score:
     for usage, rows in by_usage.items():
         if rows.empty:
             raise DataError(f"{solution}: no {usage} rows to score")
-    public, private = by_usage["Public"], by_usage["Private"]
-    return Score(
-        public=logloss(public["is_iceberg"], public["prediction"]),
-        private=logloss(private["is_iceberg"], private["prediction"]),
-        n_public=len(public),
-        n_private=len(private),
-    )
+    return by_usage["Public"], by_usage["Private"]

@@ -33,7 +33,7 @@ from competition.atomic import write_json
 from competition.console import console, table
 from competition.data.dataset import Dataset
 from competition.errors import FingerprintError
-from competition.metrics import logloss, row_logloss
+from competition.metrics import logloss, paired_difference, row_logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
 from competition.training import dihedral, tta
@@ -427,9 +427,7 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
 def paired_gap(entry: Entry, best: Entry) -> tuple[float, float]:
     """Mean and standard error of `entry`'s per-row log loss minus `best`'s, paired over the same validation rows."""
     assert entry.row_loss is not None and best.row_loss is not None
-    diff = entry.row_loss - best.row_loss
-    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    return float(diff.mean()), se
+    return paired_difference(entry.row_loss, best.row_loss)
 
 
 def table_pick(setup: RaceSetup) -> PolicyDecision:
