@@ -316,7 +316,7 @@ def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConf
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
     first = figures["candidates"][0]
     assert figures["prior"] == first["name"] == "all_but_stem" and figures["inner_folds"] == 5
-    assert first["epochs"] == 1 and first["outcome"].startswith("stopped after its first epoch: its 5 inner folds x 2 epochs"), first
+    assert first["epochs"] == 1 and first["outcome"].startswith("stopped after its first epoch: even 1 of its 5 inner folds x 2 epochs"), first
 
 
 def test_the_prior_races_on_when_it_fits() -> None:
@@ -336,7 +336,7 @@ def test_the_prior_races_on_when_it_fits() -> None:
     assert contest.prior_cut() is None and len(contest.folds) == 5  # 49 + 28 s, nothing spent yet: within 100 s
     contest.budget_s = 20.0  # not even one inner fold: 4 x 2 + 0.2 s more, and the scouts' 8 + 4 s
     assert contest.prior_cut() == (
-        "stopped after its first epoch: its 5 inner folds x 5 epochs (~49 s more) and the scouts' race (~28 s) exceed the budget (20 s): "
+        "stopped after its first epoch: even 1 of its 5 inner folds x 5 epochs (~8 s more) and the scouts' race (~12 s) exceed the budget (20 s): "
         "the cheaper candidates race instead"
     )
     contest.budget_s = 70.0  # all 5 do not fit (77 s); 4 do (38.8 s + 24 s): every candidate races on those 4

@@ -354,10 +354,9 @@ class Race:
             if self.spent() + prior + scouts <= self.budget_s:
                 del self.folds[n_folds:]  # in place: the prior's loop over them is running
                 return None
-        prior, scouts = self.prior_cost_s()
-        unit = seconds_unit({"clock": self.clock_name})
+        unit = seconds_unit({"clock": self.clock_name})  # prior, scouts: the loop's last estimate, one inner fold
         return (
-            f"stopped after its first epoch: its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
+            f"stopped after its first epoch: even 1 of its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
             f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({self.budget_s:.0f} {unit}): the cheaper candidates race instead"
         )
 

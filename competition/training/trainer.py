@@ -225,16 +225,16 @@ def race_setup(plan: Plan) -> policy_race.RaceSetup:
     predict_rows = (int(held.sum()) + len(plan.test)) * len(plan.profile.tta)  # OOF and test predictions of one unit
     augment = Augmenter(plan.profile.augment) if _augments(plan.profile) else None
     return policy_race.RaceSetup(
-        plan.model_name,
-        plan.model_cfg,
-        plan.train,
-        rows,
-        len(plan.units),
-        plan.profile.predict_batch_size,
-        predict_rows,
-        augment,
-        list(plan.profile.tta),
-        plan.profile.resources.threads(),
+        model_name=plan.model_name,
+        model_cfg=plan.model_cfg,
+        train=plan.train,
+        rows=rows,
+        n_units=len(plan.units),
+        predict_batch_size=plan.profile.predict_batch_size,
+        predict_rows=predict_rows,
+        augment=augment,
+        tta=list(plan.profile.tta),
+        threads=plan.profile.resources.threads(),
     )
 
 
