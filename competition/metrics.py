@@ -55,8 +55,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     share (hard rows are hard for both), so it is the error of a *difference* of two log losses, far smaller
     than either's own. Raises ValueError when the shapes differ or there are no rows.
     """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.size == 0:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"paired_difference: two per-row loss vectors of one length needed, got shapes {x.shape} and {y.shape}")
+    if x.size == 0:
         raise ValueError("paired_difference: no rows")
+    d = x - y
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
     return float(d.mean()), se

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from competition.bench.ladder import END, START, run_ladder
 from competition.config import CompetitionConfig
-from competition.errors import ConfigError
+from competition.errors import ConfigError, DataError
 from sklearn.metrics import log_loss
 
 MODEL = "mobilenetv3_small_050"  # a timm architecture by name, random init
@@ -131,21 +131,37 @@ def test_auto_target_counts_the_linear_probe_among_its_candidates() -> None:
     assert auto["verdict"] == "holds"
 
 
-@pytest.mark.parametrize(("spread", "verdict"), [(0.2, "within noise"), (0.01, "FAILS")])
-def test_a_gap_past_the_tolerance_is_within_noise_only_when_the_hidden_rows_cannot_resolve_it(spread: float, verdict: str) -> None:
-    """auto 0.02 behind the best, on 100 private rows: with a paired spread of 0.2 per row (SE 0.02) the test set cannot tell
-    a 0.02 gap from 0.01; with 0.01 per row (SE 0.001) it can, and the target fails."""
+@pytest.mark.parametrize(
+    ("gap", "spread", "verdict"), [(0.02, 0.2, "within noise"), (0.02, 0.01, "FAILS"), (0.005, 0.2, "within noise"), (0.005, 0.01, "holds")]
+)
+def test_a_verdict_needs_the_gap_two_standard_errors_clear_of_the_tolerance(gap: float, spread: float, verdict: str) -> None:
+    """auto `gap` behind the best on 100 private rows: with a paired spread of 0.2 per row (SE 0.02) the test set cannot tell
+    0.02 or 0.005 from the 0.01 tolerance; with 0.01 per row (SE 0.001) it can, either way."""
     from competition.bench.ladder import check_targets
 
     rng = np.random.default_rng(0)
     best_rows = rng.uniform(0.1, 0.6, 100)
     noise = rng.normal(0.0, 1.0, 100)
-    auto_rows = best_rows + 0.02 + spread * (noise - noise.mean()) / noise.std(ddof=1)  # mean gap 0.02 exactly, sd `spread`
+    auto_rows = best_rows + gap + spread * (noise - noise.mean()) / noise.std(ddof=1)  # mean gap `gap` exactly, sd `spread`
     rows = [
         {"name": "m-all", "model": "m", "policy_requested": "all", "policy": "all", "cv_logloss": 0.3, "private": best_rows.mean(), "submission": "a.csv"},
         {"name": "m-auto", "model": "m", "policy_requested": "auto", "policy": "head", "cv_logloss": 0.3, "private": auto_rows.mean(), "submission": "b.csv"},
     ]  # fmt: skip
     rung = {"rung": "400", "n_train": 400, "recipes": rows, "auto": [{"model": "m"}], "prior": {"private": 0.69}, "methods": []}
-    [auto] = [t for t in check_targets([rung], {"a.csv": best_rows, "b.csv": auto_rows}) if t["target"] == "auto"]
+    ids = [f"t{i}" for i in range(100)]
+    losses = {"a.csv": pd.Series(best_rows, index=ids), "b.csv": pd.Series(auto_rows, index=ids)}
+    [auto] = [t for t in check_targets([rung], losses) if t["target"] == "auto"]
     assert auto["verdict"] == verdict
-    assert f"gap +0.0200, paired SE {spread / 10:.4f} over 100 private rows" in auto["detail"]
+    assert f"gap {gap:+.4f}, paired SE {spread / 10:.4f} over 100 private rows" in auto["detail"]
+    losses["b.csv"] = pd.Series(auto_rows, index=ids[::-1])  # other test rows: no pairing
+    with pytest.raises(DataError, match="not the same test ids"):
+        check_targets([rung], losses)
+
+
+def test_paired_difference_refuses_vectors_that_do_not_pair() -> None:
+    from competition.metrics import paired_difference
+
+    assert paired_difference(np.array([0.5, 0.7]), np.array([0.4, 0.4])) == pytest.approx((0.2, 0.1))  # d = (0.1, 0.3): sd 0.1414, / sqrt(2)
+    for a, b in [(np.array([0.5]), np.full(100, 0.4)), (np.ones((5, 1)), np.ones(5)), (np.array([]), np.array([]))]:
+        with pytest.raises(ValueError, match="paired_difference"):
+            paired_difference(a, b)

@@ -464,8 +464,9 @@ def end_with_parent(parent: int, poll_s: float = 1.0) -> None:
     CLI process: its spawned training child would train on as an orphan (one trained for an hour beside a
     later benchmark, session 8). A daemon thread polls the parent's pid (it changes when the child is
     re-parented), then sends this process SIGTERM, and ends it outright 5 s later if a handler kept it
-    alive. Portable, unlike Linux's PR_SET_PDEATHSIG, which also fires when the parent's spawning
-    *thread* ends. Raises nothing.
+    alive. POSIX (the harness's platforms; locks use fcntl): a re-parented process's `getppid` changes,
+    and unlike Linux's PR_SET_PDEATHSIG it does not fire when only the parent's spawning *thread* ends.
+    A process the child starts itself is not covered (none does). Raises nothing.
     """
     import signal
     import threading
