@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -281,6 +282,31 @@ def test_one_se_rule_takes_the_best_when_it_is_clearly_better() -> None:
 def test_simplicity_orders_by_trained_weights() -> None:
     names = ["all", "top:5", "probe", "all_but_stem", "top:2", "head"]
     assert sorted(names, key=policy_race.simplicity) == ["probe", "head", "top:2", "top:5", "all_but_stem", "all"]
+
+
+def test_every_inner_fold_trains_as_a_unit_even_when_the_first_stopped_early(
+    cfg: CompetitionConfig, pretrained: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate whose first inner fold stops early (here: its fit is cut to one epoch, as early stopping would)
+    still trains each other inner fold for all `max_epochs`, with its own early stopping: the first fold's stop
+    is noise of that fold, and capping the others at it made the table's pick lose races it should win."""
+    from competition.models.timm_net import TimmModel
+
+    real_fit = TimmModel.fit
+    asked: dict[str, list[int]] = {}
+
+    def first_fold_stops_early(self: TimmModel, *args: Any, **kwargs: Any) -> Any:
+        calls = asked.setdefault(str(self.config.policy), [])
+        calls.append(kwargs["epochs"])
+        return real_fit(self, *args, **{**kwargs, "epochs": 1 if len(calls) == 1 else kwargs["epochs"]})
+
+    monkeypatch.setattr(TimmModel, "fit", first_fold_stops_early)
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, FREE, "auto.race.min_valid=1000"]))
+    figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    prior = figures["candidates"][0]
+    assert prior["name"] == "head" and prior["outcome"] == "complete" and figures["inner_folds"] == 5
+    assert asked["head"] == [figures["max_epochs"]] * 5  # not [2, 1, 1, 1, 1]
+    assert prior["epochs"] > 1 + 4  # its later folds trained past one epoch each
 
 
 def test_race_trains_and_predicts_as_the_units(cfg: CompetitionConfig, pretrained: list[str]) -> None:

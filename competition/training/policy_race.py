@@ -251,14 +251,13 @@ class Race:
             if features is None and is_probe:
                 features = model.prefix_features(self.setup.train.images[self.setup.rows], self.setup.predict_batch_size)
             fit_in, valid_in = self._inputs(features, fit), self._inputs(features, valid)
-            epochs = self.max_epochs if i == 0 else max(1, len(entry.val_loss))
             fit_started = self.clock()
             seed = int(np.random.SeedSequence([self.setup.model_cfg.seed, 7919, i]).generate_state(1)[0])
             try:
                 model.fit(
                     fit_in,
                     valid_in,
-                    epochs=epochs,
+                    epochs=self.max_epochs,  # every inner fold as a unit trains: its own early stopping, not fold 1's
                     batch_size=cfg.train.batch_size,
                     augment=None if is_probe else self.setup.augment,
                     seed=seed,
