@@ -123,29 +123,39 @@ def test_early_stopping_stops_patience_epochs_after_the_best() -> None:
 
 def test_early_stopping_does_not_watch_the_warm_up_epochs() -> None:
     """A warm-up epoch's loss (0.62) followed by the spike of the first full-rate epochs: watched from epoch 0, patience 2
-    stops at epoch 2 with the warm-up epoch the best; watched from epoch 1 (`start`), the recovery is reached."""
+    stops at epoch 2 with the warm-up epoch the best; with the warm-up's epoch left out, the recovery is reached."""
     curve = [0.62, 1.66, 1.70, 0.65, 0.26]
     stopped = _fit(LogisticNet(val_losses=curve), [EarlyStopping(patience=2)], epochs=5, ones=True)
     assert stopped.history["val_loss"] == pytest.approx(curve[:3])
-    kept = _fit(LogisticNet(val_losses=curve), [EarlyStopping(patience=2, start=1)], epochs=5, ones=True)
+    kept = _fit(LogisticNet(val_losses=curve), [EarlyStopping(patience=2, warmup_epochs=1.0)], epochs=5, ones=True)
     assert kept.history["val_loss"] == pytest.approx(curve) and kept.best_epoch == 4
-    later = _fit(LogisticNet(val_losses=[0.62, 1.66, 1.70, 1.80, 0.1]), [EarlyStopping(patience=2, start=1)], epochs=5, ones=True)
-    assert len(later.history["val_loss"]) == 4  # from `start` on, patience counts as before: 2 epochs after 1.66
+    longer = [0.62, 1.66, 1.70, 1.80, 0.1]  # from the warm-up's end on, patience counts as before: 2 epochs after 1.66
+    assert len(_fit(LogisticNet(val_losses=longer), [EarlyStopping(patience=2, warmup_epochs=1.0)], epochs=5, ones=True).history["val_loss"]) == 4
 
 
-def test_fit_does_not_watch_the_warm_up_epochs_for_early_stopping() -> None:
-    """`NetworkModel.fit` gives early stopping the warm-up's whole epochs (`ceil(optimizer.warmup_epochs)`) to skip."""
+@pytest.mark.parametrize(
+    ("warmup_epochs", "steps", "start"),
+    [(0.0, 5, 0), (0.5, 5, 1), (1.0, 5, 1), (1.1, 5, 2), (1.1, 4, 1), (0.1, 3, 0), (2.0, 5, 2)],
+)
+def test_the_epochs_left_out_are_those_of_the_warm_up_steps(warmup_epochs: float, steps: int, start: int) -> None:
+    """As `LearningRateSchedule` counts them: round(warmup_epochs x steps per epoch) steps (1.1 x 4 = 4 steps: one epoch;
+    0.1 x 3 = 0 steps: none), and the epochs until the last of them."""
+    stopping = EarlyStopping(patience=1, warmup_epochs=warmup_epochs)
+    _fit(LogisticNet(), [stopping], epochs=1, n=steps * 8, batch_size=8)
+    assert stopping.start == start
+
+
+def test_fit_gives_early_stopping_the_warm_up() -> None:
+    """`NetworkModel.fit` builds early stopping with the optimizer's `warmup_epochs`."""
     from types import SimpleNamespace
 
     from competition.models.base import NetworkModel
 
-    def stopping(warmup: float) -> EarlyStopping:
-        optimizer = SimpleNamespace(schedule="warmup_cosine", warmup_epochs=warmup, min_lr_ratio=0.01)
-        model = SimpleNamespace(config=SimpleNamespace(optimizer=optimizer, train=SimpleNamespace(unfreeze_every=None, ema_decay=None)))
-        callbacks = NetworkModel._callbacks(model, [True], 3, None)  # type: ignore[arg-type]
-        return next(c for c in callbacks if isinstance(c, EarlyStopping))
-
-    assert [stopping(w).start for w in (0.0, 0.5, 1.0, 2.0)] == [0, 1, 1, 2]
+    optimizer = SimpleNamespace(schedule="warmup_cosine", warmup_epochs=1.5, min_lr_ratio=0.01)
+    model = SimpleNamespace(config=SimpleNamespace(optimizer=optimizer, train=SimpleNamespace(unfreeze_every=None, ema_decay=None)))
+    callbacks = NetworkModel._callbacks(model, [True], 3, None)  # type: ignore[arg-type]
+    [stopping] = [c for c in callbacks if isinstance(c, EarlyStopping)]
+    assert (stopping.patience, stopping.warmup_epochs) == (3, 1.5)
 
 
 def test_keep_best_restores_the_best_epochs_state() -> None:

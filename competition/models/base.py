@@ -28,7 +28,6 @@ Beyond the first published sketch: `prepare`, `domain_divergence` (what `auto` m
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -250,7 +249,7 @@ class NetworkModel(ImageModel):
             out.append(WeightEma(train.ema_decay))
         out.append(KeepBest())
         if patience is not None:
-            out.append(EarlyStopping(patience, start=math.ceil(opt.warmup_epochs)))  # the warm-up's epochs are not watched
+            out.append(EarlyStopping(patience, opt.warmup_epochs))  # the warm-up's epochs are not watched
         if on_epoch is not None:
             out.append(EpochReport(on_epoch))
         return out

@@ -43,3 +43,8 @@ def lr_multiplier(name: ScheduleName, step: int, total: int, warmup: int, min_ra
     if name == "warmup_cosine":
         return _cosine(1.0, min_ratio, (step - warmup) / max(1, total - warmup))
     raise ValueError(f"unknown learning-rate schedule {name!r}; expected warmup_cosine, one_cycle or constant")
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of a warm-up of `warmup_epochs` epochs (fractions allowed) at `steps_per_epoch` steps each."""
+    return round(warmup_epochs * steps_per_epoch)
