@@ -75,7 +75,9 @@ class PolicyRaceConfig(Strict):
     min_epochs: int = Field(1, ge=1, description="epochs of the first rung; rung i is at min_epochs x eta^i epochs")
     max_epochs: int = Field(9, ge=1, description="most epochs a candidate trains in the race (and at most train.epochs)")
     min_valid: int = Field(200, ge=1, description="inner validation predictions wanted per candidate: inner folds (of 5) are added until reached")
-    margin_se: float = Field(1.0, ge=0.0, description="the simplest candidate within this many standard errors of the best wins (the one-standard-error rule)")
+    margin_se: float = Field(
+        0.0, ge=0.0, description="the simplest candidate within this many standard errors of the best wins; 0: the lowest loss (1: the one-standard-error rule)"
+    )
 
 
 class AutoPolicyConfig(Strict):

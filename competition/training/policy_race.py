@@ -7,9 +7,8 @@ training rows, never on its held-out fold, and stops weak candidates early by as
 halving (ASHA: Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020,
 arXiv:1810.05934) applied to candidates trained one after another. The whole race costs at most
 `auto.race.budget` of one policy's full run, fits and predictions (plus one epoch). The winner is the
-simplest candidate whose inner-validation log loss is within `margin_se` standard errors of the best
-(the one-standard-error rule), so on small, noisy data a probe or a head wins unless fine-tuning is
-clearly better.
+candidate with the lowest inner-validation log loss (`margin_se` 0); `margin_se` > 0 makes it the simplest
+candidate within that many standard errors of the best (1: the one-standard-error rule).
 
 The decision is stored in the run folder (`policy_race.json`, keyed by the run's fingerprints), so
 a resumed run reuses it and every unit trains with the same policy.
@@ -400,8 +399,10 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
     """(winner, rule text) by the one-standard-error rule over the complete candidates of `entries` (`prior_name`
     is the table's pick, one of them): the simplest whose inner-validation log loss is within `margin_se` standard errors of the best's
     (Hastie, Tibshirani, Friedman, The Elements of Statistical Learning, 2nd ed., 7.10). Simplest = fewest trained
-    weights (`simplicity`). On small data the noise is large and a simple candidate wins unless a richer one is clearly
-    better; on large data the best wins. The table's pick only breaks exact ties; it is kept when nothing completed."""
+    weights (`simplicity`). With `margin_se` 0 (the default since session 9) the lowest loss wins and simplicity only
+    breaks exact ties; with 1, on small data a simple candidate wins unless a richer one is clearly better, which
+    lost 0.09-0.13 log loss on the ladder's 200 and 400 images (docs/policy-race.md). The table's pick breaks exact
+    ties among equally simple candidates; it is kept when nothing completed."""
     prior = next(e for e in entries if e.name == prior_name)
     complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
     if not complete:
@@ -412,7 +413,10 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
     simplest = min(within, key=lambda e: (simplicity(e.name), e is not prior))
     if simplest is best:
         simpler = [e for e in complete if simplicity(e.name) < simplicity(best.name)]
-        why = f"no simpler candidate within {margin_se:g} SE" if simpler else "and it is the simplest that completed"
+        if not simpler:
+            why = "and it is the simplest that completed"
+        else:
+            why = f"no simpler candidate within {margin_se:g} SE" if margin_se > 0 else "the lowest wins (margin_se 0)"
         return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); {why}"
     gap, se = gaps[simplest.name]
     n_rows = 0 if best.row_loss is None else len(best.row_loss)
