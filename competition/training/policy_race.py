@@ -327,7 +327,7 @@ class Race:
         the first `n_folds` inner folds (default: all): the prior's inner folds x epochs at its fastest epoch plus its
         TTA predictions; the probe's 8-view features of the race rows and the head's epochs (a forward pass per fit
         row) at the prior's predicted seconds per row."""
-        folds = self.folds[: len(self.folds) if n_folds is None else n_folds]
+        folds = self.folds[:n_folds]  # None: all
         row_s, valid_rows = self._predict_row_s, sum(len(v) for _, v in folds)
         prior = (len(folds) * self.max_epochs - 1) * self._prior_epoch_s + valid_rows * len(self.setup.tta) * row_s
         names = {e.name for e in self.entries if e is not self.prior_entry}
@@ -415,8 +415,10 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
         simpler = [e for e in complete if simplicity(e.name) < simplicity(best.name)]
         if not simpler:
             why = "and it is the simplest that completed"
+        elif margin_se > 0:
+            why = f"no simpler candidate within {margin_se:g} SE"
         else:
-            why = f"no simpler candidate within {margin_se:g} SE" if margin_se > 0 else "the lowest wins (margin_se 0)"
+            why = "the lowest wins (margin_se 0)"
         return best.name, f"{best.name} has the lowest inner-validation log loss ({best.loss:.4f}); {why}"
     gap, se = gaps[simplest.name]
     n_rows = 0 if best.row_loss is None else len(best.row_loss)
