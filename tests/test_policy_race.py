@@ -27,7 +27,7 @@ from tiny_training import MODEL, TINY, tiny_competition
 
 pytestmark = pytest.mark.slow
 
-FREE = "auto.race.budget=1000"  # a budget that does not bind: the race runs as its rungs decide
+FREE = "auto.race.budget=1000"  # a budget that does not bind: every candidate can finish
 # the table picks head here (similar above 100 x); a high rate makes fine-tuning every block clearly worse
 RACE = [
     "epochs=2",
@@ -114,16 +114,55 @@ def test_race_decision_and_figures_are_recorded(cfg: CompetitionConfig, raced: s
     )  # units_s is rounded to 0.01 s; both in wall seconds, whatever the budget's clock
 
 
-def test_a_candidate_worse_at_a_rung_stops_early(raced: store.Run) -> None:
-    figures = _figures(raced)
-    stopped = [c for c in figures["candidates"] if c["outcome"].startswith("stopped at the 1-epoch rung")]
-    assert stopped, figures["candidates"]
-    ahead = [c for c in figures["candidates"] if c["outcome"] == "complete"]
+@pytest.fixture(scope="module")
+def halved(cfg: CompetitionConfig, pretrained: list[str]) -> dict[str, Any]:
+    """The figures of `raced`'s race again with `halving: always`: ASHA's rule at every rung, budget or not."""
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, FREE, "auto.race.halving=always"]))
+    return policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+
+
+def test_a_candidate_worse_at_a_rung_stops_early(halved: dict[str, Any]) -> None:
+    stopped = [c for c in halved["candidates"] if c["outcome"].startswith("stopped at the 1-epoch rung")]
+    assert stopped, halved["candidates"]
+    ahead = [c for c in halved["candidates"] if c["outcome"] == "complete"]
     for c in stopped:
-        assert c["epochs"] == 1 < figures["max_epochs"] and c["loss"] is None
-        earlier = figures["candidates"][: figures["candidates"].index(c)]
+        assert c["epochs"] == 1 < halved["max_epochs"] and c["loss"] is None
+        earlier = halved["candidates"][: halved["candidates"].index(c)]
         assert any(e["val_loss"][0] < c["val_loss"][0] for e in earlier)  # eta=2: it had to beat one of those before it
-    assert all(c["epochs"] >= figures["max_epochs"] or c["name"] == "probe" for c in ahead)
+    assert all(c["epochs"] >= halved["max_epochs"] or c["name"] == "probe" for c in ahead)
+
+
+def test_with_budget_to_spare_a_candidate_that_misses_a_rung_trains_on(raced: store.Run, halved: dict[str, Any]) -> None:
+    """`halving: needed` (the default): the same race, the same epoch-1 losses, but the budget can pay for every
+    candidate, so the one ASHA's rule stops at the 1-epoch rung completes, and the table says it missed the rung."""
+    figures = _figures(raced)
+    assert figures["halving"] == "needed" and halved["halving"] == "always"
+    cut = {c["name"] for c in halved["candidates"] if c["outcome"].startswith("stopped at the 1-epoch rung")}
+    kept = {c["name"] for c in figures["candidates"] if c["kept_past"] == [1]}
+    assert cut and kept == cut, (figures["candidates"], halved["candidates"])
+    assert all(c["outcome"] == "complete" and c["loss"] is not None for c in figures["candidates"])
+    notes = {row[0].split()[0]: row[5] for row in policy_race.race_table(figures)}
+    assert all(notes[name] == "complete (missed the 1-epoch rung; the budget had room)" for name in kept)
+
+
+def test_a_rung_stops_a_candidate_when_the_budget_cannot_pay_for_it_and_the_later_ones(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """`Race.affords`, by a clock the test sets: the candidate's own remaining epochs at its seconds per epoch so far,
+    plus each later candidate's full race at that speed or the prior's, whichever is more, plus predictions."""
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.candidates=[probe,head,all]", "auto.race.min_valid=1000"]))
+    contest = policy_race.Race(setup, PolicyDecision(name="top:3", requested="auto", reason="the table (set by this test)"))
+    assert [e.name for e in contest.entries] == ["top:3", "probe", "head", "all"] and len(contest.folds) == 5
+    now = 100.0
+    contest.clock = lambda: now
+    contest.started, contest._entry_started = 0.0, 98.0  # head started at 98 s: 2 s for its first epoch
+    contest._prior_epoch_s, contest._predict_row_s = 3.0, 0.0
+    epochs = 5 * contest.max_epochs
+    need = (epochs - 1) * 2.0 + 1 * epochs * 3.0  # head's remaining epochs at 2 s + `all` in full at the prior's 3 s
+    contest.budget_s = now + need
+    assert contest.affords(contest.entries[2], epochs_done=1)
+    contest.budget_s = now + need - 0.01
+    assert not contest.affords(contest.entries[2], epochs_done=1)
+    contest.budget_s = now + (epochs - 1) * 2.0  # the last candidate: nothing after it
+    assert contest.affords(contest.entries[3], epochs_done=1)
 
 
 def test_same_seed_same_decision(cfg: CompetitionConfig, pretrained: list[str], raced: store.Run) -> None:
@@ -239,7 +278,7 @@ def test_report_shows_the_race(raced: store.Run) -> None:
     figures = _figures(raced)
     winner = figures["winner"] + (" (table)" if figures["winner"] == figures["prior"] else "") + " *"
     assert heading == f"Policy race: {raced.name}" and f"<td>{winner}</td>" in body and "(table)" in body
-    assert all(f"<td>{c['outcome']}</td>" in body for c in figures["candidates"])
+    assert all(f"<td>{row[5]}</td>" in body for row in policy_race.race_table(figures))
 
 
 def test_a_probe_decision_trains_the_linear_probe_in_every_unit(cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path) -> None:

@@ -285,6 +285,10 @@ def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win()
     more_seeds = load_profile("cpu", ["seeds=3"]).profile
     assert run_hash(merged, cpu) == run_hash(merged, more_seeds)  # adding seeds keeps finished units valid
     assert run_hash(merged, cpu) != run_hash(merged, load_profile("cpu", ["tta=[id]"]).profile)
+    raced = {"auto": merged.auto.model_copy(update={"race": merged.auto.race.model_copy(update={"budget": 0.5})})}
+    for policy, same in (("head", True), ("auto", False)):  # the race's settings count only where a race decides
+        chosen = merged.model_copy(update={"policy": policy})
+        assert (run_hash(chosen, cpu) == run_hash(chosen.model_copy(update=raced), cpu)) is same
 
 
 def test_bench_rewrites_only_its_own_section(tmp_path) -> None:

@@ -73,6 +73,11 @@ class PolicyRaceConfig(Strict):
     )
     eta: int = Field(3, ge=2, description="successive halving: past a rung only a candidate among the best 1/eta there trains on")
     min_epochs: int = Field(1, ge=1, description="epochs of the first rung; rung i is at min_epochs x eta^i epochs")
+    halving: Literal["needed", "always"] = Field(
+        "needed",
+        description="needed: a rung stops a candidate only when the budget cannot also pay for it and every later candidate to finish; "
+        "always: at every rung (ASHA's rule alone)",
+    )
     max_epochs: int = Field(9, ge=1, description="most epochs a candidate trains in the race (and at most train.epochs)")
     min_valid: int = Field(200, ge=1, description="inner validation predictions wanted per candidate: inner folds (of 5) are added until reached")
     margin_se: float = Field(

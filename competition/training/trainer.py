@@ -107,8 +107,10 @@ def merge_profile(model_cfg: ModelConfig, profile: Profile, model_overrides: Seq
 
 
 def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
-    """Hash of every setting that changes a unit's predictions (not the number of seeds)."""
-    return of_json({"model": model_cfg.model_dump(mode="json"), "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
+    """Hash of every setting that changes a unit's predictions (not the number of seeds; `auto`'s thresholds and race
+    only when the policy is `auto`, so tuning the race keeps the finished units of explicit policies valid)."""
+    model = model_cfg.model_dump(mode="json", exclude=None if model_cfg.policy == "auto" else {"auto"})
+    return of_json({"model": model, "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
