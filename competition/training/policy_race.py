@@ -5,7 +5,8 @@ prior and the other candidates (`head`, `top:K`, `all_but_stem`, `all`, and `pro
 on frozen features of `competition.models.linear_probe`) on inner folds of the run's first unit's
 training rows, never on its held-out fold, and stops weak candidates early by asynchronous successive
 halving (ASHA: Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020,
-arXiv:1810.05934) applied to candidates trained one after another. The whole race costs at most
+arXiv:1810.05934) applied to candidates trained one after another, where the budget cannot pay for every
+candidate to finish (`auto.race.halving: needed`; `always`: at every rung). The whole race costs at most
 `auto.race.budget` of one policy's full run, fits and predictions (plus one epoch). The winner is the
 candidate with the lowest inner-validation log loss (`margin_se` 0); `margin_se` > 0 makes it the simplest
 candidate within that many standard errors of the best (1: the one-standard-error rule).
@@ -210,7 +211,6 @@ class Race:
         self._prior_epoch_ends: list[float] = []  # when each of the prior's epochs on the first inner fold ended
         self._predict_row_s = 0.0  # seconds per predicted row of the prior (timed once, after its first epoch)
         self._prior_epoch_s = math.nan  # the prior's fastest epoch so far on the first inner fold's fit rows
-        self._entry_started = self.started  # when the candidate now racing started, by the race's clock
 
     @property
     def valid_y(self) -> np.ndarray:
@@ -232,7 +232,7 @@ class Race:
             if entry.name == PROBE and self.setup.model_cfg.framework != "timm":
                 entry.outcome = "not raced: the linear probe needs a timm backbone"
                 continue
-            started = self._entry_started = self.clock()
+            started = self.clock()
             try:
                 self._candidate(entry)
             finally:
@@ -295,7 +295,9 @@ class Race:
         applies the rungs and the budget.
 
         The rungs skip the probe (its one fit is final, not an epoch-1 point of a network) and never stop the prior
-        (the table's informed guess, which the budget is timed on); its losses still count at the rungs."""
+        (the table's informed guess, which the budget is timed on); its losses still count at the rungs. A candidate
+        that misses a rung stops only when the budget cannot also pay for it and the later ones to finish (`affords`),
+        or always with `halving: always`."""
         entry.epochs += 1
         if fold == 0:
             entry.val_loss.append(float(metrics["val_loss"]))
@@ -308,26 +310,30 @@ class Race:
                 raise _Stop(cut)
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
-        # the prior's losses count at the rungs (`passes` records them) though no rung stops it
+        # `passes` first: the prior's losses count at the rungs though no rung stops it
         if fold == 0 and entry.name != PROBE and not self.rungs.passes(epoch + 1, min(entry.val_loss)) and entry is not self.prior_entry:
-            if self.settings.halving == "always" or not self.affords(entry, epoch + 1):
+            if self.settings.halving == "always" or not self.affords(entry, (self.clock() - fit_started) / (epoch + 1), epoch + 1):
                 raise _Stop(f"stopped at the {epoch + 1}-epoch rung")
             entry.kept_past.append(epoch + 1)
 
-    def affords(self, entry: Entry, epochs_done: int) -> bool:
-        """Whether the budget still pays for `entry` to finish its inner folds and for every candidate after it to race
-        in full, each at `entry`'s seconds per epoch so far or the prior's, whichever is more (later candidates train
-        more weights: `race_order`), plus its TTA predictions of the validation rows at the prior's speed.
+    def affords(self, entry: Entry, epoch_s: float, epochs_done: int) -> bool:
+        """Whether the budget still pays for `entry` (`epochs_done` epochs of its first inner fold done, `epoch_s`
+        seconds each) to finish its inner folds and for every candidate after it to race in full, plus each one's TTA
+        predictions of the validation rows at the prior's speed. A later candidate's epoch is costed at the most of
+        `epoch_s`, the prior's fastest epoch and a full backward pass (3 forward passes of the fit rows at the prior's
+        prediction speed, the rule of thumb that backpropagation costs about twice the forward pass): later candidates
+        train more weights (`race_order`), and one racing after a cheap candidate must not be costed at its speed.
 
         With `halving: needed` a candidate that misses a rung trains on while this holds: successive halving exists to
         share a budget that cannot pay for every candidate (Li et al., arXiv:1810.05934), and its cut at a rung looks at
         one inner fold, 16-20 rows on 100 images, where it stopped the run that scored best (`all`, 0.427 private against
         the race's pick 0.462; docs/policy-race.md). Where the budget binds (the full competition) the rungs stop as before."""
-        per_epoch = (self.clock() - self._entry_started) / epochs_done
         epochs = len(self.folds) * self.max_epochs
         predict_s = sum(len(v) for _, v in self.folds) * len(self.setup.tta) * self._predict_row_s
+        backward_s = 3 * len(self.folds[0][0]) * self._predict_row_s
+        later_epoch_s = max(epoch_s, backward_s, self._prior_epoch_s if math.isfinite(self._prior_epoch_s) else 0.0)
         later = len(self.entries) - 1 - self.entries.index(entry)
-        need = (epochs - epochs_done) * per_epoch + predict_s + later * (epochs * max(per_epoch, self._prior_epoch_s) + predict_s)
+        need = (epochs - epochs_done) * epoch_s + predict_s + later * (epochs * later_epoch_s + predict_s)
         return self.spent() + need <= self.budget_s
 
     def _time_reference(self, now: float, fit_started: float, n_fit: int) -> None:
@@ -496,7 +502,7 @@ def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, s
         loss = "" if c["loss"] is None else f"{c['loss']:.4f}"
         name = c["name"] + (" (table)" if c["name"] == figures["prior"] else "") + (" *" if c["name"] == figures["winner"] else "")
         kept = c.get("kept_past")  # absent from races stored before session 10
-        outcome = c["outcome"] + (f" (missed the {'/'.join(map(str, kept))}-epoch rung; the budget had room)" if kept else "")
+        outcome = c["outcome"] + (f" (kept past the {', '.join(map(str, kept))}-epoch rung{'s' * (len(kept) > 1)}: the budget had room)" if kept else "")
         rows.append((name, curve, c["epochs"], f"{c['seconds']:.1f}", loss, outcome))
     return rows
 
