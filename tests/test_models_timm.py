@@ -137,22 +137,27 @@ def test_frozen_blocks_keep_their_batch_norm_statistics(sar: Dataset) -> None:
 
 
 def test_a_trained_blocks_batch_norm_statistics_are_the_fits_own_from_its_first_batch(sar: Dataset) -> None:
-    """`RunningStatistics`: a trained layer's first batch replaces its pretrained running statistics (momentum 1), the
+    """`RunningStatistics`: a trained layer's first batch of a fit replaces its running statistics (momentum 1), the
     n-th weighs 1/n (a cumulative average) until that reaches the layer's own momentum (0.1 here); each fit counts
-    again. Before, the pretrained statistics kept 90% after the first batch: garbage in them showed in evaluation."""
+    again, and the layer keeps its own momentum outside training steps. Before, the pretrained statistics kept 90%
+    after the first batch: garbage in them showed in evaluation."""
     train, valid = _inputs(sar, slice(0, 24)), _inputs(sar, slice(24, 28))
     clean, spoiled = (create_model("mobilenetv2_100", policy="top:1", **TINY) for _ in range(2))
+    seen: list[float] = []
+    bn = clean.net["backbone"].bn2
+    bn.register_forward_pre_hook(lambda m, _: seen.append(m.momentum) if m.training else None)
     for model in (clean, spoiled):
         model.apply_policy("top:1")
     spoiled.net["backbone"].bn2.running_mean.add_(100.0)
     for model in (clean, spoiled):
         model.fit(train, valid, epochs=1, batch_size=8, seed=3)  # 3 steps
-    bn, other = clean.net["backbone"].bn2, spoiled.net["backbone"].bn2
-    assert torch.allclose(bn.running_mean, other.running_mean) and float(bn.running_mean.abs().max()) < 50
-    assert bn.momentum == pytest.approx(1 / 3)  # set before the third batch
-    clean.fit(train, valid, epochs=4, batch_size=8, seed=3)  # 12 steps: from the 10th on, its own 0.1
-    assert bn.momentum == pytest.approx(0.1)
-    assert clean.net["backbone"].blocks[0][0].bn1.momentum == pytest.approx(0.1)  # frozen: never touched
+    assert torch.allclose(bn.running_mean, spoiled.net["backbone"].bn2.running_mean) and float(bn.running_mean.abs().max()) < 50
+    assert seen == pytest.approx([1, 1 / 2, 1 / 3]) and bn.momentum == 0.1
+    seen.clear()
+    bn.running_mean.add_(100.0)
+    clean.fit(train, valid, epochs=4, batch_size=8, seed=3)  # 12 steps, counted from 1 again
+    assert seen == pytest.approx([1 / n for n in range(1, 11)] + [0.1, 0.1]) and float(bn.running_mean.abs().max()) < 50
+    assert clean.net["backbone"].blocks[0][0].bn1.momentum == 0.1  # frozen: never touched
 
 
 def test_cached_prefix_features_give_the_full_path_result(sar: Dataset) -> None:

@@ -9,7 +9,8 @@ architecture whose tree does not replay as a chain of stages is one `backbone` b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -20,6 +21,7 @@ import torch
 from timm.models import adapt_input_conv, group_parameters
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm  # every batch norm (also timm's BatchNormAct2d), as torch.optim.swa_utils.update_bn finds them
 
 from competition.data.channels import channel_planes
 from competition.errors import ConfigError
@@ -160,43 +162,53 @@ class _FitData:
     angles: torch.Tensor
     labels: torch.Tensor
     optimizer: torch.optim.Optimizer
-    statistics: RunningStatistics
     on_device: _DeviceImages | None = None  # set: batches are built and augmented on the device (a GPU)
 
 
 class RunningStatistics:
     """Batch-norm running statistics of the fit's own batches: each layer's first `1 / momentum` training batches in
     the fit are averaged equally (the cumulative average of PyTorch's `momentum=None`), the later ones by its own
-    exponential `momentum` (0.1 in PyTorch, 0.01 in timm's TF ports).
+    exponential `momentum` (PyTorch's default 0.1 in every registered timm model).
 
-    Why: from its pretrained (ImageNet) statistics, the exponential average moves 10% (1%) a batch, so on ~100
-    images (2-3 batches an epoch) a layer that trains still normalised evaluation batches with mostly ImageNet
-    statistics after the epochs the fit had, while its weights had moved: the race's `all` candidate on the ladder's
-    digits, inner-validation log loss 0.66, 0.92, 3.08, 3.24 over its first epochs on one inner fold and 0.537 over 5
+    Why: from its pretrained (ImageNet) statistics the exponential average moves 10% a batch, so on ~100 images
+    (2-3 batches an epoch) a layer that trains still normalised evaluation batches with mostly ImageNet statistics
+    after the fit's epochs, while its weights had moved: the race's `all` candidate on the ladder's digits,
+    inner-validation log loss 0.66, 0.92, 3.08, 3.24 over its first epochs on one inner fold and 0.537 over 5
     (docs/training-loop.md, "Batch-norm statistics"). The lag of an exponential average behind fast-moving weights is
-    the failure studied by Wu & Johnson, "Rethinking 'Batch' in BatchNorm" (2021, arXiv:2105.07576), section 3.
-    A layer counts its batches from the first step its block trains in (gradual unfreezing opens blocks later);
-    frozen blocks keep their statistics (eval mode). On thousands of images the first 10 (100) batches are under an
-    epoch, so there it changes little.
+    a problem Wu & Johnson study in "Rethinking 'Batch' in BatchNorm" (2021, arXiv:2105.07576); their remedy,
+    PreciseBN, recomputes the statistics with the weights held fixed, at the cost of extra forward passes; this is
+    the cheap part of it, dropping the pretrained statistics at once. A layer counts its batches from the first step
+    its block trains in (gradual unfreezing opens blocks later); frozen blocks keep their statistics (eval mode). On
+    the full competition (40 batches an epoch) the first 10 batches are a quarter of the first epoch.
     """
 
     def __init__(self, blocks: list[_Block]) -> None:
-        self.layers = [[m for top in block.modules for m in top.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] for block in blocks]
-        self.momentum = {id(m): m.momentum for layers in self.layers for m in layers}
+        seen: set[_BatchNorm] = set()  # a layer belongs to the first block that lists it
+        self.layers: list[list[_BatchNorm]] = []
+        for block in blocks:
+            found = [m for top in block.modules for m in top.modules() if isinstance(m, _BatchNorm) and m not in seen]
+            seen.update(found)
+            self.layers.append(found)
+        self.momentum = {m: m.momentum for m in seen}
+        self.batches = dict.fromkeys(seen, 0)
+
+    def restart(self) -> None:
+        """A new fit: every layer counts its batches from 0 again."""
         self.batches = dict.fromkeys(self.momentum, 0)
 
-    def before_step(self, open_blocks: list[bool]) -> None:
-        """Set the momentum of every batch-norm layer of the open blocks for the batch about to train."""
-        for layers, flag in zip(self.layers, open_blocks, strict=True):
-            for m in layers if flag else ():
-                n, own = self.batches[id(m)], self.momentum[id(m)]
-                m.momentum = 1.0 / (n + 1) if own is None else max(own, 1.0 / (n + 1))
-                self.batches[id(m)] = n + 1
-
-    def restart(self) -> RunningStatistics:
-        """A new fit: every layer counts its batches from 0 again (its own momentum was read when this was built)."""
-        self.batches = dict.fromkeys(self.momentum, 0)
-        return self
+    @contextmanager
+    def step(self, open_blocks: list[bool]) -> Iterator[None]:
+        """Around one training batch's forward pass: the open blocks' layers get the batch's momentum, then their own."""
+        layers = [m for found, flag in zip(self.layers, open_blocks, strict=True) if flag for m in found]
+        for m in layers:
+            n, own = self.batches[m], self.momentum[m]
+            m.momentum = 1.0 / (n + 1) if own is None else max(own, 1.0 / (n + 1))
+            self.batches[m] = n + 1
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.momentum = self.momentum[m]
 
 
 @dataclass
@@ -226,6 +238,7 @@ class TimmModel(NetworkModel):
         head = self._build_head(_timm(backbone).num_features)
         self.net = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
         self._block_list.append(_Block("head", [head], head))
+        self._statistics = RunningStatistics(self._block_list)
         cfg = _timm(backbone).pretrained_cfg
         self._norm = (cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
         scale, offset = network_affine(*self._norm, len(config.channels))
@@ -411,14 +424,13 @@ class TimmModel(NetworkModel):
         start = self.frozen_prefix() if train.is_features else 0
         on_device = self.device_batches and not train.is_features and (augment is None or isinstance(augment, Augmenter))
         images = self._device_images(train, augment, seed) if on_device else None
-        statistics = RunningStatistics(self._block_list) if self._fit is None else self._fit.statistics.restart()
-        self._fit = _FitData(train, augment, start, angles, labels, self._optimizer(), statistics, images)
+        self._statistics.restart()
+        self._fit = _FitData(train, augment, start, angles, labels, self._optimizer(), images)
 
     def train_step(self, idx: np.ndarray, rng: np.random.Generator) -> float:
         fit = self._fitting()
         self._train_mode()
-        fit.statistics.before_step(self._open)
-        with self._autocast():
+        with self._statistics.step(self._open), self._autocast():
             x = self._batch(fit.train, idx, fit.augment, rng) if fit.on_device is None else self._device_batch(fit.on_device, idx, rng)
             logits = self._logits(x, fit.angles[idx], fit.start)
         loss = F.binary_cross_entropy_with_logits(logits.float(), fit.labels[idx])
