@@ -328,6 +328,25 @@ def test_one_se_rule_takes_the_best_when_it_is_clearly_better() -> None:
     assert policy_race.one_se_choice([stopped, policy_race.Entry("top:3")], 1.0, "top:3")[0] == "top:3"  # nothing complete: the table's pick
 
 
+def test_the_tables_pick_stays_unless_the_race_beats_it_clearly() -> None:
+    """`prior_choice`: the table's pick within `prior_margin_se` (default 1) paired standard errors of the lowest stays;
+    clearly beaten, or not complete, or with the margin 0, the race decides (`one_se_choice`)."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.4, 0.3, 80).clip(0.01)
+    noise = rng.normal(0.0, 0.2, 80)
+    prior, top3 = _entry("all_but_stem", base + 0.01 + noise - noise.mean()), _entry("top:3", base)  # 0.01 worse, SE ~0.02
+    default = PolicyRaceConfig().prior_margin_se
+    kept = policy_race.prior_choice([prior, top3], default, "all_but_stem")
+    assert default == 1.0 and kept is not None and kept[0] == "all_but_stem" and kept[1].endswith(": kept")
+    assert "within 1 SE of the lowest, top:3" in kept[1] and "over 80 rows" in kept[1]
+    beaten = _entry("all_but_stem", base + 0.15)
+    assert policy_race.prior_choice([beaten, top3], default, "all_but_stem") is None  # the race's lowest then wins
+    assert policy_race.prior_choice([prior, top3], 0.0, "all_but_stem") is None
+    stopped = policy_race.Entry("all_but_stem", val_loss=[0.5], epochs=1, outcome="stopped: budget spent")
+    assert policy_race.prior_choice([stopped, top3], default, "all_but_stem") is None
+    assert policy_race.prior_choice([_entry("all_but_stem", base - 0.1), top3], default, "all_but_stem") is None  # lowest itself
+
+
 def test_simplicity_orders_by_trained_weights() -> None:
     names = ["all", "top:5", "probe", "all_but_stem", "top:2", "head"]
     assert sorted(names, key=policy_race.simplicity) == ["probe", "head", "top:2", "top:5", "all_but_stem", "all"]
