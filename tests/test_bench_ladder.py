@@ -107,7 +107,9 @@ def test_tiny_ladder_end_to_end(tmp_path: Path) -> None:
     text = docs.read_text()
     assert "quality\n<!-- quality:end -->" in text  # the other section stays
     section = text.split(START, 1)[1].split(END, 1)[0]
-    assert "| rung | train / test | prior | head | auto | stack (lgbm) |" in section
+    assert "| rung | train / test | prior | head | auto | stack (lgbm) | stack submitted |" in section
+    stack = next(t for t in result["targets"] if t["target"] == "stack")
+    assert stack["detail"].startswith(f"submitted {rung['stack_submitted']} ") and "the LightGBM stacker" in stack["detail"]
     assert "| 40 | 40 / 30 |" in section and "auto @ 40" in section
 
 
@@ -129,6 +131,27 @@ def test_auto_target_counts_the_linear_probe_among_its_candidates() -> None:
     rows[2] = row("m-auto", "m", "auto", "probe", 0.205)
     [auto] = [t for t in check_targets([rung]) if t["target"] == "auto"]
     assert auto["verdict"] == "holds"
+
+
+def test_stack_target_judges_what_the_stack_step_submitted() -> None:
+    """On the digits the stack step submitted the best single run (its one-SE choice) while the LightGBM stacker alone
+    was 0.18 worse: the user's submission holds, and the detail still says how the stacker did."""
+    from competition.bench.ladder import check_targets, summary
+
+    def row(name: str, private: float) -> dict:
+        return {"name": name, "model": "m", "policy_requested": "all", "policy": "all", "private": private, "cv_logloss": private}
+
+    lgbm = {"name": "lgbm", "kind": "stack", "private": 0.245, "cv_logloss": 0.026}
+    rung = {"rung": "digits", "n_train": 100, "n_test": 257, "recipes": [row("m-all", 0.061), row("m-head", 0.41)],
+            "auto": [], "prior": {"private": 0.72, "cv_logloss": 0.67}, "methods": [lgbm], "stack_submitted": "single:m-all"}  # fmt: skip
+    [stack] = [t for t in check_targets([rung]) if t["target"] == "stack"]
+    assert stack["verdict"] == "holds" and stack["detail"].startswith("submitted single:m-all 0.0610, best single m-all 0.0610")
+    assert "the LightGBM stacker 0.2450: FAILS" in stack["detail"]
+    rung["stack_submitted"] = "lgbm"
+    [stack] = [t for t in check_targets([rung]) if t["target"] == "stack"]
+    assert stack["verdict"] == "FAILS"
+    columns, rows = summary({"rungs": [rung]})
+    assert columns[-2:] == ["stack (lgbm)", "stack submitted"] and rows[0][-1].endswith("(lgbm)")
 
 
 @pytest.mark.parametrize(

@@ -151,8 +151,9 @@ def train_recipe(cfg: CompetitionConfig, exp: str, recipe: Recipe, budget: Budge
 
 def stack_methods(
     cfg: CompetitionConfig, exp: str, runs: list[str], budget: Budget, stack_overrides: Sequence[str], train: Any, test: Any
-) -> tuple[list[dict[str, Any]], float]:
-    """(d): every blender and the stacker on the (c) runs by nested CV, each method's test predictions scored."""
+) -> tuple[list[dict[str, Any]], float, str]:
+    """(d): every blender and the stacker on the (c) runs by nested CV, each method's test predictions scored; the
+    wall seconds; the method the stack step submitted (`single:<run>` when its choice was one run)."""
     from competition.stacking.pipeline import run_stack
     from competition.stacking.settings import load_stack_config
 
@@ -173,7 +174,7 @@ def stack_methods(
         )
         rows.append({"name": name, "group": "d", "kind": rec.kind, "cv_logloss": rec.cv_mean, "cv_std": rec.cv_std,
                      "eps": rec.eps, **scores})  # fmt: skip
-    return rows, wall
+    return rows, wall, summary.chosen.method
 
 
 def auto_verdicts(rows: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
@@ -373,7 +374,7 @@ def bench_data(cfg: CompetitionConfig, experiment: str, chosen: list[Recipe], bu
     grid = [r["name"] for r in rows if r["group"] == "c"]
     if len(grid) == 1:
         console.print("one (c) recipe only: (d) needs two or more runs to blend and stack")
-    methods, stack_s = stack_methods(cfg, experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None)
+    methods, stack_s, submitted = stack_methods(cfg, experiment, grid, budget, routed.stack, train, test) if len(grid) >= 2 else ([], None, None)
     return {
         "data": f"{source['kind']} ({source['dir']}), {len(train)} train / {len(test)} test images"
         + ("" if source["kind"] == "simulated" else " (no hidden solution: CV only)"),
@@ -383,6 +384,7 @@ def bench_data(cfg: CompetitionConfig, experiment: str, chosen: list[Recipe], bu
         "folds": {"describe": folds.describe(), "k": folds.params.k, "repeats": folds.params.repeats, "fingerprint": folds.fingerprint},
         "recipes": rows,
         "methods": methods,
+        "stack_submitted": submitted,
         "stack_wall_s": stack_s,
     }
 
