@@ -90,6 +90,24 @@ def test_inner_folds_add_folds_until_enough_validation_rows() -> None:
         assert not set(fit) & set(valid) and y[valid].mean() == pytest.approx(0.5, abs=0.15)
 
 
+def test_inner_folds_shrink_to_the_rarer_class_and_a_race_needs_two_of_each(
+    cfg: CompetitionConfig, pretrained: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Eight rows, four of each class (the `ten_balanced` field case's first unit): four inner folds, not a scikit-learn
+    traceback; one of a class: no race, one line, the table's pick (`settled` returns None)."""
+    y = np.array([0, 1] * 4)
+    folds = inner_folds(y, 1000, seed=0)
+    assert len(folds) == 4 and all(set(y[v]) == {0, 1} for _, v in folds)
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, FREE]))
+    labels = setup.train.labels
+    assert labels is not None
+    rows = np.concatenate([np.flatnonzero(labels == 0)[:6], np.flatnonzero(labels == 1)[:1]])
+    assert policy_race.settled(tmp_path, {"config_hash": "x"}, replace(setup, rows=rows)) is None
+    said = " ".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped
+    assert "policy race: not run: the first unit's training rows hold 1 of the rarer class, and inner folds need 2 of each" in said
+    assert not (tmp_path / RACE_FILE).exists()
+
+
 def test_prior_races_first_then_cheapest_first() -> None:
     assert race_order(["all", "probe", "top:3", "head", "all_but_stem"], "all_but_stem") == ["all_but_stem", "probe", "head", "top:3", "all"]
     assert race_order(["head"], "all") == ["all", "head"]  # the table's pick always races

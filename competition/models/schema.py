@@ -81,7 +81,10 @@ class PolicyRaceConfig(Strict):
     max_epochs: int = Field(9, ge=1, description="most epochs a candidate trains in the race (and at most train.epochs)")
     min_valid: int = Field(200, ge=1, description="inner validation predictions wanted per candidate: inner folds (of 5) are added until reached")
     prior_margin_se: float = Field(
-        1.0, ge=0.0, description="the table's pick stays unless the lowest beats it by more than this many standard errors of the paired difference; 0: off"
+        1.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="the table's pick stays unless the lowest beats it by more than this many standard errors of the paired difference; 0: off",
     )
     margin_se: float = Field(
         0.0, ge=0.0, description="the simplest candidate within this many standard errors of the best wins; 0: the lowest loss (1: the one-standard-error rule)"

@@ -41,7 +41,7 @@ from competition.training import dihedral, tta
 
 PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
 RACE_FILE = "policy_race.json"
-INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds
+INNER_FOLDS = 5  # the first unit's training rows are split into this many stratified inner folds (fewer when a class is smaller)
 _CHEAP_FIRST = {PROBE: 0, "head": 1, "top": 2, "all_but_stem": 3, "all": 4}  # also the simplicity order
 SCOUTS = (PROBE, "head")  # train no backbone block: cheap, and what small data needs; the prior leaves them room
 
@@ -132,11 +132,13 @@ def _seconds(work: Callable[[], object], clock: Callable[[], float]) -> float:
 
 
 def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified inner folds (fit rows, validation rows) of these rows: the first m of 5, m the fewest whose
-    validation rows add up to `min_valid` (all 5 when the rows are fewer)."""
+    """Stratified inner folds (fit rows, validation rows) of these rows: the first m of k, m the fewest whose
+    validation rows add up to `min_valid` (all k when the rows are fewer); k is 5, or the smaller class's count when
+    that is below 5 (`raceable` needs at least 2)."""
     from sklearn.model_selection import StratifiedKFold
 
-    splits = list(StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    k = min(INNER_FOLDS, smaller_class(labels))
+    splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
     chosen, total = [], 0
     for fit, valid in splits:
         chosen.append((fit, valid))
@@ -144,6 +146,12 @@ def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.
         if total >= min_valid:
             break
     return chosen
+
+
+def smaller_class(labels: np.ndarray) -> int:
+    """Rows of the rarer of the two classes (0 when one is absent)."""
+    positives = int(np.sum(labels == 1))
+    return min(positives, len(labels) - positives)
 
 
 def simplicity(name: str) -> tuple[int, int]:
@@ -508,7 +516,7 @@ def race(setup: RaceSetup, prior: PolicyDecision) -> PolicyDecision:
         rule += f" (warning: no better than the class prior's {floor:.4f} on these rows)"
     figures = contest.numbers(rule, winner)
     reason = (
-        f"race on {figures['valid_rows']} inner-validation predictions ({figures['inner_folds']} inner folds of the first unit's "
+        f"race on {figures['valid_rows']} inner-validation predictions ({figures['inner_folds']} inner fold{'s' * (figures['inner_folds'] != 1)} of the first unit's "
         f"{figures['race_rows']} training rows; {figures['spent_fraction']:.0%} of one policy's run): {rule}. Table: {prior.reason}"
     )
     return PolicyDecision(name=winner, requested="auto", reason=reason, numbers={**prior.numbers, "table_pick": prior.name, "race": figures})
@@ -573,12 +581,20 @@ def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup, run: Callable[
 
     Nothing is raced (the caller applies the policy as before) when the policy is not `auto`, the
     race is off (`auto.race.enabled: false`), the weights are random (`weights: none` trains every block),
-    or the model is a linear probe (framework `probe`: one way to train, `auto` means `head`).
+    the model is a linear probe (framework `probe`: one way to train, `auto` means `head`), or the first unit's
+    training rows hold fewer than 2 of a class (no stratified inner folds; said in one line).
     Ctrl-C during the race raises KeyboardInterrupt with one line for the CLI to print: what was
     interrupted, that nothing of the race was stored, and that the same command races again.
     """
     cfg = setup.model_cfg
     if cfg.policy != "auto" or not cfg.auto.race.enabled or cfg.weights == "none" or cfg.framework == "probe":
+        return None
+    labels = setup.train.labels
+    assert labels is not None
+    if (rarer := smaller_class(labels[setup.rows])) < 2:
+        console.print(
+            f"policy race: not run: the first unit's training rows hold {rarer} of the rarer class, and inner folds need 2 of each: the table's pick applies"
+        )
         return None
     decision = stored(run_dir, key)
     if decision is not None:
