@@ -117,5 +117,12 @@ def test_a_fit_with_batches_built_on_the_device_equals_the_numpy_path() -> None:
         model.fit(train, valid, epochs=1, batch_size=8, augment=augment, seed=3)
         assert (model._fit is not None and model._fit.on_device is not None) == on_device
         predictions.append(model.predict(valid))
-    np.testing.assert_allclose(predictions[1], predictions[0], atol=2e-3)
+    # batch-norm running statistics are the fit's own 4 batches (`timm_net.RunningStatistics`), so the paths' float
+    # differences (interpolation, standardising order: batches equal to 5e-4 above) reach the predictions of this
+    # random-init network by up to ~0.01; another seed's fit differs by ~0.5
+    np.testing.assert_allclose(predictions[1], predictions[0], atol=2e-2)
     assert np.ptp(predictions[0]) > 1e-3  # not a constant that any path would match
+    model = create_model("mobilenetv3_small_050", weights="none", channels=["hv", "mean", "ratio"], image_size=32, policy="all", seed=0)
+    model.prepare(train.x, train.angle)
+    model.fit(train, valid, epochs=1, batch_size=8, augment=augment, seed=4)
+    assert np.abs(model.predict(valid) - predictions[0]).max() > 0.2  # the tolerance tells draws apart
