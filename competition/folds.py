@@ -27,6 +27,13 @@ MIN_INNER_MEMBERS = 2  # of each class in every outer training part: the blender
 CLASS_NAMES = {0: "ships", 1: "icebergs"}
 
 
+def smallest_class(y: np.ndarray) -> int:
+    """Members of the rarer class of `y` (0/1 labels; 0 when a class is absent): how many stratified folds an inner
+    split of these rows can have (the stacker's inner folds, the policy race's)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
+    return int(counts.min())
+
+
 class FoldsMeta(BaseModel):
     """`<work_dir>/folds.json` (docs/architecture.md): written by `write_folds` after folds.csv, read by `load_folds`."""
 

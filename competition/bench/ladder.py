@@ -251,10 +251,10 @@ def check_targets(rung_results: list[dict[str, Any]], losses: Losses | None = No
             out.append({"target": "stack", "rung": r["rung"], "verdict": "not measured", "detail": "not run"})
             continue
         verdict, gap = within(sub, best_single, 0.0, losses)
-        lgbm = within(stack, best_single, 0.0, losses)
+        lgbm_verdict, lgbm_gap = within(stack, best_single, 0.0, losses)
         out.append({"target": "stack", "rung": r["rung"], "verdict": verdict,
                     "detail": f"submitted {r['stack_submitted']} {metric(sub):.4f}, best single {best_single['name']} {metric(best_single):.4f} ({gap}); "
-                              f"the LightGBM stacker {metric(stack):.4f}: {lgbm[0]} ({lgbm[1]})"})  # fmt: skip
+                              f"the LightGBM stacker {metric(stack):.4f}: {lgbm_verdict} ({lgbm_gap})"})  # fmt: skip
     return out
 
 

@@ -30,6 +30,7 @@ from competition import fingerprint
 from competition.console import console
 from competition.engine import Engine, LocalEngine, Resources, Task
 from competition.errors import DataError
+from competition.folds import smallest_class
 from competition.stacking.clipping import choose_eps, clip
 from competition.stacking.metrics import logloss
 
@@ -37,12 +38,6 @@ MIN_INNER_FOLDS = 2
 STACK_POOL = "stack"  # the worker pool of the stacker's tasks (`Task.worker`): LightGBM, Optuna, no deep-learning framework
 BLENDERS_INNER = "inner folds of the blenders (eps choice)"  # how a note names an estimator without its own `inner_label`
 _said: set[tuple[str, str]] = set()  # (scope, note) already printed: each note once per data and folds
-
-
-def smallest_class(y: np.ndarray) -> int:
-    """Members of the rarer class of `y` (0 when a class is absent)."""
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=2)
-    return int(counts.min())
 
 
 def inner_folds_for(configured: int, y: np.ndarray) -> int:

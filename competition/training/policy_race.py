@@ -34,6 +34,7 @@ from competition.atomic import write_json
 from competition.console import console, table
 from competition.data.dataset import Dataset
 from competition.errors import FingerprintError
+from competition.folds import smallest_class
 from competition.metrics import logloss, paired_difference, row_logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
@@ -134,10 +135,10 @@ def _seconds(work: Callable[[], object], clock: Callable[[], float]) -> float:
 def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified inner folds (fit rows, validation rows) of these rows: the first m of k, m the fewest whose
     validation rows add up to `min_valid` (all k when the rows are fewer); k is 5, or the smaller class's count when
-    that is below 5 (`raceable` needs at least 2)."""
+    that is below 5 (`settled` races only with at least 2)."""
     from sklearn.model_selection import StratifiedKFold
 
-    k = min(INNER_FOLDS, smaller_class(labels))
+    k = min(INNER_FOLDS, smallest_class(labels))
     splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
     chosen, total = [], 0
     for fit, valid in splits:
@@ -146,12 +147,6 @@ def inner_folds(labels: np.ndarray, min_valid: int, seed: int) -> list[tuple[np.
         if total >= min_valid:
             break
     return chosen
-
-
-def smaller_class(labels: np.ndarray) -> int:
-    """Rows of the rarer of the two classes (0 when one is absent)."""
-    positives = int(np.sum(labels == 1))
-    return min(positives, len(labels) - positives)
 
 
 def simplicity(name: str) -> tuple[int, int]:
@@ -338,7 +333,7 @@ class Race:
         one inner fold, 16-20 rows on 100 images, where it stopped the run that scored best (`all`, 0.427 private against
         the race's pick 0.462; docs/policy-race.md). Where the budget binds (the full competition) the rungs stop as before."""
         epochs = len(self.folds) * self.max_epochs
-        predict_s = sum(len(v) for _, v in self.folds) * len(self.setup.tta) * self._predict_row_s
+        predict_s = self.tta_predict_s(self.folds)
         backward_s = 3 * len(self.folds[0][0]) * self._predict_row_s
         later_epoch_s = max(epoch_s, backward_s, self._prior_epoch_s if math.isfinite(self._prior_epoch_s) else 0.0)
         later = len(self.entries) - 1 - self.entries.index(entry)
@@ -358,14 +353,18 @@ class Race:
         self.reference_s = self.setup.n_units * per_unit
         self.budget_s = max(self.settings.budget * self.reference_s, self.floor_s)
 
+    def tta_predict_s(self, folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """Estimated seconds of one candidate's TTA predictions of these inner folds' validation rows, at the prior's speed."""
+        return sum(len(v) for _, v in folds) * len(self.setup.tta) * self._predict_row_s
+
     def prior_cost_s(self, n_folds: int | None = None) -> tuple[float, float]:
         """Estimated seconds (the prior's remaining race, the scouts' race) after the prior's first epoch, racing on
         the first `n_folds` inner folds (default: all): the prior's inner folds x epochs at its fastest epoch plus its
         TTA predictions; the probe's 8-view features of the race rows and the head's epochs (a forward pass per fit
         row) at the prior's predicted seconds per row."""
         folds = self.folds[:n_folds]  # None: all
-        row_s, valid_rows = self._predict_row_s, sum(len(v) for _, v in folds)
-        prior = (len(folds) * self.max_epochs - 1) * self._prior_epoch_s + valid_rows * len(self.setup.tta) * row_s
+        row_s = self._predict_row_s
+        prior = (len(folds) * self.max_epochs - 1) * self._prior_epoch_s + self.tta_predict_s(folds)
         names = {e.name for e in self.entries if e is not self.prior_entry}
         fit_rows = sum(len(f) for f, _ in folds)
         scouts = (8 * len(self.setup.rows) * row_s if PROBE in names and self.setup.model_cfg.framework == "timm" else 0.0) + (
@@ -441,11 +440,9 @@ def one_se_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tu
     breaks exact ties; with 1, on small data a simple candidate wins unless a richer one is clearly better, which
     lost 0.09-0.13 log loss on the ladder's 200 and 400 images (docs/policy-race.md). The table's pick breaks exact
     ties among equally simple candidates; it is kept when nothing completed."""
-    prior = next(e for e in entries if e.name == prior_name)
-    complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
-    if not complete:
+    prior, complete, best = _standings(entries, prior_name)
+    if best is None:
         return prior.name, f"no candidate completed its inner folds within the budget: the table's pick {prior.name} kept"
-    best = min(complete, key=lambda e: (e.loss, e is not prior))
     gaps = {e.name: paired_gap(e, best) for e in complete}
     within = [e for e in complete if e is best or gaps[e.name][0] <= margin_se * gaps[e.name][1]]
     simplest = min(within, key=lambda e: (simplicity(e.name), e is not prior))
@@ -473,12 +470,8 @@ def prior_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tup
     The table is the prior the race must overturn with evidence, not a tie to break: on the ladder's 400 images the
     race twice measured top:3 and all_but_stem (the table's pick) within 0.001 of each other over 256 rows, and the
     lowest took top:3 once, 0.351 private against 0.222 (docs/policy-race.md, "Decision rule")."""
-    prior = next(e for e in entries if e.name == prior_name)
-    complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
-    if margin_se <= 0 or prior not in complete:
-        return None
-    best = min(complete, key=lambda e: (e.loss, e is not prior))
-    if best is prior:
+    prior, complete, best = _standings(entries, prior_name)
+    if margin_se <= 0 or prior not in complete or best is None or best is prior:
         return None
     gap, se = paired_gap(prior, best)
     if gap > margin_se * se:
@@ -488,6 +481,13 @@ def prior_choice(entries: list[Entry], margin_se: float, prior_name: str) -> tup
         f"the table's pick {prior.name} {prior.loss:.4f} is within {margin_se:g} SE of the lowest, {best.name} {best.loss:.4f} "
         f"(worse by {gap:.4f}, standard error {se:.4f} over {n_rows} rows): kept"
     )
+
+
+def _standings(entries: list[Entry], prior_name: str) -> tuple[Entry, list[Entry], Entry | None]:
+    """(the table's pick, the complete candidates, the lowest of them: the pick on an exact tie; None when none completed)."""
+    prior = next(e for e in entries if e.name == prior_name)
+    complete = [e for e in entries if e.row_loss is not None and e.loss is not None]
+    return prior, complete, min(complete, key=lambda e: (e.loss, e is not prior), default=None)
 
 
 def paired_gap(entry: Entry, best: Entry) -> tuple[float, float]:
@@ -591,7 +591,7 @@ def settled(run_dir: Path, key: dict[str, str], setup: RaceSetup, run: Callable[
         return None
     labels = setup.train.labels
     assert labels is not None
-    if (rarer := smaller_class(labels[setup.rows])) < 2:
+    if (rarer := smallest_class(labels[setup.rows])) < 2:
         console.print(
             f"policy race: not run: the first unit's training rows hold {rarer} of the rarer class, and inner folds need 2 of each: the table's pick applies"
         )
