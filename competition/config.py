@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -34,10 +34,25 @@ RESERVED_RUN_NAMES = (STACK_FOLDER, REPORT_FOLDER, SUBMISSIONS_FOLDER)
 KAGGLE_FOLDER, LEDGER_FILE, LEADERBOARD_FOLDER, LB_PLOT_FILE = "kaggle", "ledger.sqlite", "leaderboard", "lb_cv_vs_lb.png"
 
 
+def numbers_only(annotation: Any) -> bool:
+    """Whether a field of this type takes an int or a float but not a bool (`Optional[float]` does, `bool | int` not)."""
+    admitted = set(get_args(annotation)) or {annotation}
+    return bool(admitted & {int, float}) and bool not in admitted
+
+
 class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are not coerced loosely."""
+    """Base for every config section: unknown keys are errors, values are not coerced loosely (pydantic's lax mode
+    reads `true` as 1 for a number; here it is an error)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and numbers_only(field.annotation):
+            raise PydanticCustomError("bool_for_number", "expected a number")
+        return value
 
 
 class SimulateConfig(Strict):

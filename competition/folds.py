@@ -227,8 +227,11 @@ def write_folds(data: Dataset, cfg: CompetitionConfig) -> Folds:
 
 
 def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
-    """Read the folds file; with `data`, refuse it if it was made from other training data."""
+    """Read the folds file; with `data`, refuse it if it was made from other training data, and refuse data the flow
+    cannot learn from before saying that the file is missing (`make folds` would refuse that data too)."""
     if not cfg.folds_json.is_file() or not cfg.folds_csv.is_file():
+        if data is not None:
+            check_learnable(data, cfg.folds, Path(cfg.train_json).name)
         raise MissingArtefactError(f"{cfg.folds_json} not found: run `make folds` first")
     meta = read_json(cfg.folds_json, FoldsMeta, "written by another version or edited; run `make folds` again", FingerprintError)
     if fingerprint.of_file(cfg.folds_csv) != meta.csv_fingerprint:

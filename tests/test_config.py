@@ -53,10 +53,16 @@ def test_override_changes_the_validated_config_and_its_hash(tmp_path):
         ("folds:\n  k: 5\n", ["folds.k.x=1"], r"'k' is a value, not a section"),
         ("folds:\n  k:\n", [], r"key 'folds.k': .*got an empty value \(null, or nothing after the colon\)$"),
         ("folds:\n  k: 5\n", ["folds.k={a: 1, b: 2}"], r"key 'folds.k' .*got a section \(keys a, b\)$"),
+        ("folds:\n  k: true\n", [], r"key 'folds.k': expected a number, got True$"),
+        (
+            "simulate:\n  public_fraction: 0.3\n",
+            ["simulate.public_fraction=false"],
+            r"key 'simulate.public_fraction' \(from a command-line override\): expected a number, got False$",
+        ),
     ],
     ids=[
         *("type", "range", "unknown-key", "section-type", "override-value", "yaml-syntax", "not-mapping", "override-form"),
-        *("override-into-value", "empty-value", "section-for-value"),
+        *("override-into-value", "empty-value", "section-for-value", "bool-for-int", "bool-for-float"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path, text, overrides, expected):

@@ -79,6 +79,25 @@ def test_cli_folds_refuses_unlearnable_data_with_one_line(tmp_path, labels, expe
     assert _artefacts(tmp_path) == []
 
 
+@pytest.mark.parametrize("command", [["train", "mobilenetv2_100"], ["stack"]])
+def test_later_steps_on_unlearnable_data_name_the_data_not_the_missing_folds(tmp_path, command):
+    """Without a folds file, `train` and `stack` on one-class data refuse the data (a hint to run `make folds`
+    would be circular: it refuses the same data)."""
+    _write_json(tmp_path / "data" / "train.json", _train([0] * 12))
+    test = _dataset("te", np.full(4, 35.0), None, TEST_FP, np.random.default_rng(1))
+    _write_json(tmp_path / "data" / "test.json", test)
+    pd.DataFrame({"id": test.ids, "is_iceberg": 0.5}).to_csv(tmp_path / "data" / "sample_submission.csv", index=False)
+    config = tmp_path / "competition.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nruns_dir: {tmp_path / 'runs'}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "competition", *command, "-c", str(config)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the flow needs both classes" in done.stderr and "make folds" not in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and _artefacts(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("labels", "k", "expected"),
     [

@@ -143,8 +143,26 @@ def test_profile_follows_the_hardware_unless_named() -> None:
         load_profile("cpu", ["tta=[id, upside_down]"])
 
 
+def test_a_refused_unit_names_the_settings_that_changed_and_how_to_keep_both(tmp_path) -> None:
+    result = _units(np.array([f"id{i}" for i in range(9)]))[0]
+    before = {"model": {"epochs": 5, "auto": {"race": {"prior_margin_se": 1.0}}, "tags": ["a"]}, "profile": {"tta": ["id"]}}
+    store.write_unit(tmp_path, result, store.Fingerprints("cfg", "folds", "train", "test", before))
+    now = {"model": {"epochs": 5, "auto": {"race": {"prior_margin_se": 0.0}}, "tags": ["a", "b"]}, "profile": {}}
+    with pytest.raises(FingerprintError) as refused:
+        store.read_unit(tmp_path, result.unit, store.Fingerprints("other", "folds", "train", "test", now))
+    text = str(refused.value)
+    assert (
+        "config_hash cfg (now other) (changed: model.auto.race.prior_margin_se 1.0 -> 0.0; model.tags ['a'] -> ['a', 'b']; profile.tta ['id'] -> (absent))"
+        in text
+    )
+    assert "model.epochs" not in text and "--name" in text and "NAME=" in text
+    with pytest.raises(FingerprintError) as other_folds:  # the settings are named only when the config hash differs
+        store.read_unit(tmp_path, result.unit, store.Fingerprints("cfg", "new", "train", "test", now))
+    assert "changed:" not in str(other_folds.value)
+
+
 def test_a_profile_entry_for_one_model_sits_between_the_profile_and_the_command_line(tmp_path: Path) -> None:
-    from competition.training.trainer import run_hash
+    from competition.training.trainer import hashed_settings
 
     (tmp_path / "small.yaml").write_text("epochs: 8\npatience: 3\nper_model:\n  big: [epochs=40, augment.vflip=0.0]\n")
     assert load_profile("small", profiles_dir=tmp_path).profile.epochs == 8
@@ -154,7 +172,7 @@ def test_a_profile_entry_for_one_model_sits_between_the_profile_and_the_command_
     assert load_profile("small", profiles_dir=tmp_path, model="other").profile.epochs == 8
     same = load_profile("small", ["epochs=40", "augment.vflip=0.0"], tmp_path).profile
     cfg = ModelConfig(name="net", framework="timm", architecture="resnet10t")
-    assert run_hash(cfg, big) == run_hash(cfg, same)  # the entry is hashed by its effect, not its wording
+    assert hashed_settings(cfg, big) == hashed_settings(cfg, same)  # the entry is hashed by its effect, not its wording
     (tmp_path / "broken.yaml").write_text("per_model:\n  big: [epochs=zero]\n")
     with pytest.raises(ConfigError, match=r"broken.yaml \(per_model.big\): key 'epochs'"):
         load_profile("broken", profiles_dir=tmp_path, model="big")
@@ -270,7 +288,7 @@ def test_prefix_cache_stores_each_view_once_and_checks_rows_and_key(tmp_path, im
 
 def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win() -> None:
     from competition.models.registry import load_model_config
-    from competition.training.trainer import merge_profile, run_hash
+    from competition.training.trainer import hashed_settings, merge_profile
 
     yaml_cfg = load_model_config("tf_efficientnet_lite0")
     cpu = load_profile("cpu").profile
@@ -283,12 +301,12 @@ def test_profile_values_replace_the_model_yaml_but_command_line_model_keys_win()
     gpu = load_profile("gpu").profile  # epochs, patience and policy null: the model's own
     assert merge_profile(yaml_cfg, gpu, []).train.epochs == yaml_cfg.train.epochs and merge_profile(yaml_cfg, gpu, []).policy == yaml_cfg.policy
     more_seeds = load_profile("cpu", ["seeds=3"]).profile
-    assert run_hash(merged, cpu) == run_hash(merged, more_seeds)  # adding seeds keeps finished units valid
-    assert run_hash(merged, cpu) != run_hash(merged, load_profile("cpu", ["tta=[id]"]).profile)
+    assert hashed_settings(merged, cpu) == hashed_settings(merged, more_seeds)  # adding seeds keeps finished units valid
+    assert hashed_settings(merged, cpu) != hashed_settings(merged, load_profile("cpu", ["tta=[id]"]).profile)
     raced = {"auto": merged.auto.model_copy(update={"race": merged.auto.race.model_copy(update={"budget": 0.5})})}
     for policy, same in (("head", True), ("auto", False)):  # the race's settings count only where a race decides
         chosen = merged.model_copy(update={"policy": policy})
-        assert (run_hash(chosen, cpu) == run_hash(chosen.model_copy(update=raced), cpu)) is same
+        assert (hashed_settings(chosen, cpu) == hashed_settings(chosen.model_copy(update=raced), cpu)) is same
 
 
 def test_bench_rewrites_only_its_own_section(tmp_path) -> None:

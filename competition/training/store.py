@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,12 +124,18 @@ class Unit:
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """What a unit was made from; all must match for a finished unit to be reused."""
+    """What a unit was made from; all must match for a finished unit to be reused. `settings` is the document
+    `config_hash` is the hash of (kept in each unit's JSON so that a refusal can name the keys that changed)."""
 
     config_hash: str
     folds: str
     train: str
     test: str
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def recorded(self) -> dict[str, str]:
+        """The four fingerprints, as a unit's JSON records them (`UnitFingerprints`)."""
+        return {"config_hash": self.config_hash, "folds": self.folds, "train": self.train, "test": self.test}
 
 
 @dataclass
@@ -179,6 +186,7 @@ class UnitRecord(BaseModel):
     fingerprints: UnitFingerprints
     npz_fingerprint: str
     versions: dict[str, str] = Field(default_factory=dict)  # absent in units written before it was recorded
+    settings: dict[str, Any] | None = None  # what config_hash hashes (`Fingerprints.settings`); absent before session 11
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
@@ -231,11 +239,45 @@ def write_unit(run_dir: Path, result: UnitResult, prints: Fingerprints) -> None:
         "prefix_cache": result.prefix_cache,
         "augment": result.augment,
         "versions": result.versions,
-        "fingerprints": asdict(prints),
+        "fingerprints": prints.recorded(),
+        "settings": dict(prints.settings),
         "npz_fingerprint": fingerprint.of_file(npz_path),
     }
     UnitRecord.model_validate(record)  # what read_unit will require (a failure here is a bug in the trainer)
     write_json(json_path, record)
+
+
+def flat_settings(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested settings document as dotted keys -> leaf values (lists are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_settings(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def changed_settings(before: Mapping[str, Any] | None, now: Mapping[str, Any], shown: int = 5) -> str:
+    """The keys whose values differ between two settings documents, as text for a refusal, e.g.
+    " (changed: model.auto.race.prior_margin_se 1.0 -> 0.0)"; empty when the unit did not record its settings."""
+    if before is None or not now:
+        return ""
+    old, new = flat_settings(before), flat_settings(now)
+
+    def shown_value(values: dict[str, Any], key: str) -> str:
+        return repr(values[key]) if key in values else "(absent)"
+
+    diffs = [
+        f"{key} {shown_value(old, key)} -> {shown_value(new, key)}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in old or key not in new or old[key] != new[key]
+    ]
+    if not diffs:
+        return ""
+    more = f" and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return f" (changed: {'; '.join(diffs[:shown])}{more})"
 
 
 def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | None:
@@ -243,12 +285,13 @@ def read_unit(run_dir: Path, unit: Unit, prints: Fingerprints) -> UnitResult | N
     npz_path, json_path = unit_paths(run_dir, unit)
     if not json_path.is_file():
         return None
-    fix = f"delete {Path(run_dir)} (or pass --fresh), or use another experiment name"
+    fix = f"delete {Path(run_dir)} (or pass --fresh), or train under another run name (--name; make train NAME=...) or experiment name"
     info = read_json(json_path, UnitRecord, fix, FingerprintError)
     recorded = info.fingerprints.model_dump()
-    stale = [f"{key} {recorded[key]} (now {now})" for key, now in asdict(prints).items() if recorded[key] != now]
+    stale = [f"{key} {recorded[key]} (now {now})" for key, now in prints.recorded().items() if recorded[key] != now]
     if stale:
-        raise FingerprintError(f"{json_path}: finished unit was made with different {', '.join(stale)}; {fix}")
+        changed = changed_settings(info.settings, prints.settings) if recorded["config_hash"] != prints.config_hash else ""
+        raise FingerprintError(f"{json_path}: finished unit was made with different {', '.join(stale)}{changed}; {fix}")
     if not npz_path.is_file() or fingerprint.of_file(npz_path) != info.npz_fingerprint:
         raise FingerprintError(f"{npz_path} is missing or was changed after {json_path} was written: delete both and run again")
     with np.load(npz_path) as arrays:

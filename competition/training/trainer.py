@@ -106,11 +106,11 @@ def merge_profile(model_cfg: ModelConfig, profile: Profile, model_overrides: Seq
     return validate(ModelConfig, data, f"model {model_cfg.name!r} with the trainer profile")
 
 
-def run_hash(model_cfg: ModelConfig, profile: Profile) -> str:
-    """Hash of every setting that changes a unit's predictions (not the number of seeds; `auto`'s thresholds and race
-    only when the policy is `auto`, so tuning the race keeps the finished units of explicit policies valid)."""
+def hashed_settings(model_cfg: ModelConfig, profile: Profile) -> dict[str, Any]:
+    """What a run's config hash is the hash of: every setting that changes a unit's predictions (not the number of seeds; `auto`'s thresholds and race only
+    when the policy is `auto`, so tuning the race keeps the finished units of explicit policies valid)."""
     model = model_cfg.model_dump(mode="json", exclude=None if model_cfg.policy == "auto" else {"auto"})
-    return of_json({"model": model, "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)})
+    return {"model": model, "profile": profile.model_dump(mode="json", exclude=UNHASHED_PROFILE_KEYS)}
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -142,7 +142,8 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     if not chosen.profile.predict_unscored:
         test = test.subset(~test.machine_generated)
     folds = load_folds(cfg, train)
-    prints = store.Fingerprints(run_hash(model_cfg, chosen.profile), folds.fingerprint, train.fingerprint, test.fingerprint)
+    settings = hashed_settings(model_cfg, chosen.profile)
+    prints = store.Fingerprints(of_json(settings), folds.fingerprint, train.fingerprint, test.fingerprint, settings)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
     run_dir = run_folder(cfg, model_name, run_name)
     prefix_root = (cfg.cache_dir / "prefix").absolute()
