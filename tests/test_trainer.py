@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from competition.config import CompetitionConfig
+from competition.console import console
 from competition.errors import FingerprintError
 from competition.training import dihedral, store, tta
 from competition.training.profiles import load_profile
@@ -197,6 +198,19 @@ def test_gpu_profile_runs_on_cpu_with_seeds_full_augmentation_and_eight_tta_view
     train = load_train(cfg)
     assert sorted(run.oof["id"].unique()) == sorted(train.ids) and len(run.oof) == 2 * len(train.ids)
     assert np.isfinite(run.meta.cv_logloss) and run.test["mean"].between(0, 1).all()
+
+
+def test_small_data_trains_min_steps_and_says_so(cfg: CompetitionConfig, tmp_path: Path) -> None:
+    """48 images, 3 folds: 32 fit rows in batches of 16 are 2 steps an epoch, so min_steps=6 makes 1 epoch 3
+    (patience 1 -> 3), shown on the run's first line and kept in meta.json."""
+    with console.capture() as captured:
+        run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "cpu", [*TINY, "epochs=1", "patience=1", "min_steps=6"]))
+    reason = "epochs 1 -> 3, patience 1 -> 3: at least min_steps=6 optimizer steps (32 fit rows in batches of 16 are 2 an epoch); min_steps=0 keeps 1"
+    assert run.meta.model_extra is not None and run.meta.model_extra["epochs_scaled"] == reason
+    assert reason in " ".join(captured.get().split())
+    train = run.meta.config["model"]["train"]
+    assert (train["epochs"], train["patience"]) == (3, 3)
+    assert {len(curve["val_loss"]) for curve in run.meta.curves.values()} == {3}  # every unit trained 3 epochs
 
 
 def test_named_runs_of_one_model_sit_side_by_side_and_stack_as_two_inputs(cfg: CompetitionConfig, tmp_path: Path) -> None:

@@ -326,3 +326,31 @@ def test_a_units_worker_pool_follows_its_framework_threads_and_gpus() -> None:
     assert unit_pool("timm", UnitResources(cpus=2)) == unit_pool("probe", UnitResources(cpus=1)) == "torch"
     assert unit_pool("keras", UnitResources(cpus=2)) == "keras-2" and unit_pool("keras", UnitResources(cpus=0.5)) == "keras-1"
     assert unit_pool("timm", UnitResources(cpus=4, gpus=0.25)) is None and unit_pool("keras", UnitResources(cpus=4, gpus=1)) is None
+
+
+def test_small_data_gets_at_least_min_steps_optimizer_steps_with_patience_in_proportion():
+    from competition.training.trainer import scale_to_data
+
+    cfg = ModelConfig(name="net", framework="timm", architecture="resnet10t", train={"epochs": 8, "batch_size": 32, "patience": 3, "unfreeze_every": 2})
+    scaled, reason = scale_to_data(cfg, 100, 80)  # 80 fit rows: 3 steps an epoch, 8 epochs = 24 steps
+    t = scaled.train
+    assert (t.epochs, t.patience, t.unfreeze_every, t.batch_size) == (34, 13, 9, 32)  # ceil(100 / 3); 3 x 34/8 = 12.75; 2 x 4.25 = 8.5
+    assert reason == ("epochs 8 -> 34, patience 3 -> 13: at least min_steps=100 optimizer steps (80 fit rows in batches of 32 are 3 an epoch); "
+                      "min_steps=0 keeps 8")  # fmt: skip
+    assert cfg.train.epochs == 8  # the config given is not changed
+    for n_fit, min_steps in ((1283, 100), (80, 0), (80, 24)):  # the full competition (41 steps an epoch), off, already enough
+        same, why = scale_to_data(cfg, min_steps, n_fit)
+        assert same is cfg and why is None
+    no_patience = cfg.model_copy(update={"train": cfg.train.model_copy(update={"patience": None})})
+    assert scale_to_data(no_patience, 100, 80)[0].train.patience is None
+
+
+def test_min_steps_acts_only_through_the_hashed_epochs():
+    from competition.training.trainer import UNHASHED_PROFILE_KEYS, hashed_settings, scale_to_data
+
+    assert "min_steps" in UNHASHED_PROFILE_KEYS
+    cfg = ModelConfig(name="net", framework="timm", architecture="resnet10t", train={"epochs": 8, "batch_size": 32})
+    off, on = load_profile("cpu", ["min_steps=0"]).profile, load_profile("cpu", ["min_steps=100"]).profile
+    assert load_profile("cpu").profile.min_steps == 100 and load_profile("gpu").profile.min_steps == 100
+    assert hashed_settings(scale_to_data(cfg, on.min_steps, 1283)[0], on) == hashed_settings(cfg, off)  # full size: the same run
+    assert hashed_settings(scale_to_data(cfg, on.min_steps, 80)[0], on) != hashed_settings(cfg, off)  # small data: other units

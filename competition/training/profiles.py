@@ -76,6 +76,12 @@ class Profile(Strict):
     epochs: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1, description="early-stopping patience in epochs")
+    min_steps: int = Field(
+        0,
+        ge=0,
+        description="at least this many optimizer steps per fit: on small data epochs (and patience, gradual unfreezing) are raised "
+        "in proportion (trainer.scale_to_data); 0: epochs as given",
+    )
     policy: str | None = Field(None, description="fine-tuning policy (replaces the model's): head | top:K | all_but_stem | all | auto")
     mixed_precision: bool | None = None
     seeds: int = Field(1, ge=1, description="seeds per fold (seed, seed + 1, ...); more seeds are added without redoing the others")

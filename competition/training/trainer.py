@@ -15,6 +15,7 @@ the thread count changes the last bits of a fit), so both engines write the same
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -57,7 +58,9 @@ UNHASHED_PROFILE_KEYS = {
     "predict_batch_size",
     "per_model",
     "resources",
-}  # do not change any unit's predictions (`per_model` is applied before hashing; `resources` sets torch's threads: last bits only)
+    "min_steps",
+}  # do not change any unit's predictions (`per_model` is applied before hashing; `resources` sets torch's threads: last bits only;
+# `min_steps` acts through the model's train.epochs, which is hashed, so runs it leaves alone keep their hash)
 PROFILE_TO_MODEL = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
@@ -85,6 +88,7 @@ class Plan:
     policy_source: str
     prefix_root: Path  # absolute `<work_dir>/cache/prefix` (workers may start elsewhere; see prefix_folder)
     decision: PolicyDecision | None = None  # the policy race's decision for `auto` (settle_policy); model_cfg then trains it
+    scaled: str | None = None  # why epochs were raised for this data (scale_to_data), None when they were not
 
     @property
     def profile(self) -> Profile:
@@ -142,12 +146,47 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     if not chosen.profile.predict_unscored:
         test = test.subset(~test.machine_generated)
     folds = load_folds(cfg, train)
+    model_cfg, scaled = scale_to_data(model_cfg, chosen.profile.min_steps, smallest_fit(folds, len(train)))
     settings = hashed_settings(model_cfg, chosen.profile)
     prints = store.Fingerprints(of_json(settings), folds.fingerprint, train.fingerprint, test.fingerprint, settings)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
     run_dir = run_folder(cfg, model_name, run_name)
     prefix_root = (cfg.cache_dir / "prefix").absolute()
-    return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen), prefix_root)
+    return Plan(cfg, model_name, model_cfg, chosen, train, test, test_ids, folds, run_dir, prints, units, policy_source(routed, chosen), prefix_root,
+                scaled=scaled)  # fmt: skip
+
+
+def smallest_fit(folds: Folds, n_train: int) -> int:
+    """Training rows of the unit that fits on the fewest (all rows but its held-out fold's)."""
+    return n_train - int(folds.table.groupby(["repeat", "fold"]).size().max())
+
+
+def scale_to_data(model_cfg: ModelConfig, min_steps: int, n_fit: int) -> tuple[ModelConfig, str | None]:
+    """The config with `train.epochs` raised so that a fit on `n_fit` rows takes at least `min_steps` optimizer steps,
+    patience and gradual unfreezing (both in epochs) raised in the same proportion (rounded up); and why, or
+    (`model_cfg`, None) when the epochs already give that many steps.
+
+    A fixed number of epochs is a fixed number of passes, not of updates: on 80 fit rows in batches of 32 the cpu
+    profile's 8 epochs are 24 steps, on the full competition 328. Fine-tuning recipes state their length in steps
+    for this reason (BiT's HyperRule: 500 steps for every dataset under 20,000 images; Kolesnikov et al., "Big
+    Transfer (BiT): General Visual Representation Learning", ECCV 2020, section 3.3). On the ladder's digits
+    (docs/benchmarks.md, session 11) 30 epochs instead of 5 cut every fine-tuned run's private log loss by 0.02-0.21."""
+    t = model_cfg.train
+    per_epoch = max(1, math.ceil(n_fit / t.batch_size))
+    epochs = max(t.epochs, math.ceil(min_steps / per_epoch))
+    if epochs == t.epochs:
+        return model_cfg, None
+    factor = epochs / t.epochs
+
+    def scaled(value: int | None) -> int | None:
+        return None if value is None else math.ceil(value * factor)
+
+    train = t.model_copy(update={"epochs": epochs, "patience": scaled(t.patience), "unfreeze_every": scaled(t.unfreeze_every)})
+    reason = (
+        f"epochs {t.epochs} -> {epochs}, patience {t.patience} -> {train.patience}: at least min_steps={min_steps} optimizer steps "
+        f"({n_fit} fit rows in batches of {t.batch_size} are {per_epoch} an epoch); min_steps=0 keeps {t.epochs}"
+    )
+    return model_cfg.model_copy(update={"train": train}), reason
 
 
 def policy_source(routed: Overrides, chosen: ChosenProfile) -> str:
@@ -559,7 +598,7 @@ def _announce(plan: Plan, finished: int, run_name: str | None, note: str = "") -
     """The run's first line: folder, model, profile, folds, units (how many already finished)."""
     console.print(
         f"[bold]{plan.run_dir.name}[/]{'' if run_name is None else f' ({plan.model_name})'}: profile {plan.chosen.name} ({plan.chosen.reason}), {plan.folds.describe()}, "
-        f"{len(plan.units)} units ({finished} already finished){note}"
+        f"{len(plan.units)} units ({finished} already finished){note}" + ("" if plan.scaled is None else f"; {plan.scaled}")
     )
 
 
@@ -615,6 +654,7 @@ def _finish(plan: Plan, results: list[store.UnitResult], trained: list[store.Uni
         "policy": first.policy["name"],
         "policy_requested": first.policy["requested"],
         "policy_source": plan.policy_source,
+        "epochs_scaled": plan.scaled,
         "policy_reason": first.policy["reason"],
         "policy_numbers": first.policy["numbers"],
         "policy_race": race_cost(results),
