@@ -9,7 +9,8 @@ import pytest
 from competition.config import load
 from competition.console import console
 from competition.errors import ConfigError
-from competition.stacking.choice import COMPLEXITY, choose
+from competition.metrics import logloss
+from competition.stacking.choice import COMPLEXITY, HEDGE, choose, paired_standard_error, row_losses
 from competition.stacking.crossval import CVResult
 from competition.stacking.settings import ALL_METHODS, StackConfig
 from competition.stacking.summary import MethodResult, read_summary, results_table, write_summary
@@ -74,10 +75,10 @@ def test_ties_in_complexity_go_to_the_lower_mean_and_a_single_run_is_not_simpler
 
 def test_every_configurable_method_has_a_declared_complexity_and_the_rule_is_validated(tmp_path):
     assert set(ALL_METHODS) <= set(COMPLEXITY)
-    assert StackConfig().choice == "one_se"
+    assert StackConfig().choice == "hedge"
     path = tmp_path / "stack.yaml"
     path.write_text("choice: lowest\n")
-    with pytest.raises(ConfigError, match=r"stack.yaml: key 'choice': Input should be 'one_se' or 'best_mean'"):
+    with pytest.raises(ConfigError, match=r"stack.yaml: key 'choice': Input should be 'one_se', 'best_mean' or 'hedge'"):
         load(path, StackConfig)
 
 
@@ -104,3 +105,57 @@ def test_a_summary_written_before_the_choice_was_recorded_still_reads(tmp_path):
     assert "choice" not in json.loads((tmp_path / "summary.json").read_text())
     summary = read_summary(tmp_path)
     assert summary.choice is None and summary.chosen.method == "lgbm"
+
+
+def _predicting(name: str, kind: str, oof: np.ndarray, y: np.ndarray, fold: np.ndarray, test: float) -> MethodResult:
+    """A method whose nested-CV OOF predictions are `oof` (n,), scored per outer fold of `fold` (n,)."""
+    scores = np.array([[logloss(y[fold == f], oof[fold == f]) for f in np.unique(fold)]])
+    cv = CVResult(raw=oof[None, :], oof=oof[None, :], scores=scores, eps=np.full(scores.shape, 1e-4))
+    return MethodResult(name=name, kind=kind, cv=cv, eps=1e-4, test=np.full(3, test))
+
+
+def _hedge_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[MethodResult]]:
+    """100 rows: two methods the CV cannot tell apart (confident but each wrong on other rows), one far worse."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 100).astype(np.float64)
+    fold = np.arange(100) % 5
+    sure = np.where(y == 1, 0.97, 0.03)
+    a, b = sure.copy(), sure.copy()
+    a[:6], b[50:55] = 1 - a[:6], 1 - b[50:55]  # 6 and 5 confident mistakes on different rows
+    weak = np.where(y == 1, 0.6, 0.4)
+    return y, fold, [_predicting("lgbm", "stack", a, y, fold, 0.9), _predicting("logit_mean", "blend", b, y, fold, 0.7),
+                     _predicting("mean", "blend", weak, y, fold, 0.5)]  # fmt: skip
+
+
+def test_hedge_averages_the_methods_within_one_paired_standard_error_and_never_loses_to_their_mean_loss():
+    y, fold, results = _hedge_case()
+    lgbm, logit_mean, mean = results
+    choice = choose(results, "hedge", y, fold[None, :])
+    assert choice.best is logit_mean and choice.candidates == ["logit_mean", "lgbm"]  # mean: 0.51 against 0.25, far outside
+    hedge = choice.chosen
+    assert hedge.name == HEDGE and hedge.kind == "blend" and hedge.eps == 0.0
+    averaged = (lgbm.cv.oof + logit_mean.cv.oof) / 2
+    assert np.allclose(hedge.cv.oof, averaged) and np.allclose(hedge.test, 0.8)
+    assert hedge.cv.scores[0] == pytest.approx([logloss(y[fold == f], averaged[0, fold == f]) for f in range(5)])
+    # Jensen: on every row the mean prediction loses at most the members' mean loss; here, where they disagree, far less
+    members = (row_losses(lgbm, y) + row_losses(logit_mean, y)) / 2
+    assert np.all(row_losses(hedge, y) <= members + 1e-12) and hedge.cv.mean < min(lgbm.cv.mean, logit_mean.cv.mean) - 0.05
+    assert choice.se == pytest.approx(paired_standard_error(lgbm, logit_mean, y)) and choice.threshold == pytest.approx(lgbm.cv.mean)
+    assert choice.reason.startswith("hedge: the mean of logit_mean, lgbm (each within 1 paired SE of logit_mean ")
+
+
+def test_hedge_keeps_a_method_the_others_cannot_reach_alone():
+    y, fold, results = _hedge_case()
+    clear = _predicting("caruana", "blend", np.where(y == 1, 0.99, 0.01), y, fold, 0.95)
+    choice = choose([*results, clear], "hedge", y, fold[None, :])
+    assert choice.chosen is clear and choice.candidates == ["caruana"]
+    assert choice.reason == f"caruana: lowest mean CV {clear.cv.mean:.4f}; no other method within 1 paired SE of it"
+    with pytest.raises(ValueError, match="labels and the outer folds"):
+        choose(results, "hedge")
+
+
+def test_paired_standard_error_is_that_of_the_mean_per_row_difference():
+    y, fold, (lgbm, logit_mean, _) = _hedge_case()
+    diff = row_losses(lgbm, y) - row_losses(logit_mean, y)
+    assert paired_standard_error(lgbm, logit_mean, y) == pytest.approx(np.std(diff, ddof=1) / 10)
+    assert paired_standard_error(lgbm, lgbm, y) == 0.0

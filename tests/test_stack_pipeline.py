@@ -46,12 +46,11 @@ def test_stacker_beats_every_single_run_and_every_blend(stacked):
     best_blend = min(m.cv_mean for m in methods.values() if m.kind == "blend")
     assert best_single == summary.best_single.cv_mean
     assert methods["lgbm"].cv_mean < best_blend < best_single
-    # far better than every simpler method: the one-SE rule (the default) still submits the stacker
-    assert summary.chosen.method == "lgbm" == summary.ranking[0]
-    assert summary.choice is not None and summary.choice.rule == "one_se" and summary.choice.candidates == ["lgbm"]
-    assert summary.choice.threshold == pytest.approx(methods["lgbm"].cv_mean + summary.choice.se)
-    assert summary.choice.threshold < best_blend
-    assert summary.choice.reason.startswith("lgbm: lowest mean CV")
+    # far better than every other method: the hedge rule (the default) submits the stacker alone
+    assert summary.chosen.method == "lgbm" == summary.ranking[0] and "hedge" not in methods
+    assert summary.choice is not None and summary.choice.rule == "hedge" and summary.choice.candidates == ["lgbm"]
+    assert summary.choice.threshold == pytest.approx(methods["lgbm"].cv_mean) and summary.choice.threshold < best_blend
+    assert summary.choice.reason.startswith("lgbm: lowest mean CV") and summary.choice.reason.endswith("no other method within 1 paired SE of it")
 
 
 def test_summary_lists_every_method_best_first_with_fold_scores(stacked):
@@ -153,7 +152,26 @@ def test_cli_stack_end_to_end_without_torch_or_tensorflow(tmp_path):
     summary = read_summary(comp.cfg.runs_dir / "baseline" / "stack")
     assert set(summary.methods) == {"single:m0", "single:m1", "mean", "weights", "lgbm"}
     assert "Optuna search" in done.stderr and "nested CV log loss" in done.stderr
-    assert f"chosen by one_se: {summary.choice.reason}" in " ".join(done.stderr.split())
+    assert f"chosen by hedge: {summary.choice.reason}" in " ".join(done.stderr.split())
     assert validate_submission(summary.submission, comp.cfg.sample_submission) == 40
     importances = pd.read_csv(comp.cfg.runs_dir / "baseline" / "stack" / "importances.csv")
     assert any(f.startswith("band_") for f in importances["feature"])
+
+
+def test_hedge_rule_submits_and_records_the_mean_of_the_methods_the_cv_cannot_tell_apart(tmp_path):
+    """Two runs of the same strength: their blends and singles are within noise of each other, so the `hedge`
+    rule submits their row-wise mean, recorded as method `hedge` beside the others."""
+    comp = make_competition(tmp_path, n_train=120, n_test=40, k=4, seed=3)
+    for j in range(2):
+        write_predictor(comp, f"m{j}", 0.8, 1.5, seed=20 + j)
+    scfg = StackConfig(methods=["mean", "weights"], choice="hedge")
+    summary = run_stack(comp.cfg, scfg, comp.train, comp.test)
+    assert summary.choice is not None and summary.choice.rule == "hedge" and summary.chosen.method == "hedge"
+    members = summary.choice.candidates
+    assert len(members) >= 2 and set(members) <= {"single:m0", "single:m1", "mean", "weights"}
+    tables = comp.cfg.runs_dir / "baseline" / "stack"
+    test, oof = pd.read_csv(tables / "test.csv"), pd.read_csv(tables / "oof.csv")
+    assert np.allclose(test["hedge"], test[members].mean(axis=1)) and np.allclose(oof["hedge"], oof[members].mean(axis=1))
+    submitted = pd.read_csv(summary.submission)
+    assert np.allclose(submitted.set_index("id").loc[test["id"], "is_iceberg"], test["hedge"])
+    assert summary.methods["hedge"].kind == "blend" and summary.choice.reason.startswith("hedge: the mean of ")

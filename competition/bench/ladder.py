@@ -223,7 +223,7 @@ def check_targets(rung_results: list[dict[str, Any]], losses: Losses | None = No
     - auto: `auto` within AUTO_TOLERANCE log loss of the best of its candidates that were benchmarked: the concrete
       policies of its model and the linear probe on the same backbone (`<model>_probe`), which `auto` races too;
     - prior: at most SMALL training images: every single run better than the class prior (point estimates);
-    - stack: what the stack step submitted (its one-SE choice among blenders, the stacker and single runs) not worse
+    - stack: what the stack step submitted (its `choice` rule among blenders, the stacker and single runs) not worse
       than the best single run; the LightGBM stacker's own gap is in the detail.
     Compared by `metric` (private where the hidden solution exists, else CV); `losses` (`private_losses`, by
     submission file) gives auto and stack their noise figure (`within`).
@@ -308,8 +308,8 @@ def markdown(result: dict[str, Any]) -> str:
         "scikit-learn's handwritten digits (8 x 8 resized to 75 x 75, two dB-like bands, no angle), about 100 training images and "
         "the rest of the two classes as the scored test set. Cells: OOF CV log loss / hidden private log loss; `prior`: the "
         "training iceberg rate as every prediction; `auto (x)`: what auto chose; stack (lgbm): the LightGBM stacker on the rung's runs "
-        "(nested CV); stack submitted: what the stack step submits, its one-SE choice among the blenders, the stacker and the "
-        f"single runs (named). Figures: `runs/{result['experiment']}/ladder.json`.",
+        "(nested CV); stack submitted: what the stack step submits by configs/stack.yaml's `choice` rule among the blenders, the stacker and the "
+        f"single runs (named; `hedge`: the mean of those within noise of the best). Figures: `runs/{result['experiment']}/ladder.json`.",
         "",
         *markdown_table(columns, rows),
         "",

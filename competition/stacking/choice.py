@@ -1,15 +1,24 @@
-"""Which stacking method to submit: the lowest mean CV, or the one-standard-error rule.
+"""Which stacking method to submit: a hedge among those within noise of the best, the one-standard-error rule, or the lowest mean CV.
 
 Nested CV gives each method K (x R repeats) outer-fold log losses. On small data the method with
 the lowest mean can owe its place to luck: on 99 training rows the LightGBM stacker came first
 while its fold scores swung by 0.2 log loss, and a plain mean of the runs was the safe choice.
 
-`one_se` (the default) is the one-standard-error rule of Hastie, Tibshirani and Friedman, *The
+`one_se` is the one-standard-error rule of Hastie, Tibshirani and Friedman, *The
 Elements of Statistical Learning*, 2nd ed., section 7.10: take the simplest method whose mean CV
 is within one standard error of the best mean, SE = std / sqrt(n) of the best method's n outer-fold
 scores. "Simplest" follows `COMPLEXITY` (fewest fitted choices first; ties: the lower mean CV).
 When one method is far better than the rest (the stacker on the full simulated competition) no
 simpler one comes within its SE and it is chosen, as by `best_mean`.
+
+`hedge` (the default) submits the mean prediction of every method whose mean CV is within one standard error of the
+best's, the SE here of the paired per-row difference of the two methods' OOF log losses (the policy race's
+test, competition.training.policy_race), and the best method alone when no other is within it. When the CV
+cannot tell methods apart, any pick among them is a draw; log loss is convex in p, so the mean prediction's
+loss is at most the mean of its members' losses on every row set (Jensen's inequality): a hedge is never
+worse than picking among the members at random, and is better wherever they disagree. The `hedge` method's
+CV is scored from its members' nested-CV OOF predictions, averaged row by row (honest per row; like any
+choice by CV, the choice of members itself reads the same rows).
 """
 
 from __future__ import annotations
@@ -18,10 +27,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from competition.metrics import logloss
+from competition.stacking.crossval import CVResult
 from competition.stacking.settings import ChoiceRule
 from competition.stacking.summary import ChoiceRecord, MethodResult, ranked
 
 SINGLE_KIND = "single"
+HEDGE = "hedge"  # the `hedge` rule's method: the mean of the methods within its reach
 
 # Declared order of simplicity: 0 fits nothing; a single run is one picked out of N by CV; the
 # other averages are fixed but non-linear; then methods that fit 1, N and many parameters.
@@ -70,11 +84,59 @@ class Choice:
         )  # fmt: skip
 
 
-def choose(results: Sequence[MethodResult], rule: ChoiceRule) -> Choice:
+def row_losses(result: MethodResult, y: np.ndarray) -> np.ndarray:
+    """Per-row log losses of the method's clipped nested-CV OOF predictions (R x n, flattened) against `y` (n,)."""
+    p = np.clip(result.cv.oof.ravel(), 1e-15, 1 - 1e-15)
+    t = np.tile(y, result.cv.oof.shape[0]).astype(np.float64)
+    return -(t * np.log(p) + (1 - t) * np.log1p(-p))
+
+
+def paired_standard_error(result: MethodResult, best: MethodResult, y: np.ndarray) -> float:
+    """Standard error of the mean per-row difference of two methods' OOF log losses (sample std / sqrt(rows));
+    0 for the method against itself."""
+    diff = row_losses(result, y) - row_losses(best, y)
+    return float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
+
+
+def hedge_of(members: Sequence[MethodResult], y: np.ndarray, fold: np.ndarray) -> MethodResult:
+    """The `hedge` method: the row-wise mean of `members`' clipped OOF predictions (scored per outer fold of
+    `fold`, R x n) and of their clipped test predictions; no further clipping (eps 0)."""
+    oof = np.mean([m.cv.oof for m in members], axis=0)
+    folds = np.unique(fold)
+    scores = np.array([[logloss(y[fold[r] == f], oof[r, fold[r] == f]) for f in folds] for r in range(oof.shape[0])])
+    cv = CVResult(raw=oof, oof=oof, scores=scores, eps=np.zeros_like(scores))
+    return MethodResult(HEDGE, "blend", cv, 0.0, np.mean([m.test for m in members], axis=0))
+
+
+def _hedge(results: Sequence[MethodResult], best: MethodResult, y: np.ndarray, fold: np.ndarray) -> Choice:
+    """The `hedge` rule (module docstring)."""
+    reach = {m.name: paired_standard_error(m, best, y) for m in results}
+    within = sorted((m for m in results if m.cv.mean - best.cv.mean <= reach[m.name]), key=lambda m: m.cv.mean)
+    names = [m.name for m in within]
+    if len(within) == 1:
+        reason = f"{best.name}: lowest mean CV {best.cv.mean:.4f}; no other method within 1 paired SE of it"
+        return Choice("hedge", best, best, 0.0, best.cv.mean, names, reason)
+    last = within[-1]
+    chosen = hedge_of(within, y, fold)
+    reason = (
+        f"{HEDGE}: the mean of {', '.join(names)} (each within 1 paired SE of {best.name} {best.cv.mean:.4f}; "
+        f"the farthest, {last.name} {last.cv.mean:.4f}, SE {reach[last.name]:.4f}), CV {chosen.cv.mean:.4f}"
+    )
+    return Choice("hedge", chosen, best, reach[last.name], last.cv.mean, names, reason)
+
+
+def choose(results: Sequence[MethodResult], rule: ChoiceRule, y: np.ndarray | None = None, fold: np.ndarray | None = None) -> Choice:
     """The method to submit among `results` (at least one) under `rule`, with a one-line reason such as
-    "mean: within 1 SE (0.031) of lgbm 0.512; simpler"."""
+    "mean: within 1 SE (0.031) of lgbm 0.512; simpler". `hedge` needs the labels `y` (n,) and the outer folds
+    `fold` (R x n) of the OOF rows; its chosen method may be a new one (`HEDGE`), not among `results`.
+
+    Raises ValueError when `hedge` is asked for without `y` and `fold`."""
     best = ranked(list(results))[0]
     se = standard_error(best)
+    if rule == "hedge":
+        if y is None or fold is None:
+            raise ValueError("the hedge rule needs the labels and the outer folds of the OOF rows")
+        return _hedge(results, best, y, fold)
     if rule == "best_mean":
         return Choice(rule, best, best, se, best.cv.mean, [best.name], f"{best.name}: lowest mean CV {best.cv.mean:.4f}")
     threshold = best.cv.mean + se

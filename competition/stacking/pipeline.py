@@ -296,8 +296,10 @@ def _run_stack(cfg: CompetitionConfig, scfg: StackConfig, out_dir: Path, train: 
     try:
         with replaced_folder(out_dir, carry=[STUDY_FILE], keep_on_failure=[STUDY_FILE + "*"]) as work:
             results = evaluate_methods(coll, tables, tests, y, scfg, work, engine, cfg.ray.address)
-            choice = choose(results, scfg.choice)
+            choice = choose(results, scfg.choice, y, coll.fold)
             chosen = choice.chosen
+            if chosen.name not in {m.name for m in results}:  # the hedge rule's mean of several methods: recorded beside them
+                results = [*results, chosen]
             stack_hash = fingerprint.of_json({"stack": config_hash(scfg), "runs": coll.config_hashes})
             _write_tables(work, coll, results)
             plot_results(results, work / "cv_scores.png", chosen.name)

@@ -13,7 +13,7 @@ from competition.config import CONFIG_DIR, Strict, load
 STACK_CONFIG = CONFIG_DIR / "stack.yaml"  # its command-line overrides carry a `stack.` prefix (competition.overrides)
 
 Method = Literal["mean", "median", "logit_mean", "rank_mean", "geo_mean", "minmax_bestbase", "weights", "caruana", "lgbm"]
-ChoiceRule = Literal["one_se", "best_mean"]  # competition.stacking.choice
+ChoiceRule = Literal["one_se", "best_mean", "hedge"]  # competition.stacking.choice
 ALL_METHODS: list[Method] = ["mean", "median", "logit_mean", "rank_mean", "geo_mean", "minmax_bestbase", "weights", "caruana", "lgbm"]
 
 
@@ -45,7 +45,7 @@ class StackConfig(Strict):
     eps_grid: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 5e-3, 1e-2, 2e-2], min_length=1)
     inner_folds: int = Field(5, ge=2)  # CV inside each outer training part to choose a blender's eps
     caruana_iterations: int = Field(50, ge=1)
-    choice: ChoiceRule = "one_se"  # which method is submitted: the simplest within 1 SE of the best mean CV, or the best mean
+    choice: ChoiceRule = "hedge"  # which method is submitted: the mean of those within 1 paired SE of the best, the simplest within 1 SE, or the best mean
     seed: int = 0
     features: FeaturesConfig = FeaturesConfig()
     stacker: StackerConfig = StackerConfig()
