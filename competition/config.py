@@ -13,7 +13,8 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -35,8 +36,9 @@ KAGGLE_FOLDER, LEDGER_FILE, LEADERBOARD_FOLDER, LB_PLOT_FILE = "kaggle", "ledger
 
 
 def numbers_only(annotation: Any) -> bool:
-    """Whether a field of this type takes an int or a float but not a bool (`Optional[float]` does, `bool | int` not)."""
-    admitted = set(get_args(annotation)) or {annotation}
+    """Whether a field of this type takes an int or a float but not a bool: `float`, `int | None` do; `bool | int`,
+    `list[int]` (a list, not a number) do not."""
+    admitted = set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
     return bool(admitted & {int, float}) and bool not in admitted
 
 

@@ -228,7 +228,10 @@ def write_folds(data: Dataset, cfg: CompetitionConfig) -> Folds:
 
 def load_folds(cfg: CompetitionConfig, data: Dataset | None = None) -> Folds:
     """Read the folds file; with `data`, refuse it if it was made from other training data, and refuse data the flow
-    cannot learn from before saying that the file is missing (`make folds` would refuse that data too)."""
+    cannot learn from before saying that the file is missing (`make folds` would refuse that data too).
+
+    Raises DataError (`check_learnable`) for such data, MissingArtefactError when the folds file is missing,
+    FingerprintError when it was changed, made by another version or from other training data."""
     if not cfg.folds_json.is_file() or not cfg.folds_csv.is_file():
         if data is not None:
             check_learnable(data, cfg.folds, Path(cfg.train_json).name)

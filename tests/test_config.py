@@ -103,3 +103,12 @@ def test_run_folders_are_paths_of_the_config(tmp_path):
     assert (cfg.kaggle_dir, cfg.ledger_path) == (tmp_path / "runs" / "kaggle", tmp_path / "runs" / "ledger.sqlite")
     assert (cfg.leaderboard_dir, cfg.lb_plot) == (tmp_path / "runs" / "leaderboard", tmp_path / "runs" / "lb_cv_vs_lb.png")
     assert {cfg.stack_dir.name, cfg.report_dir.name, cfg.experiment_submissions_dir.name} == set(RESERVED_RUN_NAMES)
+
+
+def test_true_or_false_is_refused_only_where_a_number_is_expected():
+    from typing import Literal, Optional
+
+    from competition.config import numbers_only
+
+    assert [numbers_only(t) for t in (int, float, Optional[float], int | None)] == [True] * 4  # noqa: UP045 (typing.Union too)
+    assert [numbers_only(t) for t in (bool, bool | int, list[int], Literal["a"], str)] == [False] * 5

@@ -312,7 +312,7 @@ def test_a_probe_decision_trains_the_linear_probe_in_every_unit(cfg: Competition
     plan = plan_run(local, MODEL, "cpu", [*pretrained, FREE])
     decision = PolicyDecision(name="probe", requested="auto", reason="the race picked the probe (stored by this test)")
     plan.run_dir.mkdir(parents=True)
-    write_json(plan.run_dir / RACE_FILE, {"key": asdict(plan.prints), "decision": asdict(decision)})
+    write_json(plan.run_dir / RACE_FILE, {"key": plan.prints.recorded(), "decision": asdict(decision)})
     meta = store.load_run(train_model(local, MODEL, "cpu", [*pretrained, FREE])).meta
     assert meta.policy == "probe" and meta.policy_reason == decision.reason and meta.config["model"]["framework"] == "probe"
     assert meta.config_hash == plan.prints.config_hash and len(meta.fold_scores) == 3

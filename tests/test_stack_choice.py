@@ -10,7 +10,7 @@ from competition.config import load
 from competition.console import console
 from competition.errors import ConfigError
 from competition.metrics import logloss
-from competition.stacking.choice import COMPLEXITY, HEDGE, choose, paired_standard_error, row_losses
+from competition.stacking.choice import COMPLEXITY, HEDGE, choose, paired_gap, row_losses
 from competition.stacking.crossval import CVResult
 from competition.stacking.settings import ALL_METHODS, StackConfig
 from competition.stacking.summary import MethodResult, read_summary, results_table, write_summary
@@ -133,14 +133,14 @@ def test_hedge_averages_the_methods_within_one_paired_standard_error_and_never_l
     choice = choose(results, "hedge", y, fold[None, :])
     assert choice.best is logit_mean and choice.candidates == ["logit_mean", "lgbm"]  # mean: 0.51 against 0.25, far outside
     hedge = choice.chosen
-    assert hedge.name == HEDGE and hedge.kind == "blend" and hedge.eps == 0.0
+    assert hedge.name == HEDGE and hedge.kind == "blend" and hedge.eps == 1e-4  # its members' smallest: the bound it keeps
     averaged = (lgbm.cv.oof + logit_mean.cv.oof) / 2
     assert np.allclose(hedge.cv.oof, averaged) and np.allclose(hedge.test, 0.8)
     assert hedge.cv.scores[0] == pytest.approx([logloss(y[fold == f], averaged[0, fold == f]) for f in range(5)])
     # Jensen: on every row the mean prediction loses at most the members' mean loss; here, where they disagree, far less
     members = (row_losses(lgbm, y) + row_losses(logit_mean, y)) / 2
     assert np.all(row_losses(hedge, y) <= members + 1e-12) and hedge.cv.mean < min(lgbm.cv.mean, logit_mean.cv.mean) - 0.05
-    assert choice.se == pytest.approx(paired_standard_error(lgbm, logit_mean, y)) and choice.threshold == pytest.approx(lgbm.cv.mean)
+    assert choice.se == pytest.approx(paired_gap(lgbm, logit_mean, y)[1]) and choice.threshold == pytest.approx(lgbm.cv.mean)
     assert choice.reason.startswith("hedge: the mean of logit_mean, lgbm (each within 1 paired SE of logit_mean ")
 
 
@@ -154,8 +154,14 @@ def test_hedge_keeps_a_method_the_others_cannot_reach_alone():
         choose(results, "hedge")
 
 
-def test_paired_standard_error_is_that_of_the_mean_per_row_difference():
+def test_paired_gap_is_the_mean_per_row_difference_and_its_standard_error_with_repeats_counted_once():
     y, fold, (lgbm, logit_mean, _) = _hedge_case()
     diff = row_losses(lgbm, y) - row_losses(logit_mean, y)
-    assert paired_standard_error(lgbm, logit_mean, y) == pytest.approx(np.std(diff, ddof=1) / 10)
-    assert paired_standard_error(lgbm, lgbm, y) == 0.0
+    assert paired_gap(lgbm, logit_mean, y) == pytest.approx((diff.mean(), np.std(diff, ddof=1) / 10))
+    assert paired_gap(lgbm, lgbm, y) == (0.0, 0.0)
+    # the same OOF predictions under two repeats: the same rows, so the same gap and standard error (not / sqrt(2))
+    twice = [MethodResult(m.name, m.kind, CVResult(raw=np.vstack([m.cv.oof] * 2), oof=np.vstack([m.cv.oof] * 2),
+                                                   scores=np.vstack([m.cv.scores] * 2), eps=np.vstack([m.cv.eps] * 2)), m.eps, m.test)
+             for m in (lgbm, logit_mean)]  # fmt: skip
+    assert paired_gap(*twice, y) == pytest.approx(paired_gap(lgbm, logit_mean, y))
+    assert choose(twice, "hedge", y, np.vstack([fold, fold])).candidates == ["logit_mean", "lgbm"]

@@ -202,15 +202,23 @@ def test_gpu_profile_runs_on_cpu_with_seeds_full_augmentation_and_eight_tta_view
 
 def test_small_data_trains_min_steps_and_says_so(cfg: CompetitionConfig, tmp_path: Path) -> None:
     """48 images, 3 folds: 32 fit rows in batches of 16 are 2 steps an epoch, so min_steps=6 makes 1 epoch 3
-    (patience 1 -> 3), shown on the run's first line and kept in meta.json."""
+    (patience 1 -> 3), shown on the run's first line and kept in meta.json; without min_steps on the command line
+    its epochs=1 stays 1."""
     with console.capture() as captured:
         run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "cpu", [*TINY, "epochs=1", "patience=1", "min_steps=6"]))
-    reason = "epochs 1 -> 3, patience 1 -> 3: at least min_steps=6 optimizer steps (32 fit rows in batches of 16 are 2 an epoch); min_steps=0 keeps 1"
+    reason = (
+        "epochs 1 -> 3, patience 1 -> 3: at least min_steps=6 optimizer steps (32 fit rows in batches of 16 are 2 an epoch); "
+        "min_steps=0 or epochs=N on the command line keeps 1"
+    )
     assert run.meta.model_extra is not None and run.meta.model_extra["epochs_scaled"] == reason
     assert reason in " ".join(captured.get().split())
     train = run.meta.config["model"]["train"]
     assert (train["epochs"], train["patience"]) == (3, 3)
     assert {len(curve["val_loss"]) for curve in run.meta.curves.values()} == {3}  # every unit trained 3 epochs
+    # epochs typed on the command line without min_steps are trained as given, under the profile's min_steps (100)
+    as_given = store.load_run(train_model(_at(cfg, tmp_path / "given"), MODEL, "cpu", [*TINY, "epochs=1"]))
+    assert as_given.meta.model_extra is not None and as_given.meta.model_extra["epochs_scaled"] is None
+    assert as_given.meta.config["model"]["train"]["epochs"] == 1
 
 
 def test_named_runs_of_one_model_sit_side_by_side_and_stack_as_two_inputs(cfg: CompetitionConfig, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from competition.config import CompetitionConfig, FoldsConfig, SimulateConfig
 
 MODEL = "mobilenetv3_small_050"  # a timm architecture by name: built with timm defaults, no YAML needed
-TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false", "policy=head", "min_steps=0"]
+TINY = ["weights=none", "channels=[hh,hv]", "image_size=32", "head.hidden=[16]", "epochs=2", "batch_size=16", "save_models=false", "policy=head"]
 
 
 def tiny_competition(root: Path, repeats: int = 1) -> CompetitionConfig:

@@ -91,6 +91,8 @@ def budget_overrides(budget: Budget, kind: str) -> list[str]:
         out.append(f"tta=[{','.join(budget.tta)}]")
     if budget.patience is not None:
         out.append(f"patience={getattr(budget.patience, kind)}")
+    if budget.min_steps is not None:
+        out.append(f"min_steps={budget.min_steps}")
     return out
 
 

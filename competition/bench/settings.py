@@ -61,6 +61,7 @@ class Budget(Strict):
     tta: list[str] | None = None
     epochs: PerKind
     patience: PerKind | None = Field(None, description="early-stopping patience per kind of recipe (None: the profile's)")
+    min_steps: int | None = Field(None, ge=0, description="the trainer's min_steps for every recipe (None: the budget's epochs are trained as given)")
     recipes: list[str] | None = None
     skip: list[str] = Field(default_factory=list)
     stack: list[str] = Field(default_factory=list)

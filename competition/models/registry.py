@@ -26,6 +26,7 @@ FRAMEWORKS: dict[str, tuple[str, str]] = {
     "keras": ("competition.models.keras_vgg", "KerasVgg16"),
     "probe": ("competition.models.linear_probe", "LinearProbe"),  # a logistic regression on frozen timm features
 }
+EPOCHLESS = frozenset({"probe"})  # frameworks that fit no network in epochs: `train.epochs` means nothing to them
 
 
 def model_class(framework: str) -> type[ImageModel]:

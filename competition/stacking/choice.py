@@ -11,9 +11,9 @@ scores. "Simplest" follows `COMPLEXITY` (fewest fitted choices first; ties: the 
 When one method is far better than the rest (the stacker on the full simulated competition) no
 simpler one comes within its SE and it is chosen, as by `best_mean`.
 
-`hedge` (the default) submits the mean prediction of every method whose mean CV is within one standard error of the
-best's, the SE here of the paired per-row difference of the two methods' OOF log losses (the policy race's
-test, competition.training.policy_race), and the best method alone when no other is within it. When the CV
+`hedge` (the default) submits the mean prediction of every method whose mean per-row OOF log loss is within one
+standard error of the best's, the SE here of the paired per-row difference of the two methods' OOF log losses (the
+policy race's test, competition.training.policy_race; rows averaged over repeats first), and the best method alone when no other is within it. When the CV
 cannot tell methods apart, any pick among them is a draw; log loss is convex in p, so the mean prediction's
 loss is at most the mean of its members' losses on every row set (Jensen's inequality): a hedge is never
 worse than picking among the members at random, and is better wherever they disagree. The `hedge` method's
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from competition.metrics import logloss
+from competition.metrics import logloss, paired_difference, row_logloss
 from competition.stacking.crossval import CVResult
 from competition.stacking.settings import ChoiceRule
 from competition.stacking.summary import ChoiceRecord, MethodResult, ranked
@@ -66,7 +66,8 @@ def standard_error(result: MethodResult) -> float:
 @dataclass(frozen=True)
 class Choice:
     """The method submitted and why: `best` has the lowest mean CV; `threshold` is the mean a method
-    had to reach (best mean + its SE under `one_se`, the best mean under `best_mean`)."""
+    had to reach (best mean + its SE under `one_se`, the best mean under `best_mean`, the farthest member's mean
+    under `hedge`, whose `se` is that member's paired SE); `candidates`: simplest first, under `hedge` best first."""
 
     rule: ChoiceRule
     chosen: MethodResult
@@ -85,33 +86,34 @@ class Choice:
 
 
 def row_losses(result: MethodResult, y: np.ndarray) -> np.ndarray:
-    """Per-row log losses of the method's clipped nested-CV OOF predictions (R x n, flattened) against `y` (n,)."""
-    p = np.clip(result.cv.oof.ravel(), 1e-15, 1 - 1e-15)
-    t = np.tile(y, result.cv.oof.shape[0]).astype(np.float64)
-    return -(t * np.log(p) + (1 - t) * np.log1p(-p))
+    """Per-row log loss of the method's clipped nested-CV OOF predictions (R x n) against `y` (n,), averaged over the R
+    repeats (shape (n,)): a row repeated R times is still one row for a standard error."""
+    return np.mean([row_logloss(y, oof) for oof in result.cv.oof], axis=0)
 
 
-def paired_standard_error(result: MethodResult, best: MethodResult, y: np.ndarray) -> float:
-    """Standard error of the mean per-row difference of two methods' OOF log losses (sample std / sqrt(rows));
-    0 for the method against itself."""
-    diff = row_losses(result, y) - row_losses(best, y)
-    return float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
+def paired_gap(result: MethodResult, best: MethodResult, y: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-row difference of two methods' OOF log losses (`metrics.paired_difference`,
+    rows averaged over repeats: `row_losses`); (0, 0) for a method against itself."""
+    return paired_difference(row_losses(result, y), row_losses(best, y))
 
 
 def hedge_of(members: Sequence[MethodResult], y: np.ndarray, fold: np.ndarray) -> MethodResult:
     """The `hedge` method: the row-wise mean of `members`' clipped OOF predictions (scored per outer fold of
-    `fold`, R x n) and of their clipped test predictions; no further clipping (eps 0)."""
+    `fold`, R x n) and of their clipped test predictions. Not clipped again: its `eps` is the members' smallest, the
+    bound its predictions keep from 0 and 1."""
     oof = np.mean([m.cv.oof for m in members], axis=0)
     folds = np.unique(fold)
     scores = np.array([[logloss(y[fold[r] == f], oof[r, fold[r] == f]) for f in folds] for r in range(oof.shape[0])])
-    cv = CVResult(raw=oof, oof=oof, scores=scores, eps=np.zeros_like(scores))
-    return MethodResult(HEDGE, "blend", cv, 0.0, np.mean([m.test for m in members], axis=0))
+    eps = min(m.eps for m in members)
+    cv = CVResult(raw=oof, oof=oof, scores=scores, eps=np.full_like(scores, eps))
+    return MethodResult(HEDGE, "blend", cv, eps, np.mean([m.test for m in members], axis=0))
 
 
 def _hedge(results: Sequence[MethodResult], best: MethodResult, y: np.ndarray, fold: np.ndarray) -> Choice:
     """The `hedge` rule (module docstring)."""
-    reach = {m.name: paired_standard_error(m, best, y) for m in results}
-    within = sorted((m for m in results if m.cv.mean - best.cv.mean <= reach[m.name]), key=lambda m: m.cv.mean)
+    gaps = {m.name: paired_gap(m, best, y) for m in results}
+    reach = {name: se for name, (_, se) in gaps.items()}
+    within = sorted((m for m in results if gaps[m.name][0] <= reach[m.name]), key=lambda m: m.cv.mean)
     names = [m.name for m in within]
     if len(within) == 1:
         reason = f"{best.name}: lowest mean CV {best.cv.mean:.4f}; no other method within 1 paired SE of it"

@@ -1,5 +1,6 @@
 """`competition stack`: collect the runs, compare every method by nested CV, submit the one chosen
-by configs/stack.yaml's `choice` rule (competition.stacking.choice; default: one standard error).
+by configs/stack.yaml's `choice` rule (competition.stacking.choice; default: `hedge`, the mean of the methods
+within one paired standard error of the best, recorded as a method of its own).
 
 Reads the folds file, the runs of one experiment and the train/test data (labels, angles, and
 images for band statistics); writes runs/<experiment>/stack/{oof.csv, test.csv, cv_scores.png,

@@ -52,8 +52,9 @@ class ChosenMethod(MethodScore):
 
 class ChoiceRecord(BaseModel):
     """`summary.json`'s `choice`: the rule that picked `chosen` (competition.stacking.choice), the
-    method with the lowest mean CV (`best`), its standard error, the mean a method had to reach, the
-    methods that reached it (simplest first) and a one-line reason."""
+    method with the lowest mean CV (`best`), a standard error and the mean a method had to reach (under `hedge`:
+    the farthest member's paired SE and mean), the methods that reached it (simplest first; under `hedge` the
+    members, best first) and a one-line reason."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 

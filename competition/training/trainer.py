@@ -146,7 +146,8 @@ def plan_run(cfg: CompetitionConfig, model_name: str, profile: str | None, overr
     if not chosen.profile.predict_unscored:
         test = test.subset(~test.machine_generated)
     folds = load_folds(cfg, train)
-    model_cfg, scaled = scale_to_data(model_cfg, chosen.profile.min_steps, smallest_fit(folds, len(train)))
+    min_steps = chosen.profile.min_steps if given(routed, "min_steps") or not given(routed, "epochs", "train.epochs") else 0
+    model_cfg, scaled = scale_to_data(model_cfg, min_steps, smallest_fit(folds, len(train)))
     settings = hashed_settings(model_cfg, chosen.profile)
     prints = store.Fingerprints(of_json(settings), folds.fingerprint, train.fingerprint, test.fingerprint, settings)
     units = [store.Unit(r, f, s) for r, f in folds.units() for s in chosen.profile.seed_values()]
@@ -166,15 +167,23 @@ def scale_to_data(model_cfg: ModelConfig, min_steps: int, n_fit: int) -> tuple[M
     patience and gradual unfreezing (both in epochs) raised in the same proportion (rounded up); and why, or
     (`model_cfg`, None) when the epochs already give that many steps.
 
+    `plan_run` passes the profile's `min_steps` unless the command line gave `epochs` without `min_steps`: epochs
+    typed by the user are trained as given.
+
     A fixed number of epochs is a fixed number of passes, not of updates: on 80 fit rows in batches of 32 the cpu
     profile's 8 epochs are 24 steps, on the full competition 328. Fine-tuning recipes state their length in steps
     for this reason (BiT's HyperRule: 500 steps for every dataset under 20,000 images; Kolesnikov et al., "Big
     Transfer (BiT): General Visual Representation Learning", ECCV 2020, section 3.3). On the ladder's digits
-    (docs/benchmarks.md, session 11) 30 epochs instead of 5 cut every fine-tuned run's private log loss by 0.02-0.21."""
+    (docs/training-loop.md, "Length on small data") 30 epochs instead of 5 cut every fine-tuned run's private log loss
+    by 0.02-0.13. Steps per epoch as the fit loop counts them (`loop.steps_per_epoch`); frameworks that fit no network
+    (`registry.EPOCHLESS`: the linear probe) are left alone."""
+    from competition.models.registry import EPOCHLESS
+    from competition.training.loop import steps_per_epoch
+
     t = model_cfg.train
-    per_epoch = max(1, math.ceil(n_fit / t.batch_size))
+    per_epoch = steps_per_epoch(n_fit, t.batch_size)
     epochs = max(t.epochs, math.ceil(min_steps / per_epoch))
-    if epochs == t.epochs:
+    if epochs == t.epochs or model_cfg.framework in EPOCHLESS:
         return model_cfg, None
     factor = epochs / t.epochs
 
@@ -184,14 +193,20 @@ def scale_to_data(model_cfg: ModelConfig, min_steps: int, n_fit: int) -> tuple[M
     train = t.model_copy(update={"epochs": epochs, "patience": scaled(t.patience), "unfreeze_every": scaled(t.unfreeze_every)})
     reason = (
         f"epochs {t.epochs} -> {epochs}, patience {t.patience} -> {train.patience}: at least min_steps={min_steps} optimizer steps "
-        f"({n_fit} fit rows in batches of {t.batch_size} are {per_epoch} an epoch); min_steps=0 keeps {t.epochs}"
+        f"({n_fit} fit rows in batches of {t.batch_size} are {per_epoch} an epoch); min_steps=0 or epochs=N on the command line keeps "
+        f"{t.epochs}"
     )
     return model_cfg.model_copy(update={"train": train}), reason
 
 
+def given(routed: Overrides, *keys: str) -> bool:
+    """Whether the command line set one of `keys` (a trainer-profile or model key, as typed)."""
+    return any(item.partition("=")[0].strip() in keys for item in [*routed.profile, *routed.model])
+
+
 def policy_source(routed: Overrides, chosen: ChosenProfile) -> str:
     """Where the requested policy came from, for meta.json (the decision's reason says why it was applied)."""
-    if any(item.partition("=")[0].strip() == "policy" for item in [*routed.profile, *routed.model]):
+    if given(routed, "policy"):
         return "command line"
     if chosen.profile.policy is not None:
         return f"profile {chosen.name}"
@@ -229,7 +244,7 @@ def settle_policy(plan: Plan, engine: Engine, shared: Plan) -> PolicyDecision | 
         engine.run([unit_task(plan, key, race_policy, (shared,))], lambda _, d: found.append(d), key)
         return found[0]
 
-    return policy_race.settled(plan.run_dir, asdict(plan.prints), race_setup(plan), run)
+    return policy_race.settled(plan.run_dir, plan.prints.recorded(), race_setup(plan), run)
 
 
 def race_policy(plan: Plan) -> PolicyDecision:
@@ -243,8 +258,10 @@ def decided(plan: Plan, decision: PolicyDecision | None) -> Plan:
     """The plan that trains the race's pick (a policy, or `probe`: the linear probe's config), or `plan` without a race."""
     if decision is None:
         return plan
-    chosen = probe_profile(plan.chosen) if decision.name == policy_race.PROBE else plan.chosen
-    return replace(plan, model_cfg=policy_race.candidate_config(plan.model_cfg, decision.name), chosen=chosen, decision=decision)
+    probe = decision.name == policy_race.PROBE
+    chosen = probe_profile(plan.chosen) if probe else plan.chosen
+    model_cfg = policy_race.candidate_config(plan.model_cfg, decision.name)
+    return replace(plan, model_cfg=model_cfg, chosen=chosen, decision=decision, scaled=None if probe else plan.scaled)
 
 
 def probe_profile(chosen: ChosenProfile) -> ChosenProfile:
