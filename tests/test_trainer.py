@@ -206,10 +206,7 @@ def test_small_data_trains_min_steps_and_says_so(cfg: CompetitionConfig, tmp_pat
     its epochs=1 stays 1."""
     with console.capture() as captured:
         run = store.load_run(train_model(_at(cfg, tmp_path), MODEL, "cpu", [*TINY, "epochs=1", "patience=1", "min_steps=6"]))
-    reason = (
-        "epochs 1 -> 3, patience 1 -> 3: at least min_steps=6 optimizer steps (32 fit rows in batches of 16 are 2 an epoch); "
-        "min_steps=0 or epochs=N on the command line keeps 1"
-    )
+    reason = "epochs 1 -> 3, patience 1 -> 3: at least min_steps=6 optimizer steps (32 fit rows in batches of 16 are 2 an epoch); min_steps=0 keeps 1"
     assert run.meta.model_extra is not None and run.meta.model_extra["epochs_scaled"] == reason
     assert reason in " ".join(captured.get().split())
     train = run.meta.config["model"]["train"]

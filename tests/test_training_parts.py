@@ -336,7 +336,7 @@ def test_small_data_gets_at_least_min_steps_optimizer_steps_with_patience_in_pro
     t = scaled.train
     assert (t.epochs, t.patience, t.unfreeze_every, t.batch_size) == (34, 13, 9, 32)  # ceil(100 / 3); 3 x 34/8 = 12.75; 2 x 4.25 = 8.5
     assert reason == ("epochs 8 -> 34, patience 3 -> 13: at least min_steps=100 optimizer steps (80 fit rows in batches of 32 are 3 an epoch); "
-                      "min_steps=0 or epochs=N on the command line keeps 8")  # fmt: skip
+                      "min_steps=0 keeps 8")  # fmt: skip
     assert cfg.train.epochs == 8  # the config given is not changed
     for n_fit, min_steps in ((1283, 100), (80, 0), (80, 24)):  # the full competition (41 steps an epoch), off, already enough
         same, why = scale_to_data(cfg, min_steps, n_fit)

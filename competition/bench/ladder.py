@@ -301,6 +301,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['created']}, {result['wall_s'] / 60:.0f} min). Machine: {result['machine']}. "
         f"Budget `{result['budget_name']}` (trainer profile `{b['profile']}`, batch {b['batch_size']}, epochs per unit: "
         + ", ".join(f"{k} {v}" for k, v in b["epochs"].items())
+        + (f"; min_steps {b['min_steps']}: raised on the small rungs, docs/training-loop.md" if b.get("min_steps") else "")
         + ").",
         "",
         "Each rung is its own competition folder (`runs/<experiment>/data/<rung>/`) with its own folds file; simulated rungs: "

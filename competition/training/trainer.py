@@ -193,8 +193,7 @@ def scale_to_data(model_cfg: ModelConfig, min_steps: int, n_fit: int) -> tuple[M
     train = t.model_copy(update={"epochs": epochs, "patience": scaled(t.patience), "unfreeze_every": scaled(t.unfreeze_every)})
     reason = (
         f"epochs {t.epochs} -> {epochs}, patience {t.patience} -> {train.patience}: at least min_steps={min_steps} optimizer steps "
-        f"({n_fit} fit rows in batches of {t.batch_size} are {per_epoch} an epoch); min_steps=0 or epochs=N on the command line keeps "
-        f"{t.epochs}"
+        f"({n_fit} fit rows in batches of {t.batch_size} are {per_epoch} an epoch); min_steps=0 keeps {t.epochs}"
     )
     return model_cfg.model_copy(update={"train": train}), reason
 
