@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from competition.metrics import logloss, paired_difference, row_logloss
-from competition.stacking.crossval import CVResult
+from competition.metrics import paired_difference, row_logloss
+from competition.stacking.crossval import CVResult, fold_logloss
 from competition.stacking.settings import ChoiceRule
 from competition.stacking.summary import ChoiceRecord, MethodResult, ranked
 
@@ -102,8 +102,7 @@ def hedge_of(members: Sequence[MethodResult], y: np.ndarray, fold: np.ndarray) -
     `fold`, R x n) and of their clipped test predictions. Not clipped again: its `eps` is the members' smallest, the
     bound its predictions keep from 0 and 1."""
     oof = np.mean([m.cv.oof for m in members], axis=0)
-    folds = np.unique(fold)
-    scores = np.array([[logloss(y[fold[r] == f], oof[r, fold[r] == f]) for f in folds] for r in range(oof.shape[0])])
+    scores = fold_logloss(y, oof, fold)
     eps = min(m.eps for m in members)
     cv = CVResult(raw=oof, oof=oof, scores=scores, eps=np.full_like(scores, eps))
     return MethodResult(HEDGE, "blend", cv, eps, np.mean([m.test for m in members], axis=0))
@@ -111,9 +110,8 @@ def hedge_of(members: Sequence[MethodResult], y: np.ndarray, fold: np.ndarray) -
 
 def _hedge(results: Sequence[MethodResult], best: MethodResult, y: np.ndarray, fold: np.ndarray) -> Choice:
     """The `hedge` rule (module docstring)."""
-    gaps = {m.name: paired_gap(m, best, y) for m in results}
-    reach = {name: se for name, (_, se) in gaps.items()}
-    within = sorted((m for m in results if gaps[m.name][0] <= reach[m.name]), key=lambda m: m.cv.mean)
+    gaps = {m.name: paired_gap(m, best, y) for m in results}  # (mean, SE) of each method's per-row gap to best
+    within = sorted((m for m in results if gaps[m.name][0] <= gaps[m.name][1]), key=lambda m: m.cv.mean)
     names = [m.name for m in within]
     if len(within) == 1:
         reason = f"{best.name}: lowest mean CV {best.cv.mean:.4f}; no other method within 1 paired SE of it"
@@ -122,9 +120,9 @@ def _hedge(results: Sequence[MethodResult], best: MethodResult, y: np.ndarray, f
     chosen = hedge_of(within, y, fold)
     reason = (
         f"{HEDGE}: the mean of {', '.join(names)} (each within 1 paired SE of {best.name} {best.cv.mean:.4f}; "
-        f"the farthest, {last.name} {last.cv.mean:.4f}, SE {reach[last.name]:.4f}), CV {chosen.cv.mean:.4f}"
+        f"the farthest, {last.name} {last.cv.mean:.4f}, SE {gaps[last.name][1]:.4f}), CV {chosen.cv.mean:.4f}"
     )
-    return Choice("hedge", chosen, best, reach[last.name], last.cv.mean, names, reason)
+    return Choice("hedge", chosen, best, gaps[last.name][1], last.cv.mean, names, reason)
 
 
 def choose(results: Sequence[MethodResult], rule: ChoiceRule, y: np.ndarray | None = None, fold: np.ndarray | None = None) -> Choice:

@@ -285,11 +285,17 @@ def evaluate(
     return Evaluation(cv, *_assemble_final(prototype, [results[(r, None)] for r in range(repeats)], y))
 
 
+def fold_logloss(y: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Log loss of each outer fold's held-out rows (R x K) from OOF predictions `oof` and outer folds `fold` (both R x n)."""
+    k = int(fold.max()) + 1
+    return np.array([[logloss(y[fold[r] == f], oof[r, fold[r] == f]) for f in range(k)] for r in range(fold.shape[0])])
+
+
 def _assemble(prototype: Any, fits: dict[tuple[int, int | None], FoldFit], y: np.ndarray, fold: np.ndarray, inner_folds: int) -> CVResult:
     """The CVResult of the outer folds' fits, and their notes."""
     repeats, k = fold.shape[0], int(fold.max()) + 1
     raw, oof = np.empty(fold.shape), np.empty(fold.shape)
-    scores, eps = np.empty((repeats, k)), np.empty((repeats, k))
+    eps = np.empty((repeats, k))
     used = np.zeros((repeats, k), dtype=np.int64)
     smallest = len(y)
     for r in range(repeats):
@@ -297,11 +303,10 @@ def _assemble(prototype: Any, fits: dict[tuple[int, int | None], FoldFit], y: np
             fit, held = fits[(r, f)], fold[r] == f
             raw[r, held], eps[r, f], used[r, f] = fit.held, fit.eps, fit.inner_folds
             oof[r, held] = clip(fit.held, fit.eps)
-            scores[r, f] = logloss(y[held], oof[r, held])
             smallest = min(smallest, smallest_class(y[~held]))
     configured = int(getattr(prototype, "inner_folds", inner_folds))
     _note_estimator(prototype, inner_folds, used, [fit.figures for fit in fits.values()], smallest, "in an outer training part", _scope(fold, y))
-    return CVResult(raw, oof, scores, eps, used, configured)
+    return CVResult(raw, oof, fold_logloss(y, oof, fold), eps, used, configured)
 
 
 def _assemble_final(prototype: Any, fits: list[FullFit], y: np.ndarray) -> tuple[np.ndarray, pd.Series | None]:
