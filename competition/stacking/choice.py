@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from competition.metrics import paired_difference, row_logloss
-from competition.stacking.crossval import CVResult, fold_logloss
+from competition.stacking.crossval import CVResult, outer_fold_scores
 from competition.stacking.settings import ChoiceRule
 from competition.stacking.summary import ChoiceRecord, MethodResult, ranked
 
@@ -102,7 +102,7 @@ def hedge_of(members: Sequence[MethodResult], y: np.ndarray, fold: np.ndarray) -
     `fold`, R x n) and of their clipped test predictions. Not clipped again: its `eps` is the members' smallest, the
     bound its predictions keep from 0 and 1."""
     oof = np.mean([m.cv.oof for m in members], axis=0)
-    scores = fold_logloss(y, oof, fold)
+    scores = outer_fold_scores(y, oof, fold)
     eps = min(m.eps for m in members)
     cv = CVResult(raw=oof, oof=oof, scores=scores, eps=np.full_like(scores, eps))
     return MethodResult(HEDGE, "blend", cv, eps, np.mean([m.test for m in members], axis=0))

@@ -285,7 +285,7 @@ def evaluate(
     return Evaluation(cv, *_assemble_final(prototype, [results[(r, None)] for r in range(repeats)], y))
 
 
-def fold_logloss(y: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
+def outer_fold_scores(y: np.ndarray, oof: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Log loss of each outer fold's held-out rows (R x K) from OOF predictions `oof` and outer folds `fold` (both R x n)."""
     k = int(fold.max()) + 1
     return np.array([[logloss(y[fold[r] == f], oof[r, fold[r] == f]) for f in range(k)] for r in range(fold.shape[0])])
@@ -306,7 +306,7 @@ def _assemble(prototype: Any, fits: dict[tuple[int, int | None], FoldFit], y: np
             smallest = min(smallest, smallest_class(y[~held]))
     configured = int(getattr(prototype, "inner_folds", inner_folds))
     _note_estimator(prototype, inner_folds, used, [fit.figures for fit in fits.values()], smallest, "in an outer training part", _scope(fold, y))
-    return CVResult(raw, oof, fold_logloss(y, oof, fold), eps, used, configured)
+    return CVResult(raw, oof, outer_fold_scores(y, oof, fold), eps, used, configured)
 
 
 def _assemble_final(prototype: Any, fits: list[FullFit], y: np.ndarray) -> tuple[np.ndarray, pd.Series | None]:
