@@ -355,7 +355,7 @@ def test_the_policy_race_runs_as_a_task_and_the_driver_stores_its_decision(cfg: 
     ]
     kept = [o for o in UNITS if not o.startswith(("weights=", "policy="))]
     recorder = NodeRecorder(engine)
-    run = store.load_run(train_model(_at(cfg, tmp_path / "runs"), MODEL, "cpu", [*kept, *race, "auto.race.min_seconds=0"], engine=recorder))
+    run = store.load_run(train_model(_at(cfg, tmp_path / "runs"), MODEL, "cpu", [*kept, *race, "auto.race.floor_steps=0"], engine=recorder))
     assert f"policy race of {MODEL}" in recorder.nodes and len(recorder.nodes) == 1 + 6  # the race, then the units, all on the cluster
     stored = policy_race.stored(run.path, {"config_hash": run.meta.config_hash, "folds": run.meta.folds_fingerprint,
                                            **run.meta.data_fingerprint.model_dump()})  # fmt: skip

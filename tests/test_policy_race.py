@@ -8,6 +8,7 @@ and the tests have no network).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -218,7 +219,7 @@ def test_resumed_run_reuses_the_stored_decision(cfg: CompetitionConfig, pretrain
 
 def test_budget_bounds_the_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
     setup = race_setup(
-        plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.4", "auto.race.min_seconds=0", "auto.race.candidates=[head,top:3,all,probe]"])
+        plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.4", "auto.race.floor_steps=0", "auto.race.candidates=[head,top:3,all,probe]"])
     )
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
     slack_s = max(c["seconds"] / max(1, c["epochs"]) for c in figures["candidates"])  # one epoch (with its model's setup)
@@ -406,24 +407,41 @@ def test_race_trains_and_predicts_as_the_units(cfg: CompetitionConfig, pretraine
     assert bare.augment is None
 
 
-def test_a_tiny_run_still_gets_min_seconds_of_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
-    """30% of a run of seconds cannot train one candidate: the race may always spend `min_seconds` (wall seconds; on
-    the CPU clock the CPU seconds of that long on each of the units' threads)."""
-    plan = plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.01", "auto.race.min_seconds=3"])
-    setup = race_setup(plan)
-    assert setup.threads == plan.profile.resources.threads() >= 1
+def test_a_tiny_run_still_gets_floor_steps_of_race(cfg: CompetitionConfig, pretrained: list[str]) -> None:
+    """1% of a run of seconds cannot train one candidate: the race may always spend as long as `floor_steps`
+    optimizer steps, priced by what the prior's steps cost, everything included: the prior (10 steps at most here)
+    completes."""
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.01", "auto.race.floor_steps=30"]))
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
-    floor = 3.0 * (setup.threads if figures["clock"] == "cpu" else 1)
-    assert figures["floor_s"] == pytest.approx(floor)
-    assert figures["budget_s"] == pytest.approx(max(0.01 * figures["reference_s"], floor), rel=1e-3)
-    assert figures["budget_s"] == pytest.approx(floor, rel=1e-3)  # the floor binds here
+    assert figures["floor_steps"] == 30 and figures["step_s"] > 0
+    assert figures["floor_s"] == pytest.approx(30 * figures["step_s"], rel=1e-3, abs=1e-3)
+    assert figures["budget_s"] == pytest.approx(max(0.01 * figures["reference_s"], figures["floor_s"]), rel=1e-3, abs=1e-3)
+    assert figures["budget_s"] == pytest.approx(figures["floor_s"], rel=1e-3, abs=1e-3)  # the floor binds here
+    assert figures["candidates"][0]["name"] == figures["prior"] and figures["candidates"][0]["outcome"] == "complete"
+
+
+def test_the_floor_buys_the_same_race_on_a_slower_clock(cfg: CompetitionConfig, pretrained: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the floor binds, a machine 100 times slower (here: a clock that runs 100 times faster, as CPU time does when
+    threads spin waiting for an oversubscribed core) runs the same race: every candidate on every inner fold, the
+    same winner. A floor of fixed seconds would buy a hundredth of the work."""
+    free = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, FREE]))
+    quiet = policy_race.race(free, policy_race.table_pick(free)).numbers["race"]
+    steps = math.ceil(20 * quiet["race_s"] / quiet["step_s"])  # the whole race, 20 times over (timing noise), in the race's steps
+    for name, clock in list(policy_race.CLOCKS.items()):
+        monkeypatch.setitem(policy_race.CLOCKS, name, lambda clock=clock: 100 * clock())
+    setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, "auto.race.budget=0.01", f"auto.race.floor_steps={steps}"]))
+    slow = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
+    assert slow["budget_s"] == pytest.approx(slow["floor_s"], rel=1e-3)  # the floor is the budget
+    assert slow["race_s"] > 10 * slow["wall_s"]  # its clock did outrun the wall: a floor of the quiet race's seconds would have been spent
+    assert [c["outcome"] for c in slow["candidates"]] == [c["outcome"] for c in quiet["candidates"]] == ["complete"] * len(quiet["candidates"])
+    assert slow["inner_folds"] == quiet["inner_folds"] and slow["winner"] == quiet["winner"]
 
 
 def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConfig, pretrained: list[str]) -> None:
     """The table picks all_but_stem (a domain 'different' above 0.01 x) and must race all 5 inner folds (min_valid
     above the rows); with a budget of 1% its first epoch shows it cannot complete: it stops there, with the
     estimate in its outcome, instead of spending the budget the cheaper candidates need."""
-    options = ["auto.different_above=0.01", "auto.race.budget=0.01", "auto.race.min_seconds=0", "auto.race.min_valid=1000"]
+    options = ["auto.different_above=0.01", "auto.race.budget=0.01", "auto.race.floor_steps=0", "auto.race.min_valid=1000"]
     setup = race_setup(plan_run(cfg, MODEL, "cpu", [*pretrained, *options]))
     figures = policy_race.race(setup, policy_race.table_pick(setup)).numbers["race"]
     first = figures["candidates"][0]
@@ -431,39 +449,60 @@ def test_a_prior_that_cannot_complete_stops_after_one_epoch(cfg: CompetitionConf
     assert first["epochs"] == 1 and first["outcome"].startswith("stopped after its first epoch: even 1 of its 5 inner folds x 2 epochs"), first
 
 
-def test_the_prior_races_on_when_it_fits() -> None:
-    """`prior_cut`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
+def _contest(budget_fraction: float, reference_s: float, floor_steps: int = 0, spent_s: float = 0.0) -> policy_race.Race:
+    """A race after its prior's first epoch (on the wall clock, `spent_s` seconds ago): 5 inner folds of 80 fit and 20
+    validation rows (3 steps of 32 an epoch), 5 epochs, 2 s an epoch, 0.01 s a predicted row; the probe and head to come."""
     contest = object.__new__(policy_race.Race)
     contest.clock_name = "wall"
     contest.clock = policy_race.CLOCKS["wall"]
-    contest.started, contest.budget_s = contest.clock(), 100.0
+    contest.started = contest.clock() - spent_s
+    contest.settings = PolicyRaceConfig(budget=budget_fraction, floor_steps=floor_steps)
+    contest.reference_s = reference_s
     contest._prior_epoch_s, contest._predict_row_s, contest.max_epochs = 2.0, 0.01, 5
     contest.folds = [(np.arange(80), np.arange(20))] * 5
     contest.y = np.zeros(100)
-    contest.setup = SimpleNamespace(tta=["id"], rows=np.arange(100), model_cfg=SimpleNamespace(framework="timm"))
+    contest.setup = SimpleNamespace(tta=["id"], rows=np.arange(100), model_cfg=SimpleNamespace(framework="timm", train=SimpleNamespace(batch_size=32)))
     contest.prior_entry = policy_race.Entry("all_but_stem")
     contest.entries = [contest.prior_entry, policy_race.Entry("probe"), policy_race.Entry("head")]
+    return contest
+
+
+def test_the_prior_races_on_when_it_fits() -> None:
+    """`prior_cut`: the prior's remaining folds and epochs plus the scouts' estimate against the budget."""
+    contest = _contest(1.0, 100.0)
     prior, scouts = contest.prior_cost_s()
     assert prior == pytest.approx(24 * 2.0 + 100 * 0.01) and scouts == pytest.approx(8 * 100 * 0.01 + 5 * 400 * 0.01)
     assert contest.prior_cut() is None and len(contest.folds) == 5  # 49 + 28 s, nothing spent yet: within 100 s
-    contest.budget_s = 20.0  # not even one inner fold: 4 x 2 + 0.2 s more, and the scouts' 8 + 4 s
+    contest.reference_s = 20.0  # not even one inner fold: 4 x 2 + 0.2 s more, and the scouts' 8 + 4 s
     assert contest.prior_cut() == (
         "stopped after its first epoch: even 1 of its 5 inner folds x 5 epochs (~8 s more) and the scouts' race (~12 s) exceed the budget (20 s): "
         "the cheaper candidates race instead"
     )
-    contest.budget_s = 70.0  # all 5 do not fit (77 s); 4 do (38.8 s + 24 s): every candidate races on those 4
+    contest.reference_s = 70.0  # all 5 do not fit (77 s); 4 do (38.8 s + 24 s): every candidate races on those 4
     assert contest.prior_cut() is None and len(contest.folds) == 4 and len(contest.valid_y) == 80
+
+
+def test_the_prior_cut_prices_the_floor_as_at_the_prior_s_end() -> None:
+    """Where the floor binds, `prior_cut` prices a step as the prior's whole race will have cost it, not as its first
+    epoch did (10 s here: a fold's model build over 3 steps would price the floor at 3.3 s a step, 333 s, and keep
+    5 inner folds the prior could not finish within the floor it ends with)."""
+    contest = _contest(1e-9, 100.0, floor_steps=100, spent_s=10.0)
+    # 5 folds: 10 + 49 s over 75 steps, 0.8 s a step (a whole network's: 3 x 80 rows x 0.01 s / 3 steps) -> floor 80 s < 10 + 49 + 28 s
+    # 4 folds: 10 + 38.8 s over 60 steps, 0.81 s a step -> floor 81 s >= 10 + 38.8 + 24 s
+    assert contest.prior_cut() is None and len(contest.folds) == 4
 
 
 def test_the_rule_and_the_title_say_why_in_plain_words() -> None:
     """A best that is also the simplest complete candidate is said to be so (not "no simpler candidate within 1 SE"),
-    and a budget under the `min_seconds` floor names the floor (a newcomer read "budget 30%" beside "101%")."""
+    and a budget under the floor names the floor (a newcomer read "budget 30%" beside "101%")."""
     probe, head = _entry("probe", [0.2, 0.3, 0.25]), _entry("head", [0.6, 0.7, 0.65])
     winner, rule = policy_race.one_se_choice([head, probe], margin_se=1.0, prior_name="head")
     assert winner == "probe" and rule.endswith("and it is the simplest that completed")
-    floor = {"budget": 0.3, "reference_s": 100.0, "min_seconds": 60.0, "budget_s": 60.0}
-    assert policy_race._budget_text(floor) == "30% of a run is under the floor: auto.race.min_seconds 60 s"
+    floor = {"budget": 0.3, "reference_s": 100.0, "floor_steps": 400, "floor_s": 60.0, "budget_s": 60.0}
+    assert policy_race._budget_text(floor) == "30% of a run is under the floor: auto.race.floor_steps 400 (= 60.0 s here)"
     assert policy_race._budget_text({**floor, "reference_s": 1000.0, "budget_s": 300.0}) == "30%"
     on_cpu = {**floor, "clock": "cpu", "floor_s": 120.0, "budget_s": 120.0}
-    assert policy_race._budget_text(on_cpu) == "30% of a run is under the floor: auto.race.min_seconds 60 s (= 120 CPU s on all threads)"
+    assert policy_race._budget_text(on_cpu) == "30% of a run is under the floor: auto.race.floor_steps 400 (= 120.0 CPU s here)"
+    stored = {"budget": 0.3, "reference_s": 100.0, "min_seconds": 60.0, "floor_s": 120.0, "budget_s": 120.0, "clock": "cpu"}  # before session 12
+    assert policy_race._budget_text(stored) == "30% of a run is under the floor: auto.race.min_seconds 60 s (= 120 CPU s on all threads)"
     assert policy_race.race_columns(on_cpu)[3] == "CPU s" and policy_race.race_columns(floor)[3] == "s"

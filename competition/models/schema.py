@@ -68,8 +68,12 @@ class PolicyRaceConfig(Strict):
         default_factory=_default_race_candidates, min_length=1, description="probe | head | top:K | all_but_stem | all; the table's pick always races"
     )
     budget: float = Field(0.3, gt=0.0, description="seconds the race may spend, as a fraction of one policy's full run (units x epochs x seconds per epoch)")
-    min_seconds: float = Field(
-        60.0, ge=0.0, description="the race may always spend this many seconds: on tiny data a fraction of a run of seconds cannot train one candidate"
+    floor_steps: int = Field(
+        400,
+        ge=0,
+        description="the race may always spend as long as this many optimizer steps, priced by what the table's pick's race steps cost, "
+        "everything included (re-priced after each of its epochs; at least a whole network's step): on tiny data a fraction of a run of "
+        "seconds cannot train one candidate; counted in steps, not seconds, so the floor is about the same work on any machine, loaded or not",
     )
     eta: int = Field(3, ge=2, description="successive halving: past a rung only a candidate among the best 1/eta there trains on")
     min_epochs: int = Field(1, ge=1, description="epochs of the first rung; rung i is at min_epochs x eta^i epochs")

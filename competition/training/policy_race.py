@@ -39,6 +39,7 @@ from competition.metrics import logloss, paired_difference, row_logloss
 from competition.models.base import ImageModel
 from competition.models.schema import Augment, ModelConfig, ModelInputs, PolicyDecision, PolicyRaceConfig
 from competition.training import dihedral, tta
+from competition.training.loop import steps_per_epoch
 
 PROBE = "probe"  # the linear probe on frozen features, a candidate beside the fine-tuning policies
 RACE_FILE = "policy_race.json"
@@ -176,7 +177,6 @@ class RaceSetup:
     predict_rows: int = 0  # predictions one unit makes after its fit: (held-out + test rows) x TTA views
     augment: Augment | None = None  # the profile's augmentation on images, as the units train
     tta: list[dihedral.Variant] = field(default_factory=lambda: ["id"])  # the profile's TTA views, as the units predict
-    threads: int = 1  # the threads the candidates compute on (the units'): the `min_seconds` floor in CPU seconds is this many times it
 
 
 def candidate_config(model_cfg: ModelConfig, name: str) -> ModelConfig:
@@ -206,8 +206,9 @@ class Race:
         self.prior_entry = next(e for e in self.entries if e.name == prior.name)
         self.clock_name = race_clock(setup.model_cfg)
         self.clock = CLOCKS[self.clock_name]
-        # the floor is wall seconds: on the CPU clock, the CPU seconds of that many wall seconds on every thread
-        self.floor_s = self.settings.min_seconds * (setup.threads if self.clock_name == "cpu" else 1)
+        self.floor_s = 0.0  # `floor_steps` x `step_s`, known once the prior has trained an epoch
+        self.step_s = 0.0  # seconds of one of the prior's optimizer steps, everything included (`_set_budget`), likewise
+        self._prior_steps = 0  # optimizer steps the prior has trained so far, over its inner folds
         self.started = self.clock()
         self.wall_started = time.perf_counter()
         self.budget_s = math.inf  # known once the prior has trained an epoch
@@ -305,12 +306,15 @@ class Race:
         entry.epochs += 1
         if fold == 0:
             entry.val_loss.append(float(metrics["val_loss"]))
-        if entry is self.prior_entry and fold == 0:
-            now = self.clock()
-            if epoch == 0:
-                self._predict_row_s = _seconds(predict, self.clock) / max(1, len(self.folds[0][1]))
-            self._time_reference(now, fit_started, n_fit)
-            if epoch == 0 and (cut := self.prior_cut()) is not None:
+        if entry is self.prior_entry:
+            self._prior_steps += steps_per_epoch(n_fit, self.setup.model_cfg.train.batch_size)
+            if fold == 0:
+                now = self.clock()
+                if epoch == 0:
+                    self._predict_row_s = _seconds(predict, self.clock) / max(1, len(self.folds[0][1]))
+                self._time_reference(now, fit_started, n_fit)
+            self._set_budget()
+            if fold == 0 and epoch == 0 and (cut := self.prior_cut()) is not None:
                 raise _Stop(cut)
         if self.spent() >= self.budget_s:
             raise _Stop(f"stopped: budget spent (inner fold {fold + 1}, epoch {epoch + 1})")
@@ -323,10 +327,9 @@ class Race:
     def affords(self, entry: Entry, epoch_s: float, epochs_done: int) -> bool:
         """Whether the budget still pays for `entry` (`epochs_done` epochs of its first inner fold done, `epoch_s`
         seconds each) to finish its inner folds and for every candidate after it to race in full, plus each one's TTA
-        predictions of the validation rows at the prior's speed. A later candidate's epoch is costed at the most of
-        `epoch_s`, the prior's fastest epoch and a full backward pass (3 forward passes of the fit rows at the prior's
-        prediction speed, the rule of thumb that backpropagation costs about twice the forward pass): later candidates
-        train more weights (`race_order`), and one racing after a cheap candidate must not be costed at its speed.
+        predictions of the validation rows at the prior's speed. A later candidate's epoch is costed at the more of
+        `epoch_s` and `network_epoch_s`: later candidates train more weights (`race_order`), and one racing after a
+        cheap candidate must not be costed at its speed.
 
         With `halving: needed` a candidate that misses a rung trains on while this holds: successive halving exists to
         share a budget that cannot pay for every candidate (Li et al., arXiv:1810.05934), and its cut at a rung looks at
@@ -334,8 +337,7 @@ class Race:
         the race's pick 0.462; docs/policy-race.md). Where the budget binds (the full competition) the rungs stop as before."""
         epochs = len(self.folds) * self.max_epochs
         predict_s = self.tta_predict_s(self.folds)
-        backward_s = 3 * len(self.folds[0][0]) * self._predict_row_s
-        later_epoch_s = max(epoch_s, backward_s, self._prior_epoch_s if math.isfinite(self._prior_epoch_s) else 0.0)
+        later_epoch_s = max(epoch_s, self.network_epoch_s())
         later = len(self.entries) - 1 - self.entries.index(entry)
         need = (epochs - epochs_done) * epoch_s + predict_s + later * (epochs * later_epoch_s + predict_s)
         return self.spent() + need <= self.budget_s
@@ -351,7 +353,39 @@ class Race:
         per_epoch = fastest * len(self.setup.rows) / n_fit  # a unit fits on all of `rows`
         per_unit = self.setup.model_cfg.train.epochs * per_epoch + self.setup.predict_rows * self._predict_row_s
         self.reference_s = self.setup.n_units * per_unit
-        self.budget_s = max(self.settings.budget * self.reference_s, self.floor_s)
+
+    def _set_budget(self) -> None:
+        """The budget after each of the prior's epochs: the larger of `budget` x the reference and the floor,
+        `floor_steps` x `step_s`. `step_s` is what one optimizer step of the prior has cost so far, everything included
+        (its model builds, epochs, validation and predictions: the race's `spent`, since the prior races first), or a
+        whole network's step (`network_epoch_s` over the first inner fold's steps) when that is more: a cheap `head`
+        prior must not price the floor.
+
+        The floor is counted in steps and priced by the same clock on the same work as everything it pays for, so where
+        it binds (tiny data) the race does about the same work on a fast or a slow machine, quiet or loaded, and on a
+        GPU. A floor of fixed seconds bought 5-7x fewer epochs with two or three 2-thread jobs beside the race on 2 cores
+        (threads spinning while they wait for a core count as CPU time): at 100 images the race then trained 2 of its 5
+        candidates, or the prior kept 1 of its 5 inner folds (docs/policy-race.md, "The floor")."""
+        self.step_s, self.floor_s, self.budget_s = self.budget_at(self.spent(), self._prior_steps)
+
+    def budget_at(self, prior_s: float, prior_steps: int) -> tuple[float, float, float]:
+        """(`step_s`, `floor_s`, `budget_s`) once the prior has spent `prior_s` seconds on `prior_steps` steps (`_set_budget`)."""
+        network_step_s = self.network_epoch_s() / self.first_fold_steps()
+        step_s = max(prior_s / prior_steps, network_step_s)
+        floor_s = self.settings.floor_steps * step_s
+        return step_s, floor_s, max(self.settings.budget * self.reference_s, floor_s)
+
+    def first_fold_steps(self) -> int:
+        """Optimizer steps of an epoch on the first inner fold's fit rows."""
+        return steps_per_epoch(len(self.folds[0][0]), self.setup.model_cfg.train.batch_size)
+
+    def network_epoch_s(self) -> float:
+        """Estimated seconds of an epoch of a candidate that trains the whole network, on the first inner fold's fit rows:
+        the more of the prior's fastest epoch and a full backward pass (3 forward passes of the fit rows at the prior's
+        prediction speed, the rule of thumb that backpropagation costs about twice the forward pass). A cheap prior (a
+        `head`) must not set the price of the candidates after it, nor the floor."""
+        backward_s = 3 * len(self.folds[0][0]) * self._predict_row_s
+        return max(backward_s, self._prior_epoch_s if math.isfinite(self._prior_epoch_s) else 0.0)
 
     def tta_predict_s(self, folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
         """Estimated seconds of one candidate's TTA predictions of these inner folds' validation rows, at the prior's speed."""
@@ -374,7 +408,9 @@ class Race:
 
     def prior_cut(self) -> str | None:
         """Why the prior stops after its first epoch, or None when it can complete its inner folds and leave the
-        scouts their race within the budget (`prior_cost_s`).
+        scouts their race within the budget (`prior_cost_s`), the floor priced as it will be when the prior has
+        finished those folds (`budget_at`; priced now, one epoch's steps would carry a whole fold's model build; the
+        later folds' builds are not in the estimate, so the projection errs low).
 
         When all its inner folds do not fit but fewer do, every candidate races on the most that fit (the first m:
         fewer validation rows, the same for all), so the fine-tuning prior still competes: cut on 400 images, it left
@@ -384,13 +420,14 @@ class Race:
         and the probe, the best single model on scikit-learn's digits, never raced."""
         for n_folds in range(len(self.folds), 0, -1):
             prior, scouts = self.prior_cost_s(n_folds)
-            if self.spent() + prior + scouts <= self.budget_s:
+            budget_s = self.budget_at(self.spent() + prior, n_folds * self.max_epochs * self.first_fold_steps())[2]
+            if self.spent() + prior + scouts <= budget_s:
                 del self.folds[n_folds:]  # in place: the prior's loop over them is running
                 return None
         unit = seconds_unit({"clock": self.clock_name})  # prior, scouts: the loop's last estimate, one inner fold
         return (
             f"stopped after its first epoch: even 1 of its {len(self.folds)} inner folds x {self.max_epochs} epochs (~{prior:.0f} {unit} more) "
-            f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({self.budget_s:.0f} {unit}): the cheaper candidates race instead"
+            f"and the scouts' race (~{scouts:.0f} {unit}) exceed the budget ({budget_s:.0f} {unit}): the cheaper candidates race instead"
         )
 
     def class_prior_loss(self) -> float:
@@ -421,8 +458,9 @@ class Race:
             "halving": self.settings.halving,
             "margin_se": self.settings.margin_se,
             "budget": self.settings.budget,
-            "min_seconds": self.settings.min_seconds,
-            "floor_s": self.floor_s,
+            "floor_steps": self.settings.floor_steps,
+            "step_s": round(self.step_s, 6),
+            "floor_s": round(self.floor_s, 4),
             "budget_s": round(self.budget_s, 4),
             "reference_s": round(self.reference_s, 4),
             "clock": self.clock_name,
@@ -542,12 +580,16 @@ def race_table(figures: dict[str, Any]) -> list[tuple[str, str, int, str, str, s
 
 
 def _budget_text(figures: dict[str, Any]) -> str:
-    """The budget as the title shows it: the fraction, or the `min_seconds` floor when that is what bound."""
-    floor = figures.get("floor_s", figures.get("min_seconds", 0.0))  # absent from races stored before the floor existed
-    if figures["budget"] * figures["reference_s"] < floor:
-        text = f"{figures['budget']:.0%} of a run is under the floor: auto.race.min_seconds {figures['min_seconds']:g} s"
-        return text + (f" (= {floor:g} CPU s on all threads)" if figures.get("clock") == "cpu" else "")
-    return f"{figures['budget']:.0%}"
+    """The budget as the title shows it: the fraction, or the floor when that is what bound (`floor_steps`; races stored
+    before session 12 had `min_seconds`, before session 6 no floor)."""
+    floor = figures.get("floor_s", figures.get("min_seconds", 0.0))
+    if figures["budget"] * figures["reference_s"] >= floor:
+        return f"{figures['budget']:.0%}"
+    text = f"{figures['budget']:.0%} of a run is under the floor: "
+    if "floor_steps" in figures:
+        return text + f"auto.race.floor_steps {figures['floor_steps']} (= {floor:.1f} {seconds_unit(figures)} here)"
+    text += f"auto.race.min_seconds {figures['min_seconds']:g} s"
+    return text + (f" (= {floor:g} CPU s on all threads)" if figures.get("clock") == "cpu" else "")
 
 
 def seconds_unit(figures: dict[str, Any]) -> str:

@@ -292,7 +292,6 @@ def race_setup(plan: Plan) -> policy_race.RaceSetup:
         predict_rows=predict_rows,
         augment=augment,
         tta=list(plan.profile.tta),
-        threads=plan.profile.resources.threads(),
     )
 
 
