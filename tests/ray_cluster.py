@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ TESTS = Path(__file__).resolve().parent
 # Health checks every 0.5 s, dead after 3 misses: node-loss tests take ~11 s instead of ~18 s.
 HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3, "health_check_timeout_ms": 500}
 LOOPBACK = "127.0.0.1"
+# One token for the whole test session: a process that has connected once keeps the token it read (Ray caches it).
+SESSION_TOKEN = secrets.token_hex(32)  # Ray's own format: 32 random bytes as hex (ray._private.authentication)
 
 
 @contextmanager
@@ -83,6 +86,47 @@ def two_node_cluster(cpus_per_node: int = 1) -> Iterator[Any]:
             cluster.shutdown()
 
 
+def token_at_hand() -> bool:
+    """Whether Ray finds an authentication token for this process: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+@contextmanager
+def auth_token() -> Iterator[None]:
+    """RAY_AUTH_TOKEN set for the block (and every process started in it) when no token is at hand, else nothing.
+
+    A head with RAY_AUTH_MODE=token refuses to start without a token, and a fresh machine (CI's) has none until
+    Ray writes ~/.ray/auth_token for a new local cluster with the mode unset (which test runs first decides);
+    this does not write it: other Ray users of the machine share it."""
+    if token_at_hand():
+        yield
+        return
+    with _environment(RAY_AUTH_TOKEN=SESSION_TOKEN):
+        yield
+
+
+def _refresh_ray() -> None:
+    """Make this process's Ray (if imported) read RAY_AUTH_MODE and the token again: it reads both once, on import
+    and on first use, as Ray's own `_enable_token_auth` refreshes them."""
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextmanager
+def token_mode() -> Iterator[None]:
+    """RAY_AUTH_MODE=token with a token at hand (`auth_token`) for the block, in this process too even where an
+    earlier test imported Ray with the mode unset; both are as before when it ends."""
+    try:
+        with auth_token(), _environment(RAY_AUTH_MODE="token"):
+            _refresh_ray()
+            yield
+    finally:
+        _refresh_ray()  # the environment as it was
+
+
 HEAD_SCRIPT = """
 import sys
 from ray.cluster_utils import Cluster
@@ -97,7 +141,7 @@ cluster.shutdown()
 def token_auth_head() -> Iterator[str]:
     """A one-node Ray head on loopback in its own process, with token authentication on; yields its HOST:PORT.
 
-    The head reads the token from ~/.ray/auth_token (Ray writes one when missing) and is stopped by its
+    The head reads the token Ray finds (run it inside `auth_token()` so there is one) and is stopped by its
     handle when the block ends. Drivers that connect need RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (loopback).
     """
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}

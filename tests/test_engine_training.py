@@ -118,12 +118,10 @@ def local_run(cfg: CompetitionConfig) -> Path:
 def ray_cluster() -> Iterator[Any]:
     """The two-node loopback cluster (tests/ray_cluster.py) with token authentication on: a driver in another
     process (the CLI below) is refused by a head started without it, or hangs (ray#64755; docs/distributed.md)."""
-    from ray_cluster import two_node_cluster
+    from ray_cluster import token_mode, two_node_cluster
 
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "token")
-        with two_node_cluster() as cluster:
-            yield cluster
+    with token_mode(), two_node_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from competition.errors import ConfigError, UserError, as_json
 from competition.overrides import route
 from pydantic import ValidationError
 
-from ray_cluster import token_auth_head
+from ray_cluster import auth_token, token_auth_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,7 +289,7 @@ except UserError as err:
 def test_a_driver_given_a_token_heads_address_sends_its_token() -> None:
     """Ray sends the token for an `auto` it finds itself only; the engine turns it on for HOST:PORT and for the
     `auto` it resolves (RAY_ADDRESS here) when RAY_AUTH_MODE is unset (ray#64755); a loopback head connects."""
-    with token_auth_head() as address:
+    with auth_token(), token_auth_head() as address:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")} | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         runs = {
             mode: subprocess.run([sys.executable, "-c", DRIVER, given], env=env | extra, capture_output=True, text=True, timeout=120)
